@@ -1,0 +1,119 @@
+/*
+ * snapcore.h - the contract between the C shim and Python.
+ *
+ * This file is both the C header and cffi's cdef: build_shim.py feeds it to
+ * ffibuilder.cdef() after dropping the preprocessor lines, so keep it to plain
+ * declarations (no macros, no inline code).
+ *
+ * Rules of the shim:
+ *   - one job per function, thin wrappers over the syscalls;
+ *   - every function returns >= 0 on success or -errno on failure;
+ *   - no printing, no policy, nothing left allocated for the caller to free.
+ * Python (snapcore/_native.py) turns -errno into typed exceptions.
+ */
+#ifndef SNAPCORE_SHIM_H
+#define SNAPCORE_SHIM_H
+#include <stdint.h>
+#include <stddef.h>
+
+/* Bumped whenever this contract changes; checked by snapcore/_native.py. */
+int sc_abi_version(void);
+
+/* ---- ptrace ------------------------------------------------------------ */
+int sc_seize(int tid, unsigned long options);
+int sc_interrupt(int tid);
+int sc_detach(int tid, int sig);
+int sc_cont(int tid, int sig);
+int sc_singlestep(int tid, int sig);
+int sc_setoptions(int tid, unsigned long options);
+int sc_geteventmsg(int tid, unsigned long *msg);
+/* PTRACE_GETREGSET: returns the number of bytes the kernel filled. */
+long sc_getregset(int tid, unsigned int note_type, void *buf, size_t len);
+long sc_setregset(int tid, unsigned int note_type, const void *buf, size_t len);
+/* buf must hold 128 bytes (siginfo_t). */
+int sc_getsiginfo(int tid, void *buf);
+int sc_setsiginfo(int tid, const void *buf);
+
+/*
+ * Wait for ptrace events of several tracees, each with waitpid(tid, __WALL).
+ * statuses[i] must be SC_WAIT_PENDING on entry for every tid still awaited;
+ * on return it holds a waitpid()-style status, or SC_WAIT_GONE when the tid is
+ * no longer ours to wait for (ECHILD).  The exit of `noreap_pid` is observed
+ * with WNOWAIT and left for its real parent to reap.
+ * Returns how many tids are still pending when timeout_ms expired (0 = all
+ * reported), or -errno.  timeout_ms 0 makes one non-blocking pass.
+ */
+enum { SC_WAIT_PENDING = -1, SC_WAIT_GONE = -2 };
+int sc_wait_many(const int *tids, int *statuses, int n, int timeout_ms, int noreap_pid);
+
+/* ---- memory ------------------------------------------------------------ */
+/* process_vm_readv of n remote ranges into one local buffer (batched by IOV_MAX). */
+long sc_readv(int pid, const uint64_t *remote_addrs, const uint64_t *remote_lens,
+              size_t n, void *local, size_t local_len);
+/* One pread(2); used on /proc/PID/mem (FOLL_FORCE) and backing files. */
+long sc_pread(int fd, void *buf, size_t len, uint64_t offset);
+
+/* One dumped range: copy [vaddr, vaddr+len) to out_fd at file_off. */
+struct sc_seg {
+    uint64_t vaddr;
+    uint64_t len;
+    uint64_t file_off;
+    uint64_t backing_off;   /* file offset that vaddr maps, when backing_fd >= 0 */
+    int32_t  backing_fd;    /* file to read non-resident pages from, or -1 */
+    uint32_t flags;         /* SC_SEG_* */
+};
+
+enum {
+    SC_SEG_RESIDENT_ONLY = 1,  /* consult pagemap; non-resident pages become holes
+                                  (or come from backing_fd) and are never faulted in */
+    SC_SEG_FORCE_MEM     = 2,  /* read via /proc/PID/mem only (PROT_NONE, x-only) */
+    SC_SEG_FAULT_ABSENT  = 4   /* non-resident pages with no backing_fd: read them
+                                  from the target anyway (file-backed private VMAs) */
+};
+
+/* A range of the target that could not be read; it is a hole in the core. */
+struct sc_bad {
+    uint64_t addr;
+    uint64_t len;
+    int32_t  err;              /* errno of the last attempt */
+    int32_t  pad;
+};
+
+struct sc_copy_stats {
+    uint64_t bytes_done;       /* bytes of segments processed (progress) */
+    uint64_t bytes_read;       /* read from the target */
+    uint64_t bytes_from_file;  /* read from backing files */
+    uint64_t bytes_written;    /* non-zero data written to the core */
+    uint64_t bytes_absent;     /* non-resident pages skipped */
+    uint64_t bytes_zero;       /* read, all zero, left as holes */
+    uint64_t bytes_unreadable;
+    uint64_t n_bad;            /* entries stored in bad[] */
+    uint64_t n_bad_total;      /* entries that would have been stored */
+    uint64_t readv_calls;
+    uint64_t mem_reads;
+    uint64_t scan_calls;
+    int32_t  cancel;           /* set to 1 from another thread to stop early */
+    int32_t  pad;
+};
+
+struct sc_copy_ctx {
+    int      pid;
+    int      mem_fd;           /* /proc/PID/mem, or -1 */
+    int      pagemap_fd;       /* /proc/PID/pagemap, or -1 */
+    int      out_fd;
+    int      scan_mode;        /* 2 PAGEMAP_SCAN, 1 pagemap reads, 0 none; lowered on ENOTTY */
+    int      readv_ok;         /* 1 until process_vm_readv proves unusable */
+    uint64_t bufsize;          /* bytes per read buffer (rounded to pages) */
+    int      writer_thread;    /* 1: overlap reads and writes with a second thread */
+    int      pad;
+};
+
+/* Copy the segments; returns 0, -ECANCELED, or -errno of a fatal write error. */
+long sc_copy(struct sc_copy_ctx *ctx, const struct sc_seg *segs, size_t nsegs,
+             struct sc_copy_stats *stats, struct sc_bad *bad, size_t bad_cap);
+
+/* ---- cpu --------------------------------------------------------------- */
+/* CPUID leaf/subleaf into out[0..3] = eax, ebx, ecx, edx. */
+int sc_cpuid(unsigned int leaf, unsigned int subleaf, uint32_t *out);
+
+#endif

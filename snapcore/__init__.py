@@ -1,0 +1,24 @@
+"""snapcore: gdb-compatible ELF core dumps of live Linux processes.
+
+    >>> import snapcore
+    >>> snap = snapcore.snapshot(pid)            # writes core.PID, pid runs on
+    >>> snap.path, snap.pause_time
+
+The core is the one the kernel would write if the process crashed now (same
+segments, notes and bytes), minus the signal; gdb, lldb, elfutils, pystack and
+drgn read it.  See README.md.
+"""
+from .errors import (AccessDenied, AlreadyTraced, KernelThread, NoSuchProcess, OutputError,
+                     OutputExists, ShimUnavailable, SnapcoreError, SnapshotCancelled,
+                     SyscallError, TargetError, TargetExited, ThreadStopTimeout,
+                     UnsupportedTarget, ZombieProcess)
+from .snapshot import Snapshot, snapshot
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "snapshot", "Snapshot", "SnapcoreError", "TargetError", "NoSuchProcess", "TargetExited",
+    "ZombieProcess", "KernelThread", "AccessDenied", "AlreadyTraced", "UnsupportedTarget",
+    "ThreadStopTimeout", "OutputError", "OutputExists", "SnapshotCancelled", "SyscallError",
+    "ShimUnavailable", "__version__",
+]

@@ -1,0 +1,2 @@
+from snapcore.cli import main
+raise SystemExit(main())

@@ -1,0 +1,151 @@
+"""The only importer of the compiled shim (snapcore._shim).
+
+Each wrapper calls one shim function and turns a negative return (-errno) into
+a SyscallError naming the syscall and the thread, so the rest of snapcore
+deals in Python values and exceptions only.  Callers that expect a particular
+errno (ESRCH while threads come and go) catch SyscallError and test .errno.
+"""
+import errno
+
+from .errors import ShimUnavailable, SyscallError
+
+ABI_VERSION = 1
+
+try:
+    from ._shim import ffi, lib
+except ImportError as exc:  # pragma: no cover - exercised only on broken installs
+    ffi = lib = None
+    _IMPORT_ERROR = str(exc)
+else:
+    _IMPORT_ERROR = None
+    if lib.sc_abi_version() != ABI_VERSION:
+        ffi = lib = None
+        _IMPORT_ERROR = "it was built from another version of csrc/snapcore.h"
+
+# ptrace constants (include/uapi/linux/ptrace.h)
+PTRACE_O_TRACESYSGOOD = 0x01
+PTRACE_O_TRACEFORK = 0x02
+PTRACE_O_TRACEVFORK = 0x04
+PTRACE_O_TRACECLONE = 0x08
+PTRACE_O_TRACEEXEC = 0x10
+PTRACE_O_TRACEEXIT = 0x40
+PTRACE_O_EXITKILL = 0x100000
+PTRACE_EVENT_FORK = 1
+PTRACE_EVENT_CLONE = 3
+PTRACE_EVENT_EXEC = 4
+PTRACE_EVENT_EXIT = 6
+PTRACE_EVENT_STOP = 128
+
+WAIT_PENDING = -1
+WAIT_GONE = -2
+
+
+def require():
+    """Raise ShimUnavailable unless the compiled shim is importable."""
+    if lib is None:
+        raise ShimUnavailable(_IMPORT_ERROR)
+    return lib
+
+
+def _check(ret, syscall, tid=None):
+    if ret < 0:
+        raise SyscallError(syscall, -ret, tid)
+    return ret
+
+
+def seize(tid, options=0):
+    _check(require().sc_seize(tid, options), "ptrace(PTRACE_SEIZE)", tid)
+
+
+def interrupt(tid):
+    _check(require().sc_interrupt(tid), "ptrace(PTRACE_INTERRUPT)", tid)
+
+
+def detach(tid, sig=0):
+    _check(require().sc_detach(tid, sig), "ptrace(PTRACE_DETACH)", tid)
+
+
+def cont(tid, sig=0):
+    _check(require().sc_cont(tid, sig), "ptrace(PTRACE_CONT)", tid)
+
+
+def singlestep(tid, sig=0):
+    _check(require().sc_singlestep(tid, sig), "ptrace(PTRACE_SINGLESTEP)", tid)
+
+
+def setoptions(tid, options):
+    _check(require().sc_setoptions(tid, options), "ptrace(PTRACE_SETOPTIONS)", tid)
+
+
+def geteventmsg(tid):
+    msg = ffi.new("unsigned long *")
+    _check(require().sc_geteventmsg(tid, msg), "ptrace(PTRACE_GETEVENTMSG)", tid)
+    return int(msg[0])
+
+
+_REGSET_BUF = 64 * 1024
+
+
+def getregset(tid, note_type):
+    """Return the bytes PTRACE_GETREGSET filled for note_type."""
+    buf = ffi.new("char[]", _REGSET_BUF)
+    n = _check(require().sc_getregset(tid, note_type, buf, _REGSET_BUF),
+               f"ptrace(PTRACE_GETREGSET, {note_type:#x})", tid)
+    return ffi.buffer(buf, n)[:]
+
+
+def setregset(tid, note_type, data):
+    _check(require().sc_setregset(tid, note_type, data, len(data)),
+           f"ptrace(PTRACE_SETREGSET, {note_type:#x})", tid)
+
+
+def getsiginfo(tid):
+    buf = ffi.new("char[]", 128)
+    _check(require().sc_getsiginfo(tid, buf), "ptrace(PTRACE_GETSIGINFO)", tid)
+    return ffi.buffer(buf, 128)[:]
+
+
+def setsiginfo(tid, data):
+    _check(require().sc_setsiginfo(tid, data), "ptrace(PTRACE_SETSIGINFO)", tid)
+
+
+def wait_many(tids, statuses, timeout, noreap_pid=0):
+    """Wait until every tid whose status is WAIT_PENDING reports, or timeout (s).
+
+    ``statuses`` is a list updated in place.  Returns how many are still pending.
+    """
+    n = len(tids)
+    if n == 0:
+        return 0
+    c_tids = ffi.new("int[]", list(tids))
+    c_st = ffi.new("int[]", list(statuses))
+    r = _check(require().sc_wait_many(c_tids, c_st, n, int(timeout * 1000), noreap_pid),
+               "waitpid")
+    statuses[:] = list(c_st)
+    return r
+
+
+def readv(pid, addr, length):
+    """process_vm_readv of one range; returns the bytes read (maybe fewer)."""
+    buf = ffi.new("char[]", length)
+    a = ffi.new("uint64_t[1]", [addr])
+    n = ffi.new("uint64_t[1]", [length])
+    got = _check(require().sc_readv(pid, a, n, 1, buf, length), "process_vm_readv", pid)
+    return ffi.buffer(buf, got)[:]
+
+
+def pread(fd, length, offset):
+    buf = ffi.new("char[]", length)
+    got = _check(require().sc_pread(fd, buf, length, offset), "pread")
+    return ffi.buffer(buf, got)[:]
+
+
+def cpuid(leaf, subleaf=0):
+    out = ffi.new("uint32_t[4]")
+    require().sc_cpuid(leaf, subleaf, out)
+    return tuple(out)
+
+
+def is_gone(exc):
+    """True if a SyscallError means the thread no longer exists for us."""
+    return isinstance(exc, SyscallError) and exc.errno in (errno.ESRCH, errno.ECHILD)

@@ -1,0 +1,57 @@
+"""What an architecture contributes to a core file."""
+import os
+import struct
+from dataclasses import dataclass
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def ticks_to_timeval(ticks):
+    sec, rem = divmod(ticks, CLK_TCK)
+    return sec, rem * 1_000_000 // CLK_TCK
+
+
+@dataclass(frozen=True)
+class Arch:
+    name: str
+    elf: object                 # elf.structs.ElfClass
+    e_machine: int
+    page_size: int
+    regs_size: int              # user_regs_struct as GETREGSET returns it
+    regsets: tuple              # ((note_type, owner), ...) in the kernel's view order
+    prstatus: struct.Struct
+    prpsinfo: struct.Struct
+    sigset_mask: int            # pr_sigpend/pr_sighold width
+    reg_names: tuple            # user_regs_struct field names, in order
+    pc_reg: str
+    sp_reg: str
+    has_vsyscall: bool
+
+    @property
+    def word_size(self):
+        return self.elf.word_size
+
+    def regs(self, raw):
+        """user_regs_struct bytes -> {name: value}."""
+        fmt = "<%d%s" % (len(self.reg_names), "Q" if self.word_size == 8 else "I")
+        return dict(zip(self.reg_names, struct.unpack_from(fmt, raw)))
+
+    def build_prstatus(self, *, tid, ppid, pgrp, sid, sigpend, sighold, utime, stime,
+                       cutime, cstime, regs, fpvalid, cursig=0, signo=0):
+        """struct elf_prstatus (include/linux/elfcore.h); times in clock ticks."""
+        if len(regs) != self.regs_size:
+            raise ValueError(f"{self.name}: register set of {len(regs)} bytes, "
+                             f"expected {self.regs_size}")
+        times = []
+        for t in (utime, stime, cutime, cstime):
+            times.extend(ticks_to_timeval(t))
+        m = self.sigset_mask
+        return self.prstatus.pack(signo, 0, 0, cursig, sigpend & m, sighold & m,
+                                  tid, ppid, pgrp, sid, *times, regs, 1 if fpvalid else 0)
+
+    def build_prpsinfo(self, *, state_index, sname, nice, flag, uid, gid, pid, ppid, pgrp,
+                       sid, fname, psargs):
+        """struct elf_prpsinfo; fname and psargs are bytes, NUL padded here."""
+        return self.prpsinfo.pack(state_index, sname.encode(), 1 if sname == "Z" else 0,
+                                  max(-128, min(127, nice)), flag, uid, gid, pid, ppid,
+                                  pgrp, sid, fname[:15], psargs[:79])

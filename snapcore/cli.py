@@ -1,0 +1,125 @@
+"""The command line; the only module that prints or exits.
+
+    snapcore PID [-o PATH] [--force] [--stop-timeout SECS] [--filter MASK] [-q]
+
+Exit status: 0 core written; 1 snapshot failed (the target was resumed, no
+file left at PATH); 2 usage error; 130 interrupted (SIGINT); 143 terminated
+(SIGTERM).  Errors are one line on stderr, never a traceback.
+"""
+import argparse
+import signal
+import sys
+
+from . import __version__
+from .errors import SnapcoreError
+from .snapshot import snapshot
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+PROG = "snapcore"
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise _UsageError(message)
+
+
+class _Terminated(BaseException):
+    """Raised in the main thread by the SIGTERM handler."""
+
+
+def _pid(text):
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a pid (a positive integer)")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a pid (a positive integer)")
+    return value
+
+
+def _mask(text):
+    try:
+        value = int(text, 0) if text.lower().startswith("0x") else int(text, 16)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a coredump_filter mask "
+                                         "(hex, e.g. 0x33)")
+    if not 0 <= value < 1 << 32:
+        raise argparse.ArgumentTypeError(f"'{text}' is out of range for coredump_filter")
+    return value
+
+
+def _seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds")
+    if not value > 0:
+        raise argparse.ArgumentTypeError("the timeout must be positive")
+    return value
+
+
+def build_parser():
+    p = _Parser(
+        prog=PROG,
+        description="Write a gdb-compatible ELF core dump of a running process "
+                    "without stopping it for long or killing it.",
+        epilog="exit status: 0 core written, 1 snapshot failed, 2 usage error, "
+               "130 interrupted, 143 terminated",
+    )
+    p.add_argument("pid", type=_pid, help="process to snapshot")
+    p.add_argument("-o", "--output", metavar="PATH",
+                   help="core file to write (default: core.PID in the current directory)")
+    p.add_argument("-f", "--force", action="store_true",
+                   help="replace PATH if it exists")
+    p.add_argument("--stop-timeout", type=_seconds, default=5.0, metavar="SECS",
+                   help="give up if a thread does not stop within SECS (default 5)")
+    p.add_argument("--filter", type=_mask, metavar="MASK",
+                   help="override /proc/PID/coredump_filter (hex bits, e.g. 0x33)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p
+
+
+def _fail(message, code):
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageError as exc:
+        return _fail(f"{exc} (see '{PROG} --help')", EXIT_USAGE)
+
+    def on_term(signum, frame):
+        raise _Terminated()
+
+    old_term = signal.signal(signal.SIGTERM, on_term)
+    try:
+        snap = snapshot(args.pid, args.output, force=args.force,
+                        stop_timeout=args.stop_timeout, coredump_filter=args.filter)
+    except KeyboardInterrupt:
+        return _fail("interrupted; the target was resumed and no core was written",
+                     EXIT_SIGINT)
+    except _Terminated:
+        return _fail("terminated; the target was resumed and no core was written",
+                     EXIT_SIGTERM)
+    except SnapcoreError as exc:
+        return _fail(str(exc), EXIT_FAILED)
+    except OSError as exc:
+        return _fail(f"{exc.strerror or exc}", EXIT_FAILED)
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+    if not args.quiet:
+        print(snap.summary())
+    return EXIT_OK

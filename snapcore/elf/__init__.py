@@ -1,0 +1,1 @@
+"""ELF core file structures, notes and the streaming layout/writer."""

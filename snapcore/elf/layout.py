@@ -1,0 +1,89 @@
+"""Where every byte of the core goes, computed once.
+
+    +-----------------------------+ 0
+    | ELF header                  |
+    +-----------------------------+ e_phoff = sizeof(Ehdr)
+    | Phdr[0] PT_NOTE  (align 4)  |
+    | Phdr[1..n] PT_LOAD, one per |
+    |   VMA, address order,       |
+    |   [vsyscall] last           |
+    +-----------------------------+ notes_off
+    | notes (see notes.py)        |
+    +-----------------------------+ data_off = roundup(notes end, page)
+    | PT_LOAD data, back to back, |
+    |   p_filesz bytes each;      |
+    |   all-zero and unread pages |
+    |   are holes (sparse file)   |
+    +-----------------------------+ data_end
+    | Shdr[0] (only with PN_XNUM: |
+    |   sh_info = real phnum)     |
+    +-----------------------------+ file_size
+
+This is the kernel's layout (fs/binfmt_elf.c elf_core_dump): p_offset of a
+PT_LOAD with p_filesz 0 is still the running offset, p_paddr is 0, p_align is
+the page size.  The writer streams: the header block is written once, the
+segment data by the C copy loop at the offsets computed here.
+"""
+from dataclasses import dataclass
+
+from .structs import PF_R, PF_W, PF_X, PN_XNUM, PT_LOAD, PT_NOTE
+
+
+@dataclass(frozen=True)
+class Load:
+    vaddr: int
+    memsz: int
+    filesz: int
+    flags: int          # PF_R | PF_W | PF_X
+
+
+def pflags(readable, writable, executable):
+    return (PF_R if readable else 0) | (PF_W if writable else 0) | (PF_X if executable else 0)
+
+
+def _roundup(n, a):
+    return (n + a - 1) // a * a
+
+
+class CoreLayout:
+    def __init__(self, arch, notes, loads):
+        self.arch = arch
+        self.notes = notes
+        self.loads = list(loads)
+        elf = arch.elf
+        self.phnum = 1 + len(self.loads)
+        self.xnum = self.phnum >= PN_XNUM
+        self.phoff = elf.ehdr.size
+        self.notes_off = self.phoff + self.phnum * elf.phdr.size
+        self.data_off = _roundup(self.notes_off + len(notes), arch.page_size)
+        self.offsets = []
+        off = self.data_off
+        for ld in self.loads:
+            self.offsets.append(off)
+            off += ld.filesz
+        self.data_end = off
+        self.shoff = self.data_end if self.xnum else 0
+        self.file_size = self.data_end + (elf.shdr.size if self.xnum else 0)
+
+    def header_block(self):
+        """ELF header, program headers and notes: bytes [0, notes_off + len(notes))."""
+        elf = self.arch.elf
+        parts = [elf.pack_ehdr(
+            e_machine=self.arch.e_machine, e_phoff=self.phoff,
+            e_phnum=PN_XNUM if self.xnum else self.phnum,
+            e_shoff=self.shoff,
+            e_shnum=1 if self.xnum else 0,
+            e_shentsize=elf.shdr.size if self.xnum else 0)]
+        parts.append(elf.pack_phdr(PT_NOTE, 0, self.notes_off, 0, len(self.notes), 0, 4))
+        page = self.arch.page_size
+        for ld, off in zip(self.loads, self.offsets):
+            parts.append(elf.pack_phdr(PT_LOAD, ld.flags, off, ld.vaddr, ld.filesz,
+                                       ld.memsz, page))
+        parts.append(self.notes)
+        return b"".join(parts)
+
+    def trailer_block(self):
+        """(offset, bytes) to write after the data, or None."""
+        if not self.xnum:
+            return None
+        return self.shoff, self.arch.elf.pack_shdr_xnum(self.phnum)

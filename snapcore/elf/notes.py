@@ -1,0 +1,134 @@
+"""The PT_NOTE contents, in the kernel's order (fs/binfmt_elf.c write_note_info):
+
+    T0: NT_PRSTATUS, NT_PRPSINFO, NT_SIGINFO, NT_AUXV, NT_FILE, T0's other regsets
+    T1: NT_PRSTATUS, T1's other regsets
+    ...
+    NT_X86_XSAVE_LAYOUT (once, last)
+
+T0 is the "current" thread readers show first (gdb's selected thread, drgn's
+crashed thread, lldb's thread #1).  An on-demand snapshot has no signal, so
+pr_cursig is 0 and NT_SIGINFO is 128 zero bytes: pystack then reports the core
+as generated on demand, and gdb prints no "terminated with signal" line.
+"""
+import struct
+from dataclasses import dataclass, field
+
+from .structs import (NT_AUXV, NT_FILE, NT_PRFPREG, NT_PRPSINFO, NT_PRSTATUS, NT_SIGINFO,
+                      NT_X86_XSAVE_LAYOUT, NT_X86_XSTATE, note)
+
+SIGINFO_SIZE = 128
+XCR0_OFFSET = 464            # xstate_fx_sw_bytes.xfeatures in the FXSAVE sw_reserved area
+_RSDTZW = "RSDTZW"
+
+
+@dataclass
+class ThreadNotes:
+    """What one frozen thread contributes."""
+    tid: int
+    regsets: list            # [(note_type, owner, bytes)] in the kernel's view order
+    sigpend: int = 0
+    sighold: int = 0
+    utime: int = 0           # clock ticks
+    stime: int = 0
+
+    def regset(self, note_type):
+        for t, _, data in self.regsets:
+            if t == note_type:
+                return data
+        return None
+
+
+@dataclass
+class ProcessNotes:
+    pid: int
+    ppid: int
+    pgrp: int
+    sid: int
+    cutime: int
+    cstime: int
+    state: str               # /proc state letter before the freeze
+    nice: int
+    flag: int
+    uid: int
+    gid: int
+    comm: bytes
+    psargs: bytes            # raw argv area (NULs kept), truncated by psargs_field
+    auxv: bytes
+    file_entries: list = field(default_factory=list)   # [(start, end, pgoff_pages, name_bytes)]
+
+
+def psargs_field(argv_area):
+    """The kernel's pr_psargs: at most 79 bytes of argv, NULs as spaces."""
+    return argv_area[:79].replace(b"\0", b" ")
+
+
+def state_index(letter):
+    """/proc state letter -> (pr_state, pr_sname) as fill_psinfo would give them."""
+    letter = {"t": "T", "I": "D", "P": "D"}.get(letter, letter)
+    idx = _RSDTZW.find(letter)
+    if idx < 0:
+        return 0, "R"
+    return idx, letter
+
+
+def build_file_note(entries, word_size, page_size):
+    """NT_FILE: count, page_size, {start, end, pgoff}[count], then NUL-terminated names."""
+    fmt = "<Q" if word_size == 8 else "<I"
+    w = struct.Struct(fmt)
+    parts = [w.pack(len(entries)), w.pack(page_size)]
+    for start, end, pgoff, _ in entries:
+        parts += [w.pack(start), w.pack(end), w.pack(pgoff)]
+    for *_, name in entries:
+        parts.append(name + b"\0")
+    return b"".join(parts)
+
+
+def build_xsave_layout(xstate, cpuid):
+    """NT_X86_XSAVE_LAYOUT from the XCR0 word of an XSAVE image and CPUID leaf 0xD.
+
+    One {type, size, offset, flags=0} per enabled extended feature (bit >= 2),
+    as arch/x86/kernel/fpu/xstate.c dump_xsave_layout_desc() writes it.
+    """
+    if xstate is None or len(xstate) < XCR0_OFFSET + 8:
+        return None
+    (xcr0,) = struct.unpack_from("<Q", xstate, XCR0_OFFSET)
+    out = []
+    for bit in range(2, 64):
+        if xcr0 & (1 << bit):
+            eax, ebx, _, _ = cpuid(0xD, bit)
+            out.append(struct.pack("<IIII", bit, eax, ebx, 0))
+    return b"".join(out) if out else None
+
+
+def build_notes(arch, proc, threads, cpuid, file_note_limit=4 << 20):
+    """Return the PT_NOTE blob.  threads[0] is the current thread."""
+    ps_index, sname = state_index(proc.state)
+    prpsinfo = arch.build_prpsinfo(
+        state_index=ps_index, sname=sname, nice=proc.nice, flag=proc.flag, uid=proc.uid,
+        gid=proc.gid, pid=proc.pid, ppid=proc.ppid, pgrp=proc.pgrp, sid=proc.sid,
+        fname=proc.comm, psargs=psargs_field(proc.psargs))
+    file_desc = build_file_note(proc.file_entries, arch.word_size, arch.page_size)
+    if len(file_desc) >= file_note_limit:
+        file_desc = None        # the kernel leaves NT_FILE out past core_file_note_size_limit
+
+    out = []
+    for i, t in enumerate(threads):
+        regs = t.regset(NT_PRSTATUS)
+        fpvalid = t.regset(NT_PRFPREG) is not None
+        out.append(note("CORE", NT_PRSTATUS, arch.build_prstatus(
+            tid=t.tid, ppid=proc.ppid, pgrp=proc.pgrp, sid=proc.sid, sigpend=t.sigpend,
+            sighold=t.sighold, utime=t.utime, stime=t.stime, cutime=proc.cutime,
+            cstime=proc.cstime, regs=regs, fpvalid=fpvalid)))
+        if i == 0:
+            out.append(note("CORE", NT_PRPSINFO, prpsinfo))
+            out.append(note("CORE", NT_SIGINFO, b"\0" * SIGINFO_SIZE))
+            out.append(note("CORE", NT_AUXV, proc.auxv))
+            if file_desc is not None:
+                out.append(note("CORE", NT_FILE, file_desc))
+        for ntype, owner, data in t.regsets:
+            if ntype != NT_PRSTATUS:
+                out.append(note(owner, ntype, data))
+    layout = build_xsave_layout(threads[0].regset(NT_X86_XSTATE) if threads else None, cpuid)
+    if layout is not None:
+        out.append(note("LINUX", NT_X86_XSAVE_LAYOUT, layout))
+    return b"".join(out)

@@ -1,0 +1,111 @@
+"""ELF structures, declared once per class (little-endian only: x86).
+
+Field names follow the ELF specification; values come from
+include/uapi/linux/elf.h and the System V ABI.
+"""
+import struct
+from dataclasses import dataclass
+
+ELFCLASS32 = 1
+ELFCLASS64 = 2
+ELFDATA2LSB = 1
+EV_CURRENT = 1
+ET_CORE = 4
+
+PT_LOAD = 1
+PT_NOTE = 4
+PF_X = 1
+PF_W = 2
+PF_R = 4
+PN_XNUM = 0xFFFF
+SHT_NULL = 0
+
+# note types
+NT_PRSTATUS = 1
+NT_PRFPREG = 2
+NT_PRPSINFO = 3
+NT_AUXV = 6
+NT_SIGINFO = 0x53494749
+NT_FILE = 0x46494C45
+NT_PRXFPREG = 0x46E62B7F
+NT_386_TLS = 0x200
+NT_386_IOPERM = 0x201
+NT_X86_XSTATE = 0x202
+NT_X86_SHSTK = 0x204
+NT_X86_XSAVE_LAYOUT = 0x205
+NT_GNU_BUILD_ID = 3
+
+
+@dataclass(frozen=True)
+class ElfClass:
+    elfclass: int
+    ehdr: struct.Struct
+    phdr: struct.Struct
+    shdr: struct.Struct
+
+    @property
+    def word_size(self):
+        return 8 if self.elfclass == ELFCLASS64 else 4
+
+    def pack_ehdr(self, *, e_machine, e_phoff, e_phnum, e_shoff=0, e_shnum=0,
+                  e_shentsize=0, e_shstrndx=0):
+        ident = b"\x7fELF" + bytes([self.elfclass, ELFDATA2LSB, EV_CURRENT, 0, 0]) + b"\0" * 7
+        return self.ehdr.pack(ident, ET_CORE, e_machine, EV_CURRENT, 0, e_phoff, e_shoff, 0,
+                              self.ehdr.size, self.phdr.size, e_phnum, e_shentsize,
+                              e_shnum, e_shstrndx)
+
+    def pack_phdr(self, p_type, p_flags, p_offset, p_vaddr, p_filesz, p_memsz, p_align,
+                  p_paddr=0):
+        if self.elfclass == ELFCLASS64:
+            return self.phdr.pack(p_type, p_flags, p_offset, p_vaddr, p_paddr, p_filesz,
+                                  p_memsz, p_align)
+        return self.phdr.pack(p_type, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz,
+                              p_flags, p_align)
+
+    def pack_shdr_xnum(self, real_phnum):
+        """Section header 0 carrying the real segment count (PN_XNUM)."""
+        # sh_name, sh_type, sh_flags, sh_addr, sh_offset, sh_size, sh_link, sh_info,
+        # sh_addralign, sh_entsize
+        return self.shdr.pack(0, SHT_NULL, 0, 0, 0, 1, 0, real_phnum, 0, 0)
+
+
+ELF64 = ElfClass(
+    ELFCLASS64,
+    ehdr=struct.Struct("<16sHHIQQQIHHHHHH"),
+    phdr=struct.Struct("<IIQQQQQQ"),
+    shdr=struct.Struct("<IIQQQQIIQQ"),
+)
+ELF32 = ElfClass(
+    ELFCLASS32,
+    ehdr=struct.Struct("<16sHHIIIIIHHHHHH"),
+    phdr=struct.Struct("<IIIIIIII"),
+    shdr=struct.Struct("<IIIIIIIIII"),
+)
+
+NHDR = struct.Struct("<III")
+
+
+def _pad4(n):
+    return (n + 3) & ~3
+
+
+def note(name, n_type, desc):
+    """One note record: Nhdr, name (NUL, padded to 4), desc (padded to 4)."""
+    nm = name.encode() + b"\0"
+    return b"".join((
+        NHDR.pack(len(nm), len(desc), n_type),
+        nm, b"\0" * (_pad4(len(nm)) - len(nm)),
+        desc, b"\0" * (_pad4(len(desc)) - len(desc)),
+    ))
+
+
+def iter_notes(data):
+    """Yield (name, type, desc) from a PT_NOTE blob (4-byte alignment)."""
+    off = 0
+    while off + NHDR.size <= len(data):
+        namesz, descsz, ntype = NHDR.unpack_from(data, off)
+        off += NHDR.size
+        name = data[off:off + namesz].rstrip(b"\0").decode("ascii", "replace")
+        off += _pad4(namesz)
+        yield name, ntype, data[off:off + descsz]
+        off += _pad4(descsz)

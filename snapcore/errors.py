@@ -1,0 +1,151 @@
+"""The exceptions snapcore raises.
+
+Every error a user can cause or meet is one of these; each carries a short
+message (what went wrong) and, where there is one, ``advice`` (what to do).
+They subclass the matching builtin too, so ``except ProcessLookupError`` or
+``except PermissionError`` work as expected.
+
+    SnapcoreError
+     +-- TargetError                      (pid)
+     |    +-- NoSuchProcess               ProcessLookupError
+     |    |    +-- TargetExited           the target went away mid-snapshot
+     |    +-- ZombieProcess
+     |    +-- KernelThread
+     |    +-- AccessDenied                PermissionError
+     |    +-- AlreadyTraced               (tracer_pid, tracer_comm)
+     |    +-- UnsupportedTarget
+     |    +-- ThreadStopTimeout           (tids)
+     +-- OutputError                      OSError (path)
+     |    +-- OutputExists                FileExistsError
+     +-- SnapshotCancelled
+     +-- SyscallError                     OSError (syscall, tid, errno)
+     +-- ShimUnavailable                  ImportError
+"""
+import errno as _errno
+import os
+
+
+class SnapcoreError(Exception):
+    """Base class of every snapcore error."""
+
+    advice = None
+
+    def __str__(self):
+        msg = super().__str__()
+        return f"{msg}; {self.advice}" if self.advice else msg
+
+
+class TargetError(SnapcoreError):
+    def __init__(self, pid, msg):
+        super().__init__(msg)
+        self.pid = pid
+
+
+class NoSuchProcess(TargetError, ProcessLookupError):
+    def __init__(self, pid, msg=None):
+        super().__init__(pid, msg or f"no process with pid {pid}")
+
+
+class TargetExited(NoSuchProcess):
+    def __init__(self, pid):
+        super().__init__(pid, f"process {pid} exited during the snapshot")
+
+
+class ZombieProcess(TargetError):
+    def __init__(self, pid):
+        super().__init__(pid, f"process {pid} is a zombie (it has exited and awaits its parent)")
+
+
+class KernelThread(TargetError):
+    def __init__(self, pid, comm=""):
+        name = f" ({comm})" if comm else ""
+        super().__init__(pid, f"pid {pid}{name} is a kernel thread; it has no user memory to dump")
+
+
+class AccessDenied(TargetError, PermissionError):
+    def __init__(self, pid, detail="ptrace not permitted", advice=None):
+        super().__init__(pid, f"cannot trace process {pid}: {detail}")
+        self.advice = advice if advice is not None else _ptrace_advice()
+
+
+class AlreadyTraced(TargetError):
+    def __init__(self, pid, tracer_pid, tracer_comm=""):
+        who = f"{tracer_pid} ({tracer_comm})" if tracer_comm else f"{tracer_pid}"
+        super().__init__(pid, f"process {pid} is already traced by PID {who}")
+        self.tracer_pid = tracer_pid
+        self.tracer_comm = tracer_comm
+        self.advice = "detach the debugger or tracer (or let it finish), then retry"
+
+
+class UnsupportedTarget(TargetError):
+    pass
+
+
+class ThreadStopTimeout(TargetError):
+    def __init__(self, pid, tids, timeout):
+        listed = ", ".join(str(t) for t in sorted(tids)[:8])
+        more = "" if len(tids) <= 8 else f" and {len(tids) - 8} more"
+        super().__init__(
+            pid,
+            f"thread(s) {listed}{more} of process {pid} did not stop within {timeout:g}s "
+            "(uninterruptible sleep?); the target was resumed",
+        )
+        self.tids = sorted(tids)
+        self.timeout = timeout
+        self.advice = "retry later, or raise the bound with --stop-timeout"
+
+
+class OutputError(SnapcoreError, OSError):
+    def __init__(self, path, msg, err=None):
+        SnapcoreError.__init__(self, msg)
+        self.path = path
+        self.errno = err
+
+    def __str__(self):
+        return SnapcoreError.__str__(self)
+
+
+class OutputExists(OutputError, FileExistsError):
+    def __init__(self, path):
+        super().__init__(path, f"{path} already exists", _errno.EEXIST)
+        self.advice = "choose another path or pass --force (force=True) to replace it"
+
+
+class SnapshotCancelled(SnapcoreError):
+    def __init__(self, msg="snapshot cancelled; the target was resumed"):
+        super().__init__(msg)
+
+
+class SyscallError(SnapcoreError, OSError):
+    """A system call failed in a way no more specific error describes."""
+
+    def __init__(self, syscall, err, tid=None, detail=""):
+        where = f" on {tid}" if tid is not None else ""
+        extra = f" ({detail})" if detail else ""
+        SnapcoreError.__init__(self, f"{syscall}{where} failed: {os.strerror(err)}{extra}")
+        self.errno = err
+        self.syscall = syscall
+        self.tid = tid
+
+    def __str__(self):
+        return SnapcoreError.__str__(self)
+
+
+class ShimUnavailable(SnapcoreError, ImportError):
+    def __init__(self, detail):
+        super().__init__(f"snapcore's compiled shim is not available ({detail})")
+        self.advice = "reinstall snapcore with 'pip install .' so the C shim is built"
+
+
+def _ptrace_advice():
+    try:
+        with open("/proc/sys/kernel/yama/ptrace_scope") as f:
+            scope = int(f.read().strip())
+    except (OSError, ValueError):
+        scope = None
+    if scope is not None and scope >= 1:
+        return (
+            f"kernel.yama.ptrace_scope is {scope}: run as root or with CAP_SYS_PTRACE, "
+            "or lower it with 'sysctl kernel.yama.ptrace_scope=0'"
+        )
+    return "run as the target's user or as root (CAP_SYS_PTRACE)"

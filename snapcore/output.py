@@ -1,0 +1,95 @@
+"""The core file on disk: private, never partial under its final name.
+
+A core holds the target's secrets, so it is created mode 0600 with O_EXCL
+under a temporary name in the destination directory and only linked to its
+final name once complete.  ``link(2)`` refuses an existing destination,
+symlinks included, so nothing is replaced or followed unless ``force``; with
+``force`` the final ``rename(2)`` replaces the name itself, never a symlink's
+target.
+"""
+import errno
+import os
+import secrets
+
+from .errors import OutputError, OutputExists
+
+
+class CoreFile:
+    def __init__(self, path, force=False):
+        self.path = os.fspath(path)
+        self.force = force
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if not force and os.path.lexists(self.path):
+            raise OutputExists(self.path)
+        if os.path.isdir(self.path):
+            raise OutputError(self.path, f"{self.path} is a directory", errno.EISDIR)
+        base = os.path.basename(self.path)
+        self.tmp_path = os.path.join(directory, f".{base}.snapcore-{secrets.token_hex(4)}.tmp")
+        try:
+            self.fd = os.open(self.tmp_path,
+                              os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                              0o600)
+        except OSError as exc:
+            raise OutputError(self.path, f"cannot create a file in {directory}: "
+                              f"{exc.strerror}", exc.errno) from exc
+        self.committed = False
+
+    def write_at(self, data, offset):
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.pwrite(self.fd, view, offset)
+            except OSError as exc:
+                raise self.write_error(exc) from exc
+            view = view[n:]
+            offset += n
+
+    def write_error(self, exc):
+        return OutputError(self.path, f"writing {self.path} failed: {exc.strerror}", exc.errno)
+
+    def finish(self, size):
+        """Set the final size (the tail may be a hole) and publish under the final name."""
+        try:
+            os.ftruncate(self.fd, size)
+            os.close(self.fd)
+        except OSError as exc:
+            raise self.write_error(exc) from exc
+        self.fd = -1
+        try:
+            if self.force:
+                os.replace(self.tmp_path, self.path)
+            else:
+                self._link_no_replace()
+        except FileExistsError:
+            raise OutputExists(self.path) from None
+        except OSError as exc:
+            raise OutputError(self.path, f"cannot create {self.path}: {exc.strerror}",
+                              exc.errno) from exc
+        self.committed = True
+
+    def _link_no_replace(self):
+        try:
+            os.link(self.tmp_path, self.path)
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV):
+                raise
+            # filesystems without hard links: rename after a check (small race)
+            if os.path.lexists(self.path):
+                raise FileExistsError(errno.EEXIST, "exists", self.path) from None
+            os.rename(self.tmp_path, self.path)
+            return
+        os.unlink(self.tmp_path)
+
+    def abort(self):
+        """Remove the temporary file; safe to call more than once."""
+        if self.fd >= 0:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = -1
+        if not self.committed:
+            try:
+                os.unlink(self.tmp_path)
+            except OSError:
+                pass

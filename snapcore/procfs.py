@@ -1,0 +1,321 @@
+"""Reading /proc: pure parsers (text -> frozen dataclasses) and the file reads.
+
+The parsers take the text of one /proc file and raise ValueError on anything
+they do not understand: a silently skipped mapping is a silently wrong core.
+``read_*`` helpers do the I/O and turn errno into snapcore's errors.
+"""
+import errno
+import os
+import re
+from dataclasses import dataclass
+
+from .errors import AccessDenied, NoSuchProcess
+
+PF_KTHREAD = 0x00200000
+
+
+# ---------------------------------------------------------------------------
+# /proc/PID/stat
+
+
+@dataclass(frozen=True)
+class Stat:
+    pid: int
+    comm: str
+    state: str
+    ppid: int
+    pgrp: int
+    session: int
+    flags: int
+    utime: int          # clock ticks
+    stime: int
+    cutime: int
+    cstime: int
+    nice: int
+    num_threads: int
+    starttime: int
+    arg_start: int      # 0 unless we may read the target's memory
+    arg_end: int
+
+
+def parse_stat(text):
+    """Parse /proc/PID/stat (or task/TID/stat).  comm may hold spaces and ')'."""
+    lpar = text.index("(")
+    rpar = text.rindex(")")
+    pid = int(text[:lpar])
+    comm = text[lpar + 1:rpar]
+    rest = text[rpar + 2:].split()
+    # rest[0] is field 3 (state); field N is rest[N - 3]
+    if len(rest) < 47:
+        raise ValueError(f"short stat line ({len(rest) + 2} fields)")
+
+    def f(n):
+        return int(rest[n - 3])
+
+    return Stat(
+        pid=pid, comm=comm, state=rest[0], ppid=f(4), pgrp=f(5), session=f(6),
+        flags=f(9), utime=f(14), stime=f(15), cutime=f(16), cstime=f(17),
+        nice=f(19), num_threads=f(20), starttime=f(22), arg_start=f(48), arg_end=f(49),
+    )
+
+
+# ---------------------------------------------------------------------------
+# /proc/PID/status
+
+
+@dataclass(frozen=True)
+class Status:
+    name: str
+    state: str          # letter
+    tgid: int
+    ppid: int
+    tracer_pid: int
+    uid: tuple          # real, effective, saved, fs
+    gid: tuple
+    sig_pnd: int        # thread-private pending
+    shd_pnd: int        # shared pending
+    sig_blk: int
+    seccomp: int
+    kthread: bool
+    threads: int
+
+
+def parse_status(text):
+    fields = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields[key] = value.strip()
+
+    def ints(key):
+        return tuple(int(x) for x in fields.get(key, "").split())
+
+    try:
+        return Status(
+            name=fields.get("Name", ""),
+            state=fields["State"][:1],
+            tgid=int(fields["Tgid"]),
+            ppid=int(fields["PPid"]),
+            tracer_pid=int(fields["TracerPid"]),
+            uid=ints("Uid"),
+            gid=ints("Gid"),
+            sig_pnd=int(fields.get("SigPnd", "0"), 16),
+            shd_pnd=int(fields.get("ShdPnd", "0"), 16),
+            sig_blk=int(fields.get("SigBlk", "0"), 16),
+            seccomp=int(fields.get("Seccomp", "0")),
+            kthread=fields.get("Kthread", "0") == "1",
+            threads=int(fields.get("Threads", "1")),
+        )
+    except KeyError as exc:
+        raise ValueError(f"status lacks {exc}") from None
+
+
+# ---------------------------------------------------------------------------
+# /proc/PID/smaps
+
+
+@dataclass(frozen=True)
+class Vma:
+    start: int
+    end: int
+    perms: str          # e.g. "rw-p"
+    offset: int         # bytes
+    dev_major: int
+    dev_minor: int
+    inode: int
+    name: str           # as /proc shows it (newline escaped as \012)
+    rss: int = 0        # bytes
+    anonymous: int = 0
+    swap: int = 0
+    vmflags: frozenset = frozenset()
+
+    @property
+    def size(self):
+        return self.end - self.start
+
+    @property
+    def readable(self):
+        return self.perms[0] == "r"
+
+    @property
+    def writable(self):
+        return self.perms[1] == "w"
+
+    @property
+    def executable(self):
+        return self.perms[2] == "x"
+
+    @property
+    def shared(self):
+        return "sh" in self.vmflags if self.vmflags else self.perms[3] == "s"
+
+    @property
+    def special(self):
+        """A kernel-installed mapping ([vdso], [vvar], [vsyscall], [uprobes] ...).
+
+        The kernel dumps these whole whatever their flags (always_dump_vma).
+        [heap], [stack] and prctl-named anonymous memory ([anon:...]) are not.
+        """
+        n = self.name
+        return (n.startswith("[") and n.endswith("]") and n not in ("[heap]", "[stack]")
+                and not n.startswith("[anon:") and not n.startswith("[anon_shmem:")
+                and not n.startswith("[stack:"))
+
+
+_HEADER = re.compile(
+    r"^([0-9a-f]+)-([0-9a-f]+) ([-r][-w][-x][ps]) ([0-9a-f]+) ([0-9a-f]+):([0-9a-f]+) (\d+)(?: +(.*))?$"
+)
+
+_KB_FIELDS = {"Rss": "rss", "Anonymous": "anonymous", "Swap": "swap"}
+
+
+def parse_maps_line(line):
+    m = _HEADER.match(line)
+    if not m:
+        raise ValueError(f"unrecognised maps line: {line!r}")
+    start, end, perms, off, dmaj, dmin, inode, name = m.groups()
+    return dict(start=int(start, 16), end=int(end, 16), perms=perms, offset=int(off, 16),
+                dev_major=int(dmaj, 16), dev_minor=int(dmin, 16), inode=int(inode),
+                name=name or "")
+
+
+def parse_maps(text):
+    """Parse /proc/PID/maps into Vmas (no smaps detail)."""
+    return [Vma(**parse_maps_line(line)) for line in text.split("\n") if line]
+
+
+def parse_smaps(text):
+    """Parse /proc/PID/smaps into Vmas with rss/anonymous/swap and VmFlags."""
+    vmas = []
+    cur = None
+    for line in text.split("\n"):
+        if not line:
+            continue
+        c = line[0]
+        if c.isupper() or c == "_":
+            key, _, value = line.partition(":")
+            if cur is None:
+                raise ValueError(f"smaps field before any mapping: {line!r}")
+            if key == "VmFlags":
+                cur["vmflags"] = frozenset(value.split())
+            else:
+                attr = _KB_FIELDS.get(key)
+                if attr:
+                    num, unit = value.split()
+                    if unit != "kB":
+                        raise ValueError(f"unexpected unit in {line!r}")
+                    cur[attr] = int(num) * 1024
+            continue
+        if cur is not None:
+            vmas.append(Vma(**cur))
+        cur = parse_maps_line(line)
+    if cur is not None:
+        vmas.append(Vma(**cur))
+    return vmas
+
+
+def unescape_maps_name(name):
+    """Undo seq_path's escaping in maps (only '\\n' is escaped, as \\012)."""
+    return name.replace("\\012", "\n")
+
+
+# ---------------------------------------------------------------------------
+# small files
+
+
+def parse_coredump_filter(text):
+    return int(text.strip(), 16)
+
+
+def parse_auxv(data, word_size):
+    """Return [(a_type, a_val)] up to and including AT_NULL."""
+    fmt = "<QQ" if word_size == 8 else "<II"
+    import struct
+    step = 2 * word_size
+    out = []
+    for off in range(0, len(data) - step + 1, step):
+        t, v = struct.unpack_from(fmt, data, off)
+        out.append((t, v))
+        if t == 0:
+            break
+    return out
+
+
+# ---------------------------------------------------------------------------
+# I/O with error translation
+
+
+def _translate(pid, exc, what):
+    if exc.errno in (errno.ENOENT, errno.ESRCH):
+        return NoSuchProcess(pid)
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return AccessDenied(pid, f"cannot read {what}")
+    return exc
+
+
+def read_bytes(pid, rel, tid=None):
+    path = f"/proc/{pid}/task/{tid}/{rel}" if tid is not None else f"/proc/{pid}/{rel}"
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise _translate(pid, exc, path) from exc
+
+
+def read_text(pid, rel, tid=None):
+    return read_bytes(pid, rel, tid).decode("utf-8", "surrogateescape")
+
+
+def read_stat(pid, tid=None):
+    return parse_stat(read_text(pid, "stat", tid))
+
+
+def read_status(pid, tid=None):
+    return parse_status(read_text(pid, "status", tid))
+
+
+def list_tids(pid):
+    try:
+        return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+    except OSError as exc:
+        raise _translate(pid, exc, f"/proc/{pid}/task") from exc
+
+
+def read_smaps(pid):
+    return parse_smaps(read_text(pid, "smaps"))
+
+
+def read_coredump_filter(pid):
+    try:
+        return parse_coredump_filter(read_text(pid, "coredump_filter"))
+    except (OSError, ValueError):
+        return 0x33  # the kernel default
+
+
+def map_files_link(pid, start, end):
+    """The exact path of a file mapping (d_path, '(deleted)' included), or None."""
+    try:
+        raw = os.readlink(f"/proc/{pid}/map_files/{start:x}-{end:x}".encode())
+    except OSError:
+        return None
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def map_files_ranges(pid):
+    """The (start, end) of every VMA that has a file (vm_file), or None if unreadable."""
+    try:
+        names = os.listdir(f"/proc/{pid}/map_files")
+    except OSError:
+        return None
+    out = set()
+    for n in names:
+        a, _, b = n.partition("-")
+        out.add((int(a, 16), int(b, 16)))
+    return out
+
+
+def comm_of(pid):
+    try:
+        return read_text(pid, "comm").strip()
+    except Exception:
+        return ""

@@ -1,0 +1,260 @@
+"""Freezing and resuming every thread of a target with PTRACE_SEIZE.
+
+PTRACE_SEIZE + PTRACE_INTERRUPT stop a thread without sending it SIGSTOP, so
+nothing is queued that could leave the target stopped: if snapcore dies, the
+kernel detaches its tracees and they simply run on.  All ptrace calls of one
+snapshot are made from one OS thread (the tracer thread, see
+``run_traced``); when that thread ends the kernel detaches whatever it still
+traces, which is the last line of defence behind ``Freezer.resume``.
+
+The freeze (after CRIU's compel and gdb):
+  1. list /proc/PID/task, SEIZE and INTERRUPT every tid not seen before;
+  2. wait (bounded) until each of them reports a stop, or has exited;
+  3. repeat until a listing finds no new tid: stopped threads cannot create
+     threads, so this ends once every running thread has been caught.
+A thread whose first stop is a signal-delivery-stop took a signal during the
+freeze; the signal is handed back on detach.  A thread in a job-control stop
+(the process was SIGSTOPped) reports a group-stop and returns to it on detach.
+"""
+import errno
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+
+from . import _native
+from .errors import (AccessDenied, AlreadyTraced, NoSuchProcess, SnapcoreError, TargetExited,
+                     ThreadStopTimeout, UnsupportedTarget)
+from .procfs import comm_of, list_tids, read_status
+
+_JOB_CONTROL = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
+MAX_SCANS = 64
+
+
+@dataclass
+class FrozenThread:
+    tid: int
+    status: int
+    deliver_sig: int = 0        # signal to hand back on detach
+    group_stop: bool = False    # the thread was in a job-control stop
+
+
+def describe_stop(status):
+    """Classify a waitpid status of a seized thread: (kind, sig).
+
+    kind is "exited", "interrupt", "group-stop", "signal" or "event".
+    """
+    if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+        return "exited", 0
+    if not os.WIFSTOPPED(status):
+        return "event", 0
+    sig = os.WSTOPSIG(status)
+    event = status >> 16
+    if event == _native.PTRACE_EVENT_STOP:
+        return ("group-stop" if sig in _JOB_CONTROL else "interrupt"), sig
+    if event == 0:
+        return "signal", sig
+    return "event", sig
+
+
+class Freezer:
+    """Stops all threads of ``pid``; ``resume()`` lets them all go again."""
+
+    def __init__(self, pid, stop_timeout=5.0, cancel=None):
+        self.pid = pid
+        self.stop_timeout = stop_timeout
+        self.cancel = cancel
+        self.seized = []          # tids we are attached to, stopped or not
+        self.threads = {}         # tid -> FrozenThread, stopped ones
+        self.frozen_at = None
+        self.resumed_at = None
+        self._noreap = pid if _is_parent_of(pid) else 0
+
+    # -- freeze ------------------------------------------------------------
+    def freeze(self):
+        deadline = time.monotonic() + self.stop_timeout
+        self.frozen_at = time.monotonic()
+        seen = set()
+        for _ in range(MAX_SCANS):
+            try:
+                tids = list_tids(self.pid)
+            except NoSuchProcess:
+                raise TargetExited(self.pid) if self.seized else NoSuchProcess(self.pid)
+            new = [t for t in tids if t not in seen]
+            if not new:
+                break
+            seen.update(new)
+            batch = [t for t in new if self._seize(t)]
+            self._wait_stopped(batch, deadline)
+            self._check_cancel()
+        else:
+            raise UnsupportedTarget(self.pid, f"process {self.pid} kept creating threads "
+                                    f"through {MAX_SCANS} scans of its task list")
+        if not self.threads:
+            raise TargetExited(self.pid)
+        return [self.threads[t] for t in sorted(self.threads)]
+
+    def _check_cancel(self):
+        if self.cancel is not None and self.cancel.is_set():
+            from .errors import SnapshotCancelled
+            raise SnapshotCancelled()
+
+    def _seize(self, tid):
+        try:
+            _native.seize(tid)
+        except _native.SyscallError as exc:
+            if exc.errno == errno.ESRCH:
+                return False                      # exited since the listing
+            if exc.errno == errno.EPERM:
+                self._explain_eperm(tid)
+                return False                      # a zombie thread: nothing to stop
+            raise
+        self.seized.append(tid)
+        try:
+            _native.interrupt(tid)
+        except _native.SyscallError as exc:
+            if exc.errno != errno.ESRCH:
+                raise
+        return True
+
+    def _explain_eperm(self, tid):
+        try:
+            st = read_status(self.pid, tid)
+        except SnapcoreError:
+            return                                # gone
+        if st.state in ("Z", "X"):
+            return
+        if st.tracer_pid and st.tracer_pid != os.getpid():
+            raise AlreadyTraced(self.pid, st.tracer_pid, comm_of(st.tracer_pid))
+        raise AccessDenied(self.pid, "ptrace(PTRACE_SEIZE) was refused (EPERM)")
+
+    def _wait_stopped(self, tids, deadline):
+        statuses = [_native.WAIT_PENDING] * len(tids)
+        pending = len(tids)
+        while pending:
+            remaining = deadline - time.monotonic()
+            # wait in slices so that a cancel request is noticed promptly
+            pending = _native.wait_many(tids, statuses, max(0.0, min(remaining, 0.25)),
+                                        self._noreap)
+            if pending and time.monotonic() >= deadline:
+                stuck = [t for t, s in zip(tids, statuses) if s == _native.WAIT_PENDING]
+                raise ThreadStopTimeout(self.pid, stuck, self.stop_timeout)
+            self._check_cancel()
+        for tid, status in zip(tids, statuses):
+            if status == _native.WAIT_GONE:
+                self._forget(tid)
+                continue
+            kind, sig = describe_stop(status)
+            if kind == "exited":
+                self._forget(tid)
+            elif kind == "signal":
+                self.threads[tid] = FrozenThread(tid, status, deliver_sig=sig)
+            else:
+                self.threads[tid] = FrozenThread(tid, status, group_stop=kind == "group-stop")
+
+    def _forget(self, tid):
+        if tid in self.seized:
+            self.seized.remove(tid)
+        self.threads.pop(tid, None)
+
+    # -- resume ------------------------------------------------------------
+    def resume(self):
+        """Detach every thread, handing back held signals.  Never raises.
+
+        A thread that was seized but never reported its stop cannot be
+        detached (ptrace needs it stopped); it is detached by the kernel when
+        the tracer thread exits (see run_traced).  Returns the tids that could
+        not be detached here.
+        """
+        left = []
+        for tid in list(self.seized):
+            ft = self.threads.get(tid)
+            try:
+                _native.detach(tid, ft.deliver_sig if ft else 0)
+            except _native.SyscallError as exc:
+                if exc.errno != errno.ESRCH:
+                    left.append(tid)
+                elif ft is None:
+                    left.append(tid)              # running, not stopped: kernel detaches
+            except Exception:
+                left.append(tid)
+        self.seized = []
+        self.threads = {}
+        self.resumed_at = time.monotonic()
+        return left
+
+    @property
+    def pause_seconds(self):
+        if self.frozen_at is None:
+            return 0.0
+        end = self.resumed_at if self.resumed_at is not None else time.monotonic()
+        return end - self.frozen_at
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.resume()
+
+
+def _is_parent_of(pid):
+    try:
+        return read_status(pid).ppid == os.getpid()
+    except SnapcoreError:
+        return False
+
+
+class CancelToken(threading.Event):
+    """A cancel request, forwarded to callbacks (e.g. the C copy loop's flag)."""
+
+    def __init__(self):
+        super().__init__()
+        self._callbacks = []
+
+    def on_set(self, callback):
+        self._callbacks.append(callback)
+        if self.is_set():
+            callback()
+
+    def set(self):
+        super().set()
+        for cb in list(self._callbacks):
+            cb()
+
+
+def run_traced(fn, cancel, poll=None, name="snapcore-tracer"):
+    """Run fn() on a fresh OS thread that will make every ptrace call.
+
+    When that thread ends, the kernel detaches anything it still traces, so no
+    path out of a snapshot can leave the target attached.  The calling thread
+    waits; on KeyboardInterrupt (or any BaseException, e.g. from a SIGTERM
+    handler) it sets ``cancel``, waits for the tracer to resume the target and
+    clean up, then re-raises.  ``poll()`` is called about ten times a second.
+    """
+    box = {}
+
+    def body():
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # handed to the caller
+            box["error"] = exc
+
+    t = threading.Thread(target=body, name=name, daemon=True)
+    t.start()
+    try:
+        while t.is_alive():
+            t.join(0.1)
+            if poll is not None:
+                poll()
+    except BaseException:
+        cancel.set()
+        while t.is_alive():
+            try:
+                t.join(0.1)
+            except BaseException:
+                cancel.set()              # a second Ctrl-C: keep waiting for cleanup
+        raise
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
