@@ -31,8 +31,24 @@ class SnapcoreError(Exception):
     advice = None
 
     def __str__(self):
-        msg = super().__str__()
+        msg = Exception.__str__(self)
         return f"{msg}; {self.advice}" if self.advice else msg
+
+    def __reduce__(self):
+        # constructors take other arguments than .args: rebuild from state so
+        # errors cross process boundaries (multiprocessing, pytest-xdist)
+        state = dict(self.__dict__)
+        if isinstance(self, OSError):
+            state["errno"] = self.errno
+        return _rebuild, (type(self), self.args, state)
+
+
+def _rebuild(cls, args, state):
+    obj = cls.__new__(cls)
+    Exception.__init__(obj, *args)
+    for k, v in state.items():
+        setattr(obj, k, v)
+    return obj
 
 
 class TargetError(SnapcoreError):

@@ -25,7 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
-volatile unsigned long snapcore_marker = 0x5eed5eed12345678UL;
+volatile uint64_t snapcore_marker = 0x5eed5eed12345678ULL;
 volatile unsigned long ticks;
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;

@@ -1,0 +1,49 @@
+# snapcore
+#   make demo    build, snapshot a bundled multi-threaded target, show gdb's backtraces
+#   make test    install test tools (apt) and a venv (pip), run the whole suite in parallel
+#   make bench   snapcore against gcore on large targets (ratios, same run)
+#   make soak    the reliability suite with hundreds of trials
+
+PYTHON      ?= python3
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+PYTEST_ARGS ?=
+STAMP       := $(VENV)/.snapcore-installed
+
+.PHONY: all build deps test unit demo bench soak clean
+
+all: build
+
+$(STAMP): setup.py pyproject.toml csrc/snapcore.c csrc/snapcore.h csrc/build_shim.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+build: $(STAMP)
+	$(MAKE) -s -C tests/targets
+
+deps:
+	.ci/deps
+
+# pytest exits 5 when it collected nothing: that is a failure here, not a pass.
+test: deps build
+	$(PY) -m pytest -n auto $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; \
+	exit $$rc
+
+unit: build
+	$(PY) -m pytest -q tests/unit
+
+demo: build
+	$(PY) tests/targets/demo.py
+
+bench: deps build
+	$(PY) tests/bench/bench.py
+
+soak: deps build
+	SNAPCORE_SOAK=1 $(PY) -m pytest -n auto tests/reliability
+
+clean:
+	rm -rf build $(VENV) snapcore/_shim*.so *.egg-info demo-out
+	$(MAKE) -s -C tests/targets clean

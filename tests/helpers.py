@@ -1,0 +1,312 @@
+"""Shared test helpers: real target processes, real tools, health checks.
+
+Every target is a real process started here; tests never mock ptrace or
+/proc.  Every wait has a timeout, and ``Target.close`` (called from fixtures'
+``finally``) SIGKILLs and reaps the process whatever happened.
+"""
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TARGETS = os.path.join(HERE, "targets")
+BIN = os.path.join(TARGETS, "bin")
+ROOT = os.path.dirname(HERE)
+
+
+def target_path(name):
+    return os.path.join(BIN, name)
+
+
+class TargetTimeout(AssertionError):
+    pass
+
+
+class Target:
+    """A target process that prints "READY {json}" and answers line commands."""
+
+    def __init__(self, argv, cwd=None, env=None, preexec_fn=None, ready_timeout=20.0,
+                 user=None):
+        self.argv = list(argv)
+        self.proc = subprocess.Popen(
+            self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            cwd=cwd, env=env, preexec_fn=preexec_fn, user=user)
+        self.pid = self.proc.pid
+        self._buf = b""
+        self.info = {}
+        try:
+            line = self.readline(ready_timeout)
+            if not line.startswith("READY"):
+                raise AssertionError(f"target said {line!r} instead of READY")
+            payload = line[len("READY"):].strip()
+            self.info = json.loads(payload) if payload else {}
+        except BaseException:
+            self.close()
+            raise
+
+    def readline(self, timeout=10.0):
+        deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TargetTimeout(f"no line from {self.argv[0]} within {timeout}s "
+                                    f"(got {self._buf!r})")
+            r, _, _ = select.select([fd], [], [], left)
+            if r:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    err = self.proc.stderr.read() if self.proc.poll() is not None else b""
+                    raise AssertionError(f"target {self.argv[0]} closed stdout "
+                                         f"(rc={self.proc.poll()}, stderr={err[-500:]!r})")
+                self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line.decode()
+
+    def command(self, text, timeout=10.0):
+        self.proc.stdin.write(text.encode() + b"\n")
+        self.proc.stdin.flush()
+        return self.readline(timeout)
+
+    def ping(self, timeout=10.0):
+        reply = self.command("ping", timeout)
+        m = re.match(r"pong (\d+)", reply)
+        assert m, f"bad ping reply {reply!r}"
+        return int(m.group(1))
+
+    def wait_blocked(self, tid=None, syscalls=(0,), timeout=10.0):
+        """Wait until thread tid (default: main) sits in one of these syscalls.
+
+        Lets a test snapshot a thread at a known place rather than on its way
+        back from answering the last command.
+        """
+        tid = tid or self.pid
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with open(f"/proc/{self.pid}/task/{tid}/syscall") as f:
+                    nr = f.read().split()[0]
+                with open(f"/proc/{self.pid}/task/{tid}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+            except (FileNotFoundError, IndexError):
+                nr, state = "", ""
+            if nr.lstrip("-").isdigit() and int(nr) in syscalls and state == "S":
+                return
+            if time.monotonic() > deadline:
+                raise TargetTimeout(f"thread {tid} not blocked in {syscalls} (at {nr!r})")
+            time.sleep(0.002)
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            try:
+                f.close()
+            except Exception:
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# ---------------------------------------------------------------------------
+# health of a target after a snapshot
+
+
+def task_states(pid):
+    """{tid: (state letter, TracerPid)} for every thread."""
+    out = {}
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{t}/status") as f:
+                text = f.read()
+        except FileNotFoundError:
+            continue
+        state = re.search(r"^State:\s+(\S)", text, re.M).group(1)
+        tracer = int(re.search(r"^TracerPid:\s+(\d+)", text, re.M).group(1))
+        out[int(t)] = (state, tracer)
+    return out
+
+
+def assert_untraced(pid, stopped_ok=False):
+    """No thread is traced; none is stopped unless stopped_ok."""
+    deadline = time.monotonic() + 5
+    while True:
+        states = task_states(pid)
+        bad = {t: s for t, s in states.items()
+               if s[1] != 0 or (not stopped_ok and s[0] in "tT")}
+        if not bad:
+            return states
+        if time.monotonic() > deadline:
+            raise AssertionError(f"target {pid} threads still stopped/traced: {bad}")
+        time.sleep(0.02)
+
+
+def wait_all_stopped(pid, timeout=5.0):
+    """Wait until every thread is in a job-control stop ('T') and untraced."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = task_states(pid)
+        if states and all(s == ("T", 0) for s in states.values()):
+            return states
+        if time.monotonic() > deadline:
+            raise AssertionError(f"target {pid} not fully stopped: {states}")
+        time.sleep(0.005)
+
+
+def assert_runs_on(target):
+    """Not stopped, not traced, and still making progress (ticks advance)."""
+    assert target.proc.poll() is None, f"target exited with {target.proc.returncode}"
+    assert_untraced(target.pid)
+    first = target.ping()
+    deadline = time.monotonic() + 5
+    while target.ping() <= first:
+        if time.monotonic() > deadline:
+            raise AssertionError("target answers but its sleeper thread makes no progress")
+        time.sleep(0.01)
+
+
+# ---------------------------------------------------------------------------
+# running tools
+
+
+def run(argv, timeout=60, check=False, env=None, **kw):
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, **kw)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{argv} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def snapcore_cli(*args, timeout=120, **kw):
+    return run([sys.executable, "-m", "snapcore", *map(str, args)], timeout=timeout, **kw)
+
+
+def have(tool):
+    return shutil.which(tool) is not None
+
+
+def gdb_batch(exe, core, *commands, timeout=120):
+    argv = ["gdb", "-nx", "-batch", "-ex", "set debuginfod enabled off"]
+    for c in commands:
+        argv += ["-ex", c]
+    argv += [exe, core] if exe else ["-c", core]
+    return run(argv, timeout=timeout)
+
+
+def gdb_live_registers(pid, exe, timeout=60):
+    """{tid: {reg: value}} read by gdb attached to the live (stopped) process."""
+    p = run(["gdb", "-nx", "-batch", "-ex", "set debuginfod enabled off", exe, "-p", str(pid),
+             "-ex", "thread apply all info registers",
+             "-ex", "thread apply all info registers fs_base"], timeout=timeout)
+    regs = {}
+    cur = None
+    for line in p.stdout.splitlines():
+        m = re.match(r"Thread \d+ \(.*LWP (\d+)", line)
+        if m:
+            cur = regs.setdefault(int(m.group(1)), {})
+            continue
+        m = re.match(r"^(\w+)\s+(0x[0-9a-f]+)", line)
+        if m and cur is not None:
+            cur[m.group(1)] = int(m.group(2), 16)
+    return regs
+
+
+# ---------------------------------------------------------------------------
+# reading cores with pyelftools (framing only: content checks use real tools)
+
+
+def core_notes(path):
+    from elftools.elf.elffile import ELFFile
+    with open(path, "rb") as f:
+        elf = ELFFile(f)
+        out = []
+        for seg in elf.iter_segments():
+            if seg["p_type"] == "PT_NOTE":
+                for n in seg.iter_notes():
+                    out.append((n["n_name"], n["n_type"], n["n_descsz"],
+                                n["n_descdata"] if isinstance(n["n_descdata"], bytes) else None,
+                                n))
+        return out
+
+
+def core_loads(path):
+    from elftools.elf.elffile import ELFFile
+    with open(path, "rb") as f:
+        elf = ELFFile(f)
+        return [dict(vaddr=s["p_vaddr"], memsz=s["p_memsz"], filesz=s["p_filesz"],
+                     offset=s["p_offset"], flags=s["p_flags"], align=s["p_align"],
+                     paddr=s["p_paddr"])
+                for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
+
+
+def read_core_memory(path, addr, length):
+    """Bytes at a virtual address, from the core's PT_LOAD data (zeros past p_filesz)."""
+    for ld in core_loads(path):
+        if ld["vaddr"] <= addr and addr + length <= ld["vaddr"] + ld["memsz"]:
+            rel = addr - ld["vaddr"]
+            with open(path, "rb") as f:
+                f.seek(ld["offset"] + rel)
+                avail = max(0, min(length, ld["filesz"] - rel))
+                data = f.read(avail)
+            return data + b"\0" * (length - len(data))
+    raise KeyError(f"{addr:#x} not in any PT_LOAD")
+
+
+def prstatus_regs(desc):
+    """(tid, {reg: value}) from an x86_64 NT_PRSTATUS descriptor."""
+    names = ("r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx",
+             "rdx", "rsi", "rdi", "orig_rax", "rip", "cs", "eflags", "rsp", "ss", "fs_base",
+             "gs_base", "ds", "es", "fs", "gs")
+    tid = struct.unpack_from("<i", desc, 32)[0]
+    vals = struct.unpack_from("<27Q", desc, 112)
+    return tid, dict(zip(names, vals))
+
+
+def raw_notes(path):
+    """[(name, type, desc bytes)] straight from the PT_NOTE bytes."""
+    from elftools.elf.elffile import ELFFile
+    with open(path, "rb") as f:
+        elf = ELFFile(f)
+        for seg in elf.iter_segments():
+            if seg["p_type"] == "PT_NOTE":
+                f.seek(seg["p_offset"])
+                blob = f.read(seg["p_filesz"])
+                break
+        else:
+            return []
+    out, off = [], 0
+    while off + 12 <= len(blob):
+        namesz, descsz, ntype = struct.unpack_from("<III", blob, off)
+        off += 12
+        name = blob[off:off + namesz].rstrip(b"\0").decode()
+        off += (namesz + 3) & ~3
+        out.append((name, ntype, blob[off:off + descsz]))
+        off += (descsz + 3) & ~3
+    return out
+
+
+def pattern_buf(length, word_bits=64):
+    """The bytes tests/targets/mt.c writes into its 1 MiB buffer."""
+    mask = (1 << word_bits) - 1
+    return bytes(((((i * 2654435761) & mask) >> 13) & 0xFF) ^ 0xA5 for i in range(length))
+
+
+def pattern_half(length):
+    return bytes((i * 7 + 1) & 0xFF for i in range(length))

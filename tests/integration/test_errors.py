@@ -1,0 +1,281 @@
+"""Each error of the API produced by a real situation, and the CLI's answer to it."""
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import snapcore
+from helpers import assert_runs_on, have, snapcore_cli, task_states, target_path
+
+NOBODY = 65534
+
+
+def unused_pid():
+    with open("/proc/sys/kernel/pid_max") as f:
+        pid = int(f.read()) - 1
+    while pid > 1:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        except PermissionError:
+            pass
+        pid -= 1
+    raise RuntimeError("no free pid")
+
+
+def in_child_as(uid, fn, timeout=60):
+    """Run fn() in a forked child with uid/gid dropped; return what it returned or raised."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            try:
+                result = ("ok", fn())
+            except BaseException as exc:  # report it to the parent
+                result = ("raised", exc)
+            try:
+                data = pickle.dumps(result)
+            except Exception:
+                data = pickle.dumps(("raised", RuntimeError(repr(result))))
+            os.write(w, data)
+        finally:
+            os._exit(0)
+    os.close(w)
+    deadline = time.monotonic() + timeout
+    chunks = []
+    try:
+        while True:
+            if time.monotonic() > deadline:
+                raise AssertionError("child did not finish")
+            chunk = os.read(r, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(r)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.waitpid(pid, 0)
+    return pickle.loads(b"".join(chunks))
+
+
+def assert_one_line_error(p, code, *fragments):
+    assert p.returncode == code, (p.returncode, p.stdout, p.stderr)
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    assert lines[0].startswith("snapcore: error: ")
+    assert "Traceback" not in p.stderr
+    for frag in fragments:
+        assert frag in lines[0], lines[0]
+
+
+# --- no such process ----------------------------------------------------------
+
+
+def test_no_such_process(tmp_path):
+    pid = unused_pid()
+    with pytest.raises(snapcore.NoSuchProcess) as ei:
+        snapcore.snapshot(pid, tmp_path / "core")
+    assert isinstance(ei.value, ProcessLookupError)
+    assert ei.value.pid == pid
+    assert not (tmp_path / "core").exists()
+    assert os.listdir(tmp_path) == []
+    p = snapcore_cli(pid, "-o", tmp_path / "core")
+    assert_one_line_error(p, 1, f"no process with pid {pid}")
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+def test_nonpositive_pid(bad, tmp_path):
+    with pytest.raises(snapcore.NoSuchProcess):
+        snapcore.snapshot(bad, tmp_path / "core")
+
+
+@pytest.mark.parametrize("arg", ["0", "-1", "abc", "1.5", ""])
+def test_cli_rejects_bad_pid_text(arg):
+    p = snapcore_cli(arg)
+    assert_one_line_error(p, 2, "pid")
+
+
+def test_cli_usage_without_arguments():
+    p = snapcore_cli()
+    assert_one_line_error(p, 2)
+
+
+def test_thread_id_is_not_a_process(mt, tmp_path):
+    tid = mt.info["tids"][1]
+    with pytest.raises(snapcore.NoSuchProcess, match=f"thread of process {mt.pid}"):
+        snapcore.snapshot(tid, tmp_path / "core")
+    assert_runs_on(mt)
+
+
+# --- zombie, kernel thread, self ----------------------------------------------------
+
+
+def test_zombie(tmp_path):
+    child = subprocess.Popen(["true"])
+    try:
+        deadline = time.monotonic() + 10
+        while task_states(child.pid)[child.pid][0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        with pytest.raises(snapcore.ZombieProcess):
+            snapcore.snapshot(child.pid, tmp_path / "core")
+        p = snapcore_cli(child.pid, "-o", tmp_path / "core")
+        assert_one_line_error(p, 1, "zombie")
+    finally:
+        child.wait(timeout=10)
+    assert not (tmp_path / "core").exists()
+
+
+def test_kernel_thread(tmp_path):
+    with pytest.raises(snapcore.KernelThread):
+        snapcore.snapshot(2, tmp_path / "core")
+    p = snapcore_cli(2, "-o", tmp_path / "core")
+    assert_one_line_error(p, 1, "kernel thread")
+
+
+def test_own_pid_is_refused_clearly(tmp_path):
+    with pytest.raises(snapcore.UnsupportedTarget, match="cannot trace itself"):
+        snapcore.snapshot(os.getpid(), tmp_path / "core")
+
+
+# --- permissions and tracers -----------------------------------------------------------
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to nobody")
+def test_access_denied_as_nobody(mt, tmp_path):
+    import tempfile
+    shared = tempfile.mkdtemp(prefix="snapcore-nobody-")   # reachable by nobody
+    os.chmod(shared, 0o777)
+    try:
+        _access_denied_as_nobody(mt, shared)
+    finally:
+        import shutil
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def _access_denied_as_nobody(mt, tmp_path):
+    out = os.path.join(tmp_path, "core")
+
+    result = in_child_as(NOBODY, lambda: snapcore.snapshot(mt.pid, out))
+    assert result[0] == "raised", result
+    exc = result[1]
+    assert isinstance(exc, snapcore.AccessDenied), repr(exc)
+    assert isinstance(exc, PermissionError)
+    assert "CAP_SYS_PTRACE" in str(exc) or "root" in str(exc)
+
+    def cli():
+        import contextlib
+        import io
+        from snapcore.cli import main
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = main([str(mt.pid), "-o", out])
+        return code, err.getvalue()
+
+    code, err = in_child_as(NOBODY, cli)[1]
+    assert code == 1
+    assert err.count("\n") == 1 and err.startswith("snapcore: error: cannot trace process")
+    assert not os.path.exists(out)
+    assert [n for n in os.listdir(tmp_path)] == []
+    assert_runs_on(mt)
+
+
+@pytest.mark.skipif(not have("gdb"), reason="gdb not installed")
+def test_already_traced_names_the_tracer(mt, tmp_path):
+    gdb = subprocess.Popen(
+        ["gdb", "-nx", "-batch", "-p", str(mt.pid), "-ex", "shell sleep 3"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while task_states(mt.pid)[mt.pid][1] == 0:
+            assert time.monotonic() < deadline, "gdb did not attach"
+            time.sleep(0.01)
+        with pytest.raises(snapcore.AlreadyTraced) as ei:
+            snapcore.snapshot(mt.pid, tmp_path / "core")
+        assert ei.value.tracer_pid == gdb.pid
+        assert f"traced by PID {gdb.pid} (gdb)" in str(ei.value)
+        p = snapcore_cli(mt.pid, "-o", tmp_path / "core")
+        assert_one_line_error(p, 1, f"traced by PID {gdb.pid} (gdb)")
+        gdb.wait(timeout=30)
+    finally:
+        if gdb.poll() is None:
+            gdb.kill()
+            gdb.wait(timeout=10)
+    assert not (tmp_path / "core").exists()
+    assert_runs_on(mt)
+
+
+# --- output ------------------------------------------------------------------------------
+
+
+def test_existing_output_is_refused_then_forced(mt, tmp_path):
+    dest = tmp_path / "core"
+    dest.write_bytes(b"precious")
+    with pytest.raises(snapcore.OutputExists):
+        snapcore.snapshot(mt.pid, dest)
+    assert dest.read_bytes() == b"precious"
+    p = snapcore_cli(mt.pid, "-o", dest)
+    assert_one_line_error(p, 1, "already exists", "--force")
+    s = snapcore.snapshot(mt.pid, dest, force=True)
+    assert dest.read_bytes()[:4] == b"\x7fELF"
+    assert s.path == str(dest)
+    assert sorted(os.listdir(tmp_path)) == ["core"]
+    assert_runs_on(mt)
+
+
+def test_symlink_at_destination_is_not_followed(mt, tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    link = tmp_path / "core"
+    link.symlink_to(victim)
+    with pytest.raises(snapcore.OutputExists):
+        snapcore.snapshot(mt.pid, link)
+    snapcore.snapshot(mt.pid, link, force=True)
+    assert victim.read_bytes() == b"keep me"
+    assert not link.is_symlink()
+    assert_runs_on(mt)
+
+
+def test_output_directory_missing(mt, tmp_path):
+    dest = tmp_path / "no" / "such" / "dir" / "core"
+    with pytest.raises(snapcore.OutputError):
+        snapcore.snapshot(mt.pid, dest)
+    p = snapcore_cli(mt.pid, "-o", dest)
+    assert_one_line_error(p, 1, "cannot create")
+    assert_runs_on(mt)
+
+
+# --- the CLI's success line ------------------------------------------------------------
+
+
+def test_cli_success_prints_one_summary_line(mt, tmp_path):
+    p = snapcore_cli(mt.pid, "-o", tmp_path / "core")
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.strip().splitlines()
+    assert len(lines) == 1
+    assert str(tmp_path / "core") in lines[0] and f"pid {mt.pid}" in lines[0]
+    assert "4 threads" in lines[0]
+    assert p.stderr == ""
+    assert_runs_on(mt)
+
+
+def test_cli_quiet_and_console_script(mt, tmp_path):
+    p = snapcore_cli(mt.pid, "-o", tmp_path / "core", "-q")
+    assert p.returncode == 0 and p.stdout == "" and p.stderr == ""
+    exe = os.path.join(os.path.dirname(sys.executable), "snapcore")
+    if os.path.exists(exe):
+        p2 = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30)
+        assert p2.returncode == 0 and p2.stdout.startswith("snapcore ")
+    assert_runs_on(mt)

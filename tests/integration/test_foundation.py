@@ -1,0 +1,205 @@
+"""End to end: a real multi-threaded target, snapshotted, read by real tools."""
+import os
+import re
+import signal
+
+import pytest
+
+import snapcore
+from helpers import (assert_runs_on, assert_untraced, core_loads, gdb_batch, gdb_live_registers,
+                     have, pattern_buf, pattern_half, prstatus_regs, raw_notes, read_core_memory,
+                     run, target_path, wait_all_stopped)
+
+THREAD_FUNCS = ("command_loop", "sleeper_thread", "cond_waiter_thread", "pipe_reader_thread")
+MARKER = 0x5EED5EED12345678
+
+
+@pytest.fixture
+def snap(mt, tmp_path):
+    s = snapcore.snapshot(mt.pid, tmp_path / "core")
+    assert_runs_on(mt)
+    mt.wait_blocked()
+    return s
+
+
+def test_gdb_shows_every_thread_and_the_global(mt, snap):
+    p = gdb_batch(target_path("mt"), snap.path, "thread apply all bt",
+                  "print/x snapcore_marker")
+    out = p.stdout
+    for fn in THREAD_FUNCS:
+        assert re.search(rf"\b{fn} \(", out), f"{fn} missing from gdb backtraces:\n{out}"
+    assert f"= {MARKER:#x}" in out
+    for tid in mt.info["tids"]:
+        assert f"LWP {tid}" in out
+    assert "Program terminated with signal" not in out
+    assert_runs_on(mt)
+
+
+def test_result_describes_the_snapshot(mt, snap):
+    assert snap.pid == mt.pid
+    assert sorted(snap.tids) == sorted(mt.info["tids"])
+    assert snap.tids[0] == mt.pid                     # the main thread is the current one
+    assert snap.arch == "x86_64"
+    st = os.stat(snap.path)
+    assert st.st_size == snap.file_size
+    assert st.st_mode & 0o777 == 0o600
+    assert snap.bytes_on_disk < snap.file_size        # sparse: untouched memory is holes
+    assert snap.segments == len(core_loads(snap.path))
+    assert 0 < snap.pause_time <= snap.wall_time
+
+
+def test_registers_equal_the_live_stopped_threads(spawn, tmp_path):
+    """Stop the target, snapshot it, then let gdb read the live registers."""
+    t = spawn("mt")
+    t.wait_blocked()
+    os.kill(t.pid, signal.SIGSTOP)
+    try:
+        wait_all_stopped(t.pid)
+        s = snapcore.snapshot(t.pid, tmp_path / "core")
+        wait_all_stopped(t.pid)           # a job-control-stopped process stays stopped
+        live = gdb_live_registers(t.pid, target_path("mt"))
+        wait_all_stopped(t.pid)
+    finally:
+        os.kill(t.pid, signal.SIGCONT)
+    core = {}
+    for name, ntype, desc in raw_notes(s.path):
+        if name == "CORE" and ntype == 1:
+            tid, regs = prstatus_regs(desc)
+            core[tid] = regs
+    assert set(core) == set(live) == set(t.info["tids"])
+    for tid, regs in core.items():
+        for reg in ("rip", "rsp", "rbp", "rbx", "r12", "r13", "r14", "r15", "rax", "rdi",
+                    "rsi", "rdx", "eflags", "fs_base"):
+            assert regs[reg] == live[tid][reg], (tid, reg, hex(regs[reg]), hex(live[tid][reg]))
+    assert_runs_on(t)
+
+
+@pytest.mark.skipif(not have("eu-stack"), reason="elfutils not installed")
+def test_eu_stack_shows_all_threads(mt, snap):
+    p = run(["eu-stack", "--core", snap.path, "-e", target_path("mt")], timeout=60)
+    for tid in mt.info["tids"]:
+        assert f"TID {tid}:" in p.stdout, p.stdout + p.stderr
+    for fn in THREAD_FUNCS:
+        assert fn in p.stdout
+
+
+@pytest.mark.skipif(not have("eu-unstrip"), reason="elfutils not installed")
+def test_eu_unstrip_lists_the_executable_build_id(mt, snap):
+    note = run(["readelf", "-n", target_path("mt")], check=True).stdout
+    build_id = re.search(r"Build ID: ([0-9a-f]+)", note).group(1)
+    p = run(["eu-unstrip", "-n", "--core", snap.path], timeout=60)
+    lines = [ln for ln in p.stdout.splitlines() if build_id in ln]
+    assert lines, p.stdout + p.stderr
+    assert lines[0].endswith(target_path("mt")) or "mt" in lines[0]
+    assert "libc.so" in p.stdout
+
+
+def test_notes_have_the_kernel_sizes_and_order(mt, snap):
+    notes = raw_notes(snap.path)
+    kinds = [(n, t) for n, t, _ in notes]
+    # T0: PRSTATUS, PRPSINFO, SIGINFO, AUXV, FILE, then its FP/XSTATE notes
+    assert kinds[:5] == [("CORE", 1), ("CORE", 3), ("CORE", 0x53494749), ("CORE", 6),
+                         ("CORE", 0x46494C45)]
+    sizes = {1: 336, 3: 136, 0x53494749: 128, 2: 512}
+    for name, ntype, desc in notes:
+        if ntype in sizes and name == "CORE":
+            assert len(desc) == sizes[ntype], (ntype, len(desc))
+    prstatus = [d for n, t, d in notes if (n, t) == ("CORE", 1)]
+    assert len(prstatus) == len(mt.info["tids"])
+    # every PRSTATUS is followed by that thread's FP registers before the next one
+    per_thread = []
+    for n, t, d in notes:
+        if (n, t) == ("CORE", 1):
+            per_thread.append([])
+        elif per_thread:
+            per_thread[-1].append((n, t))
+    for extra in per_thread:
+        assert ("CORE", 2) in extra and ("LINUX", 0x202) in extra
+    assert kinds[-1] == ("LINUX", 0x205)                      # NT_X86_XSAVE_LAYOUT
+    # on-demand: no signal anywhere
+    assert all(d[12:14] == b"\0\0" for d in prstatus)
+    siginfo = [d for n, t, d in notes if t == 0x53494749][0]
+    assert siginfo == b"\0" * 128
+    auxv = [d for n, t, d in notes if t == 6][0]
+    with open(f"/proc/{mt.pid}/auxv", "rb") as f:
+        assert auxv == f.read()
+
+
+def test_pyelftools_framing(snap):
+    from elftools.elf.elffile import ELFFile
+    with open(snap.path, "rb") as f:
+        elf = ELFFile(f)
+        assert elf.header["e_type"] == "ET_CORE"
+        assert elf.header["e_machine"] == "EM_X86_64"
+        assert elf.header["e_ident"]["EI_OSABI"] == "ELFOSABI_SYSV"
+        segs = list(elf.iter_segments())
+        assert segs[0]["p_type"] == "PT_NOTE" and segs[0]["p_align"] == 4
+        loads = [s for s in segs if s["p_type"] == "PT_LOAD"]
+        vaddrs = [s["p_vaddr"] for s in loads]
+        assert vaddrs == sorted(vaddrs)
+        size = os.path.getsize(snap.path)
+        running = None
+        for s in loads:
+            assert s["p_paddr"] == 0 and s["p_align"] == 4096
+            assert s["p_offset"] % 4096 == 0
+            assert s["p_filesz"] in (0, 4096, s["p_memsz"])
+            assert s["p_offset"] + s["p_filesz"] <= size
+            if running is not None:
+                assert s["p_offset"] == running       # back to back, even when empty
+            running = s["p_offset"] + s["p_filesz"]
+        assert running == size
+
+
+def test_known_buffers_hold_what_the_target_wrote(mt, snap):
+    info = mt.info
+    assert read_core_memory(snap.path, info["buf"], info["buf_len"]) == pattern_buf(
+        info["buf_len"])
+    touched = info["half_len"] // 4
+    data = read_core_memory(snap.path, info["half"], info["half_len"])
+    assert data[:touched] == pattern_half(touched)
+    assert data[touched:] == b"\0" * (info["half_len"] - touched)
+    # the untouched 3 MiB are a hole in the file, not written zeros
+    ld = [x for x in core_loads(snap.path) if x["vaddr"] == info["half"]][0]
+    fd = os.open(snap.path, os.O_RDONLY)
+    try:
+        hole = os.lseek(fd, ld["offset"] + touched, os.SEEK_HOLE)
+        assert hole == ld["offset"] + touched
+        data_at = os.lseek(fd, ld["offset"] + touched, os.SEEK_DATA)
+        assert data_at >= ld["offset"] + ld["filesz"]
+    finally:
+        os.close(fd)
+
+
+def test_untouched_memory_is_not_committed(mt, tmp_path):
+    """Reading the 3 untouched MiB must not fault them into the target."""
+    def rss_of_half():
+        with open(f"/proc/{mt.pid}/smaps") as f:
+            text = f.read()
+        start = f"{mt.info['half']:x}-"
+        block = text[text.index(start):]
+        return int(re.search(r"^Rss:\s+(\d+) kB", block, re.M).group(1))
+    before = rss_of_half()
+    snapcore.snapshot(mt.pid, tmp_path / "core")
+    assert rss_of_half() == before
+    assert_runs_on(mt)
+
+
+def test_default_path_is_core_dot_pid_in_cwd(mt, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    s = snapcore.snapshot(mt.pid)
+    assert s.path == f"core.{mt.pid}"
+    assert (tmp_path / f"core.{mt.pid}").exists()
+    assert_runs_on(mt)
+
+
+@pytest.mark.parametrize("exe", ["mt_nopie", "mt_static"])
+def test_other_link_modes_give_backtraces(spawn, tmp_path, exe):
+    t = spawn(exe)
+    t.wait_blocked()
+    s = snapcore.snapshot(t.pid, tmp_path / "core")
+    out = gdb_batch(target_path(exe), s.path, "thread apply all bt",
+                    "print/x snapcore_marker").stdout
+    for fn in THREAD_FUNCS:
+        assert fn in out, out
+    assert f"= {MARKER:#x}" in out
+    assert_runs_on(t)
