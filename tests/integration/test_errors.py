@@ -9,6 +9,7 @@ import time
 import pytest
 
 import snapcore
+import snapcore.cli  # imported before forking children that cannot read the tree
 from helpers import assert_runs_on, have, snapcore_cli, task_states, target_path
 
 NOBODY = 65534
@@ -178,7 +179,7 @@ def _access_denied_as_nobody(mt, tmp_path):
     def cli():
         import contextlib
         import io
-        from snapcore.cli import main
+        main = snapcore.cli.main
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
             code = main([str(mt.pid), "-o", out])
