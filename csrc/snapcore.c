@@ -29,7 +29,7 @@
 
 #include "snapcore.h"
 
-#define SC_ABI_VERSION 1
+#define SC_ABI_VERSION 2
 #define PAGE 4096ULL
 
 int sc_abi_version(void) { return SC_ABI_VERSION; }
@@ -409,9 +409,58 @@ static int pwrite_all(int fd, const char *p, uint64_t n, uint64_t off)
     return 0;
 }
 
+static char zero_page_buf[65536];
+
+static int write_all(int fd, const char *p, uint64_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (w == 0)
+            return -EIO;
+        p += w; n -= (uint64_t)w;
+    }
+    return 0;
+}
+
+long sc_write_zeros(int fd, uint64_t n)
+{
+    while (n > 0) {
+        uint64_t k = n < sizeof zero_page_buf ? n : sizeof zero_page_buf;
+        int r = write_all(fd, zero_page_buf, k);
+        if (r < 0)
+            return r;
+        n -= k;
+    }
+    return 0;
+}
+
+/* Sequential sink: fill the gap since the last write with zeros, then the data. */
+static int flush_job_stream(struct copier *c, struct job *j)
+{
+    struct sc_copy_ctx *ctx = c->ctx;
+    if (j->file_off < ctx->stream_pos)
+        return -EINVAL;                        /* out of order: a bug, not an I/O error */
+    long r = sc_write_zeros(ctx->out_fd, j->file_off - ctx->stream_pos);
+    if (r < 0)
+        return (int)r;
+    r = write_all(ctx->out_fd, j->buf, j->len);
+    if (r < 0)
+        return (int)r;
+    ctx->stream_pos = j->file_off + j->len;
+    __atomic_add_fetch(&c->st->bytes_written, j->len, __ATOMIC_RELAXED);
+    return 0;
+}
+
 /* Zero-scan a filled buffer and write its non-zero page runs.  Returns 0 or -errno. */
 static int flush_job(struct copier *c, struct job *j)
 {
+    if (c->ctx->sequential)
+        return flush_job_stream(c, j);
     uint64_t i = 0, zero = 0, written = 0;
     while (i < j->len) {
         uint64_t n = j->len - i < PAGE ? j->len - i : PAGE;

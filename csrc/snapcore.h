@@ -105,12 +105,18 @@ struct sc_copy_ctx {
     int      readv_ok;         /* 1 until process_vm_readv proves unusable */
     uint64_t bufsize;          /* bytes per read buffer (rounded to pages) */
     int      writer_thread;    /* 1: overlap reads and writes with a second thread */
-    int      pad;
+    int      sequential;       /* 1: out_fd is a stream (pipe): write every byte in
+                                  order, zeros included, starting at stream_pos */
+    uint64_t stream_pos;       /* sequential mode: file offset of the next byte
+                                  out_fd expects; updated as the copy goes */
 };
 
 /* Copy the segments; returns 0, -ECANCELED, or -errno of a fatal write error. */
 long sc_copy(struct sc_copy_ctx *ctx, const struct sc_seg *segs, size_t nsegs,
              struct sc_copy_stats *stats, struct sc_bad *bad, size_t bad_cap);
+
+/* Write n zero bytes to a stream (sequential sinks). */
+long sc_write_zeros(int fd, uint64_t n);
 
 /* ---- cpu --------------------------------------------------------------- */
 /* CPUID leaf/subleaf into out[0..3] = eax, ebx, ecx, edx. */

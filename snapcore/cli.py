@@ -1,6 +1,8 @@
-"""The command line; the only module that prints or exits.
+"""The command line; the only modules that print or exit are this one and
+the subcommand modules it dispatches to (snapcore/commands/).
 
     snapcore PID [-o PATH] [--force] [--stop-timeout SECS] [--filter MASK] [-q]
+    snapcore SUBCOMMAND ...        (see SUBCOMMANDS)
 
 Exit status: 0 core written; 1 snapshot failed (the target was resumed, no
 file left at PATH); 2 usage error; 130 interrupted (SIGINT); 143 terminated
@@ -94,8 +96,17 @@ def _fail(message, code):
     return code
 
 
+# name -> module in snapcore.commands exposing main(argv) -> exit status.
+# Each is imported only when used.
+SUBCOMMANDS = {}
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        import importlib
+        module = importlib.import_module(f"snapcore.commands.{SUBCOMMANDS[argv[0]]}")
+        return module.main(argv[1:])
     try:
         args = build_parser().parse_args(argv)
     except _UsageError as exc:

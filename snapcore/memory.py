@@ -213,7 +213,10 @@ class Copier:
 
     BAD_CAP = 4096
 
-    def __init__(self, pid, out_fd, bufsize=16 << 20, writer_thread=True):
+    def __init__(self, pid, out_fd, bufsize=16 << 20, writer_thread=True, sequential=False,
+                 stream_pos=0):
+        """sequential: out_fd is a stream (e.g. a pipe to a compressor); every byte is
+        written in order, holes as zeros, starting at file offset stream_pos."""
         lib = _native.require()
         self.ffi = _native.ffi
         self.lib = lib
@@ -225,6 +228,8 @@ class Copier:
         self.ctx.bufsize = bufsize
         self.ctx.readv_ok = 1
         self.ctx.writer_thread = 1 if writer_thread else 0
+        self.ctx.sequential = 1 if sequential else 0
+        self.ctx.stream_pos = stream_pos
         self._fds = []
         self.ctx.mem_fd = self._open(f"/proc/{pid}/mem")
         self.ctx.pagemap_fd = self._open(f"/proc/{pid}/pagemap")
@@ -245,6 +250,11 @@ class Copier:
 
     def cancel(self):
         self.stats.cancel = 1
+
+    @property
+    def stream_pos(self):
+        """Sequential mode: the file offset the stream has reached."""
+        return int(self.ctx.stream_pos)
 
     @property
     def bytes_done(self):
