@@ -564,16 +564,19 @@ static void note_bad(struct copier *c, uint64_t addr, uint64_t len, int err)
 /*
  * Fill buf with [addr, addr+len) of the target: process_vm_readv first, then
  * /proc/PID/mem for what it refused, page by page; unreadable pages are zeroed
- * (holes) and reported.
+ * (holes) and reported.  Returns 0, or -ESRCH once the target is gone (its
+ * memory can no longer be read at all: the copy must stop, not fill holes).
  */
-static void read_target(struct copier *c, const struct sc_seg *s, char *buf,
-                        uint64_t addr, uint64_t len)
+static int read_target(struct copier *c, const struct sc_seg *s, char *buf,
+                       uint64_t addr, uint64_t len)
 {
     struct sc_copy_ctx *ctx = c->ctx;
     uint64_t done = 0;
     if (ctx->readv_ok && !(s->flags & SC_SEG_FORCE_MEM)) {
         long r = sc_readv(ctx->pid, &addr, &len, 1, buf, len);
         c->st->readv_calls++;
+        if (r == -ESRCH)
+            return -ESRCH;
         if (r == -ENOSYS || r == -EPERM)
             ctx->readv_ok = 0;                /* kernel or sandbox refuses it */
         if (r > 0)
@@ -585,6 +588,8 @@ static void read_target(struct copier *c, const struct sc_seg *s, char *buf,
         if (ctx->mem_fd >= 0) {
             r = sc_pread(ctx->mem_fd, buf + done, len - done, a);
             c->st->mem_reads++;
+            if (r == 0 || r == -ESRCH)
+                return -ESRCH;                /* /proc/PID/mem reads 0 once the mm is gone */
         }
         if (r > 0) {
             done += (uint64_t)r;
@@ -599,6 +604,7 @@ static void read_target(struct copier *c, const struct sc_seg *s, char *buf,
         done += n;
     }
     c->st->bytes_read += len;
+    return 0;
 }
 
 /* Fill buf from the backing file; bytes past its end read as zeros. */
@@ -630,10 +636,13 @@ static int copy_run(struct copier *c, const struct sc_seg *s, uint64_t a, uint64
             return -ECANCELED;
         uint64_t n = b - a < chunk ? b - a : chunk;
         struct job *j = job_acquire(c);
-        if (src == SRC_TARGET)
-            read_target(c, s, j->buf, a, n);
-        else
+        if (src == SRC_TARGET) {
+            int r = read_target(c, s, j->buf, a, n);
+            if (r < 0)
+                return r;
+        } else {
             read_backing(c, s, j->buf, a, n);
+        }
         j->len = n;
         j->file_off = s->file_off + (a - s->vaddr);
         int r = job_submit(c, j);

@@ -111,7 +111,8 @@ struct sc_copy_ctx {
                                   out_fd expects; updated as the copy goes */
 };
 
-/* Copy the segments; returns 0, -ECANCELED, or -errno of a fatal write error. */
+/* Copy the segments; returns 0, -ECANCELED, -ESRCH (the target is gone), or
+ * -errno of a fatal write error. */
 long sc_copy(struct sc_copy_ctx *ctx, const struct sc_seg *segs, size_t nsegs,
              struct sc_copy_stats *stats, struct sc_bad *bad, size_t bad_cap);
 

@@ -213,7 +213,7 @@ class Copier:
 
     BAD_CAP = 4096
 
-    def __init__(self, pid, out_fd, bufsize=16 << 20, writer_thread=True, sequential=False,
+    def __init__(self, pid, out_fd, bufsize=4 << 20, writer_thread=True, sequential=False,
                  stream_pos=0):
         """sequential: out_fd is a stream (e.g. a pipe to a compressor); every byte is
         written in order, holes as zeros, starting at file offset stream_pos."""
@@ -286,6 +286,9 @@ class Copier:
         if r == -errno.ECANCELED:
             from .errors import SnapshotCancelled
             raise SnapshotCancelled()
+        if r == -errno.ESRCH:
+            from .errors import TargetExited
+            raise TargetExited(self.pid)
         if r < 0:
             raise OSError(-r, os.strerror(-r))
         return CopyResult(

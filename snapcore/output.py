@@ -1,15 +1,24 @@
 """The core file on disk: private, never partial under its final name.
 
-A core holds the target's secrets, so it is created mode 0600 with O_EXCL
-under a temporary name in the destination directory and only linked to its
-final name once complete.  ``link(2)`` refuses an existing destination,
-symlinks included, so nothing is replaced or followed unless ``force``; with
-``force`` the final ``rename(2)`` replaces the name itself, never a symlink's
-target.
+A core holds the target's secrets, so it is created mode 0600 and only given
+its final name once complete:
+
+* Where the filesystem supports it the data goes to an unnamed O_TMPFILE
+  inode in the destination directory, linked to its name at the end
+  (``linkat`` of /proc/self/fd/N).  If snapcore is killed, even by SIGKILL,
+  the inode simply vanishes: nothing is ever left behind.
+* Elsewhere a hidden ``.NAME.snapcore-XXXX.tmp`` file is created with
+  O_EXCL|O_NOFOLLOW, removed on every path out that snapcore survives.
+
+``link(2)`` refuses an existing destination, symlinks included, so nothing is
+replaced or followed unless ``force``; with ``force`` the final ``rename(2)``
+replaces the name itself (never a symlink's target), and only a regular file
+or a symlink is ever replaced (a device, fifo or directory never is).
 """
 import errno
 import os
 import secrets
+import stat
 
 from .errors import OutputError, OutputExists
 
@@ -18,21 +27,43 @@ class CoreFile:
     def __init__(self, path, force=False):
         self.path = os.fspath(path)
         self.force = force
-        directory = os.path.dirname(os.path.abspath(self.path))
-        if not force and os.path.lexists(self.path):
-            raise OutputExists(self.path)
-        if os.path.isdir(self.path):
-            raise OutputError(self.path, f"{self.path} is a directory", errno.EISDIR)
-        base = os.path.basename(self.path)
-        self.tmp_path = os.path.join(directory, f".{base}.snapcore-{secrets.token_hex(4)}.tmp")
-        try:
-            self.fd = os.open(self.tmp_path,
-                              os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                              0o600)
-        except OSError as exc:
-            raise OutputError(self.path, f"cannot create a file in {directory}: "
-                              f"{exc.strerror}", exc.errno) from exc
         self.committed = False
+        self.fd = -1
+        self.tmp_path = None              # named temp file, when O_TMPFILE is unavailable
+        directory = os.path.dirname(os.path.abspath(self.path))
+        self._check_destination()
+        try:
+            self.fd = os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise OutputError(self.path, f"cannot create a file in {directory}: "
+                                  f"{exc.strerror}", exc.errno) from exc
+        if self.fd < 0:
+            base = os.path.basename(self.path)
+            self.tmp_path = os.path.join(directory,
+                                         f".{base}.snapcore-{secrets.token_hex(4)}.tmp")
+            try:
+                self.fd = os.open(self.tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL |
+                                  os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                raise OutputError(self.path, f"cannot create a file in {directory}: "
+                                  f"{exc.strerror}", exc.errno) from exc
+
+    def _check_destination(self):
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise OutputError(self.path, f"cannot use {self.path}: {exc.strerror}",
+                              exc.errno) from exc
+        if stat.S_ISDIR(st.st_mode):
+            raise OutputError(self.path, f"{self.path} is a directory", errno.EISDIR)
+        if not self.force:
+            raise OutputExists(self.path)
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+            raise OutputError(self.path, f"{self.path} exists and is not a regular file; "
+                              "refusing to replace it", errno.EEXIST)
 
     def write_at(self, data, offset):
         view = memoryview(data)
@@ -51,23 +82,52 @@ class CoreFile:
         """Set the final size (the tail may be a hole) and publish under the final name."""
         try:
             os.ftruncate(self.fd, size)
-            os.close(self.fd)
         except OSError as exc:
             raise self.write_error(exc) from exc
-        self.fd = -1
         try:
-            if self.force:
-                os.replace(self.tmp_path, self.path)
+            if self.tmp_path is None:
+                self._publish_tmpfile()
             else:
-                self._link_no_replace()
+                self._publish_named()
         except FileExistsError:
             raise OutputExists(self.path) from None
         except OSError as exc:
             raise OutputError(self.path, f"cannot create {self.path}: {exc.strerror}",
                               exc.errno) from exc
         self.committed = True
+        os.close(self.fd)
+        self.fd = -1
 
-    def _link_no_replace(self):
+    def _link_fd(self, dest):
+        # linkat(AT_SYMLINK_FOLLOW) of the magic /proc/self/fd link names the
+        # unnamed inode.  CPython calls plain link(2) (which does not follow)
+        # unless a dir_fd is given, so give it one; the absolute path ignores it.
+        root = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.link(f"/proc/self/fd/{self.fd}", dest, src_dir_fd=root, follow_symlinks=True)
+        finally:
+            os.close(root)
+
+    def _publish_tmpfile(self):
+        if not self.force:
+            self._link_fd(self.path)                           # EEXIST if it appeared
+            return
+        directory = os.path.dirname(os.path.abspath(self.path))
+        tmp = os.path.join(directory, f".{os.path.basename(self.path)}."
+                                      f"snapcore-{secrets.token_hex(4)}.tmp")
+        self._link_fd(tmp)
+        try:
+            self._check_destination()
+            os.replace(tmp, self.path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+
+    def _publish_named(self):
+        if self.force:
+            self._check_destination()
+            os.replace(self.tmp_path, self.path)
+            return
         try:
             os.link(self.tmp_path, self.path)
         except OSError as exc:
@@ -81,14 +141,14 @@ class CoreFile:
         os.unlink(self.tmp_path)
 
     def abort(self):
-        """Remove the temporary file; safe to call more than once."""
+        """Drop the unfinished file; safe to call more than once."""
         if self.fd >= 0:
             try:
                 os.close(self.fd)
             except OSError:
                 pass
             self.fd = -1
-        if not self.committed:
+        if not self.committed and self.tmp_path is not None:
             try:
                 os.unlink(self.tmp_path)
             except OSError:

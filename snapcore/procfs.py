@@ -314,6 +314,15 @@ def map_files_ranges(pid):
     return out
 
 
+def tracer_process(tracer_tid):
+    """TracerPid names the tracing *thread*; return (its process id, that process's comm)."""
+    try:
+        tgid = parse_status(read_text(tracer_tid, "status")).tgid
+    except Exception:
+        tgid = tracer_tid
+    return tgid, comm_of(tgid)
+
+
 def comm_of(pid):
     try:
         return read_text(pid, "comm").strip()

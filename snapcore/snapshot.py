@@ -23,7 +23,7 @@ from .errors import (AccessDenied, KernelThread, NoSuchProcess, OutputError, Sna
                      SnapshotCancelled, TargetExited, UnsupportedTarget, ZombieProcess)
 from .memory import READ, BackingFiles, Copier, plan_dump
 from .output import CoreFile
-from .tracer import CancelToken, Freezer, run_traced
+from .tracer import CancelToken, Freezer, Unstable, _has_live_task, run_traced
 
 
 @dataclass
@@ -73,11 +73,11 @@ def check_target(pid):
                                  f"use {st.tgid}")
     if st.kthread:
         raise KernelThread(pid, st.name)
-    if st.state in ("Z", "X"):
-        raise ZombieProcess(pid)
+    if st.state in ("Z", "X") and not _has_live_task(pid):
+        raise ZombieProcess(pid)     # a zombie leader with live threads is still a process
     if st.tracer_pid:
         from .errors import AlreadyTraced
-        raise AlreadyTraced(pid, st.tracer_pid, procfs.comm_of(st.tracer_pid))
+        raise AlreadyTraced(pid, *procfs.tracer_process(st.tracer_pid))
     if pid == os.getpid():
         raise UnsupportedTarget(pid, "a process cannot trace itself; snapshot it from "
                                      "another process (e.g. 'python -m snapcore PID')")
@@ -85,7 +85,7 @@ def check_target(pid):
 
 
 def snapshot(pid, path=None, *, force=False, stop_timeout=5.0, coredump_filter=None,
-             writer_thread=True, buffer_size=16 << 20, progress=None):
+             writer_thread=True, buffer_size=4 << 20, progress=None):
     """Write an ELF core of the running process ``pid`` and let it run on.
 
     path            destination (default ``core.PID`` in the current directory)
@@ -144,25 +144,39 @@ class _Job:
         c = self.copier
         return c.bytes_done if c is not None else 0
 
+    ATTEMPTS = 3
+
     def run(self):
-        pid = self.pid
-        freezer = Freezer(pid, self.stop_timeout, self.cancel)
-        try:
-            frozen = freezer.freeze()
-            snap = self._collect_and_write(freezer, frozen)
-        finally:
-            freezer.resume()
-        snap.pause_time = freezer.pause_seconds
-        return snap
+        """Freeze, check the freeze holds, write; retry if the process changed under us."""
+        for attempt in range(1, self.ATTEMPTS + 1):
+            freezer = Freezer(self.pid, self.stop_timeout, self.cancel)
+            try:
+                try:
+                    frozen = freezer.freeze()
+                    threads, arch = self._collect_threads(frozen)
+                except Unstable as exc:
+                    if attempt == self.ATTEMPTS:
+                        raise UnsupportedTarget(
+                            self.pid, f"process {self.pid} kept changing while it was being "
+                            f"frozen ({exc}); tried {self.ATTEMPTS} times") from None
+                    continue
+                snap = self._write(threads, arch)
+            except NoSuchProcess as exc:
+                if isinstance(exc, TargetExited):
+                    raise
+                raise TargetExited(self.pid) from exc     # vanished while we read /proc
+            finally:
+                freezer.resume()
+            snap.pause_time = freezer.pause_seconds
+            return snap
 
     def _check_cancel(self):
         if self.cancel.is_set():
             raise SnapshotCancelled()
 
-    def _collect_and_write(self, freezer, frozen):
+    def _write(self, threads, arch):
         pid = self.pid
-        threads, arch = self._collect_threads(frozen)
-        proc = self._collect_process(arch, frozen)
+        proc = self._collect_process(arch)
         vmas = _read_vmas(pid)
         filt = self.filt if self.filt is not None else procfs.read_coredump_filter(pid)
         file_ranges = procfs.map_files_ranges(pid)
@@ -181,6 +195,8 @@ class _Job:
             try:
                 self._check_cancel()
                 result = copier.run(plans, layout.offsets)
+            except SnapcoreError:
+                raise                             # e.g. TargetExited (a ProcessLookupError)
             except OSError as exc:
                 raise self.out.write_error(exc) from exc
             finally:
@@ -196,16 +212,44 @@ class _Job:
             stats={k: v for k, v in result.__dict__.items() if k != "unreadable"})
 
     def _collect_threads(self, frozen):
-        """ThreadNotes for every frozen thread, current thread first."""
+        """ThreadNotes for every frozen thread, current thread first.
+
+        Raises Unstable unless every live thread of the process is in a
+        ptrace stop for us: an exec (which replaces the threads and their
+        tids) or a thread we never caught would make an inconsistent core.
+        """
         pid = self.pid
         arch = None
         out = []
+        frozen_tids = {ft.tid for ft in frozen}
+        try:
+            listed = procfs.list_tids(pid)
+        except NoSuchProcess:
+            raise TargetExited(pid) from None
+        for tid in listed:
+            if tid in frozen_tids:
+                continue
+            try:
+                state = procfs.read_status(pid, tid).state
+            except NoSuchProcess:
+                continue
+            if state not in ("Z", "X"):
+                raise Unstable(f"thread {tid} appeared")
         for ft in frozen:
+            try:
+                tst = procfs.read_status(pid, ft.tid)
+                tstat = procfs.read_stat(pid, ft.tid)
+            except NoSuchProcess:
+                continue                          # killed while stopped (SIGKILL)
+            if tst.state in ("Z", "X"):
+                continue
+            if tst.state != "t":
+                raise Unstable(f"thread {ft.tid} is not stopped ({tst.state})")
             try:
                 regs = _native.getregset(ft.tid, NT_PRSTATUS)
             except _native.SyscallError as exc:
                 if exc.errno == errno.ESRCH:
-                    continue                      # killed while stopped (SIGKILL)
+                    raise Unstable(f"thread {ft.tid} left its stop") from None
                 raise
             a = arch_for_regs_size(len(regs))
             if a is None:
@@ -220,11 +264,6 @@ class _Job:
                     continue                      # not active for this thread (ENODEV, ENXIO)
                 if data:
                     regsets.append((ntype, owner, data))
-            try:
-                tst = procfs.read_status(pid, ft.tid)
-                tstat = procfs.read_stat(pid, ft.tid)
-            except NoSuchProcess:
-                continue
             out.append(elfnotes.ThreadNotes(ft.tid, regsets, sigpend=tst.sig_pnd,
                                             sighold=tst.sig_blk, utime=tstat.utime,
                                             stime=tstat.stime))
@@ -238,7 +277,7 @@ class _Job:
             out[0].utime, out[0].stime = st.utime, st.stime
         return out, arch
 
-    def _collect_process(self, arch, frozen):
+    def _collect_process(self, arch):
         pid = self.pid
         st = procfs.read_stat(pid)
         status = procfs.read_status(pid)

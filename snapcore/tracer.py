@@ -26,10 +26,14 @@ from dataclasses import dataclass
 from . import _native
 from .errors import (AccessDenied, AlreadyTraced, NoSuchProcess, SnapcoreError, TargetExited,
                      ThreadStopTimeout, UnsupportedTarget)
-from .procfs import comm_of, list_tids, read_status
+from .procfs import list_tids, read_status, tracer_process
 
 _JOB_CONTROL = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
 MAX_SCANS = 64
+
+
+class Unstable(Exception):
+    """The freeze did not hold (an exec replaced the threads, ...); try again."""
 
 
 @dataclass
@@ -80,7 +84,7 @@ class Freezer:
             try:
                 tids = list_tids(self.pid)
             except NoSuchProcess:
-                raise TargetExited(self.pid) if self.seized else NoSuchProcess(self.pid)
+                raise TargetExited(self.pid) from None
             new = [t for t in tids if t not in seen]
             if not new:
                 break
@@ -92,6 +96,8 @@ class Freezer:
             raise UnsupportedTarget(self.pid, f"process {self.pid} kept creating threads "
                                     f"through {MAX_SCANS} scans of its task list")
         if not self.threads:
+            if _has_live_task(self.pid):
+                raise Unstable("no thread could be stopped, yet the process lives (exec?)")
             raise TargetExited(self.pid)
         return [self.threads[t] for t in sorted(self.threads)]
 
@@ -101,15 +107,24 @@ class Freezer:
             raise SnapshotCancelled()
 
     def _seize(self, tid):
-        try:
-            _native.seize(tid)
-        except _native.SyscallError as exc:
-            if exc.errno == errno.ESRCH:
-                return False                      # exited since the listing
-            if exc.errno == errno.EPERM:
-                self._explain_eperm(tid)
-                return False                      # a zombie thread: nothing to stop
-            raise
+        for attempt in range(4):
+            try:
+                _native.seize(tid)
+                break
+            except _native.SyscallError as exc:
+                if exc.errno == errno.ESRCH:
+                    return False                  # exited since the listing
+                if exc.errno != errno.EPERM:
+                    raise
+                if not self._eperm_is_transient(tid):
+                    return False                  # a zombie thread: nothing to stop
+                if self.seized:
+                    # other threads were seizable a moment ago: an exec is
+                    # replacing the threads (its credentials lock refuses us)
+                    raise Unstable(f"seizing thread {tid} was refused mid-freeze")
+                time.sleep(0.005 * (attempt + 1))
+        else:
+            raise AccessDenied(self.pid, "ptrace(PTRACE_SEIZE) was refused (EPERM)")
         self.seized.append(tid)
         try:
             _native.interrupt(tid)
@@ -118,16 +133,19 @@ class Freezer:
                 raise
         return True
 
-    def _explain_eperm(self, tid):
+    def _eperm_is_transient(self, tid):
+        """After EPERM: False for a zombie or vanished thread; raise if traced by another."""
         try:
             st = read_status(self.pid, tid)
         except SnapcoreError:
-            return                                # gone
+            return False                          # gone
         if st.state in ("Z", "X"):
-            return
-        if st.tracer_pid and st.tracer_pid != os.getpid():
-            raise AlreadyTraced(self.pid, st.tracer_pid, comm_of(st.tracer_pid))
-        raise AccessDenied(self.pid, "ptrace(PTRACE_SEIZE) was refused (EPERM)")
+            return False
+        if st.tracer_pid:
+            tracer, comm = tracer_process(st.tracer_pid)
+            if tracer != os.getpid():
+                raise AlreadyTraced(self.pid, tracer, comm)
+        return True
 
     def _wait_stopped(self, tids, deadline):
         statuses = [_native.WAIT_PENDING] * len(tids)
@@ -135,14 +153,21 @@ class Freezer:
         while pending:
             remaining = deadline - time.monotonic()
             # wait in slices so that a cancel request is noticed promptly
-            pending = _native.wait_many(tids, statuses, max(0.0, min(remaining, 0.25)),
+            pending = _native.wait_many(tids, statuses, max(0.0, min(remaining, 0.05)),
                                         self._noreap)
+            if pending:
+                # Threads frozen in earlier rounds report nothing more unless
+                # they die (SIGKILL): reap those, or the dead traced threads
+                # keep a dying leader from ever reporting its exit.
+                self._reap_frozen()
+                if not self.threads and not _has_live_task(self.pid):
+                    break                         # the whole process is gone
             if pending and time.monotonic() >= deadline:
                 stuck = [t for t, s in zip(tids, statuses) if s == _native.WAIT_PENDING]
                 raise ThreadStopTimeout(self.pid, stuck, self.stop_timeout)
             self._check_cancel()
         for tid, status in zip(tids, statuses):
-            if status == _native.WAIT_GONE:
+            if status in (_native.WAIT_GONE, _native.WAIT_PENDING):   # pending: process gone
                 self._forget(tid)
                 continue
             kind, sig = describe_stop(status)
@@ -152,6 +177,17 @@ class Freezer:
                 self.threads[tid] = FrozenThread(tid, status, deliver_sig=sig)
             else:
                 self.threads[tid] = FrozenThread(tid, status, group_stop=kind == "group-stop")
+
+    def _reap_frozen(self):
+        old = list(self.threads)
+        if not old:
+            return
+        statuses = [_native.WAIT_PENDING] * len(old)
+        _native.wait_many(old, statuses, 0, self._noreap)
+        for tid, status in zip(old, statuses):
+            if status == _native.WAIT_GONE or (
+                    status != _native.WAIT_PENDING and describe_stop(status)[0] == "exited"):
+                self._forget(tid)
 
     def _forget(self, tid):
         if tid in self.seized:
@@ -196,6 +232,20 @@ class Freezer:
 
     def __exit__(self, *exc):
         self.resume()
+
+
+def _has_live_task(pid):
+    try:
+        tids = list_tids(pid)
+    except NoSuchProcess:
+        return False
+    for tid in tids:
+        try:
+            if read_status(pid, tid).state not in ("Z", "X"):
+                return True
+        except SnapcoreError:
+            continue
+    return False
 
 
 def _is_parent_of(pid):
@@ -254,7 +304,18 @@ def run_traced(fn, cancel, poll=None, name="snapcore-tracer"):
                 t.join(0.1)
             except BaseException:
                 cancel.set()              # a second Ctrl-C: keep waiting for cleanup
+        _wait_thread_gone(t.native_id)
         raise
+    _wait_thread_gone(t.native_id)
     if "error" in box:
         raise box["error"]
     return box.get("value")
+
+
+def _wait_thread_gone(native_id, timeout=2.0):
+    """Wait until the tracer's OS thread has exited, i.e. the kernel has
+    detached anything it still traced (a thread that never reached its stop)."""
+    deadline = time.monotonic() + timeout
+    path = f"/proc/self/task/{native_id}"
+    while os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.001)

@@ -210,6 +210,13 @@ def gdb_batch(exe, core, *commands, timeout=120):
     return run(argv, timeout=timeout)
 
 
+def eu_stack_tids(core, exe=None, timeout=60):
+    """Thread ids eu-stack finds in a core."""
+    argv = ["eu-stack", "--core", str(core)] + (["-e", exe] if exe else [])
+    p = run(argv, timeout=timeout)
+    return [int(m) for m in re.findall(r"^TID (\d+):", p.stdout, re.M)]
+
+
 def gdb_live_registers(pid, exe, timeout=60):
     """{tid: {reg: value}} read by gdb attached to the live (stopped) process."""
     p = run(["gdb", "-nx", "-batch", "-ex", "set debuginfod enabled off", exe, "-p", str(pid),

@@ -1,0 +1,103 @@
+"""SIGKILL, SIGINT and SIGTERM of snapcore at any moment: the target runs on."""
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+from faults import trials, wait_traced
+from helpers import assert_runs_on, assert_untraced
+
+BIG = ("mt", "192", "40")          # 192 MiB of random data and 40 extra threads
+
+
+def _cli(pid, out):
+    return subprocess.Popen([sys.executable, "-m", "snapcore", str(pid), "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_sigkill_at_random_moments(spawn, tmp_path):
+    t = spawn(*BIG)
+    t.wait_blocked()
+    n = trials(20, 200)
+    rng = random.Random(os.getpid())
+    # how long one whole run takes here, to spread the kills over it
+    t0 = time.monotonic()
+    p = _cli(t.pid, tmp_path / "ref.core")
+    p.communicate(timeout=120)
+    assert p.returncode == 0
+    whole = time.monotonic() - t0
+    os.unlink(tmp_path / "ref.core")
+    killed_while_traced = completed = 0
+    for i in range(n):
+        out = tmp_path / f"core.{i}"
+        p = _cli(t.pid, out)
+        try:
+            if i % 2 == 0:
+                time.sleep(rng.uniform(0, whole * 1.1))       # anywhere, start-up included
+            else:
+                wait_traced(t.pid, timeout=30, proc=p)        # inside the freeze/copy
+                time.sleep(rng.uniform(0, whole / 3))
+            traced = any(tr for _, tr in _states(t.pid).values())
+            p.send_signal(signal.SIGKILL)
+            p.communicate(timeout=30)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=30)
+        killed_while_traced += traced
+        if out.exists():
+            # killed after publishing: whatever is at the final path is a whole core
+            assert_complete_core(out)
+            completed += 1
+        assert_untraced(t.pid)
+        t.wait_blocked()
+    assert [f for f in os.listdir(tmp_path) if not f.startswith("core.")] == []
+    assert_runs_on(t)
+    print(f"\n{n} SIGKILL trials, {killed_while_traced} while the target was traced, "
+          f"{completed} after the core was complete, 0 harmed, 0 partial files")
+    assert killed_while_traced >= n // 4, "kills did not land inside snapshots"
+
+
+def assert_complete_core(path):
+    from elftools.elf.elffile import ELFFile
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        segs = list(ELFFile(f).iter_segments())
+    end = max(s["p_offset"] + s["p_filesz"] for s in segs)
+    assert end == size and len(segs) > 10, (path, end, size)
+
+
+def _states(pid):
+    from helpers import task_states
+    return task_states(pid)
+
+
+def _interrupt(spawn, tmp_path, sig, code, word):
+    t = spawn(*BIG)
+    t.wait_blocked()
+    out = tmp_path / "core"
+    p = _cli(t.pid, out)
+    try:
+        assert wait_traced(t.pid, timeout=30, proc=p), p.communicate(timeout=30)
+        p.send_signal(sig)
+        stdout, stderr = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(timeout=30)
+    assert p.returncode == code, (p.returncode, stderr)
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("snapcore: error: ") and word in lines[0]
+    assert "Traceback" not in stderr
+    assert os.listdir(tmp_path) == []                     # no core, no temp file
+    assert_runs_on(t)
+
+
+def test_sigint_resumes_and_exits_130(spawn, tmp_path):
+    _interrupt(spawn, tmp_path, signal.SIGINT, 130, "interrupted")
+
+
+def test_sigterm_resumes_and_exits_143(spawn, tmp_path):
+    _interrupt(spawn, tmp_path, signal.SIGTERM, 143, "terminated")

@@ -1,0 +1,44 @@
+"""Memory: the target gains nothing from being read; snapcore itself stays small."""
+import re
+import subprocess
+import sys
+
+import snapcore
+from helpers import assert_runs_on
+
+PEAK = r"""
+import resource, sys
+from snapcore.cli import main
+rc = main(sys.argv[1:])
+print("MAXRSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+sys.exit(rc)
+"""
+
+
+def _rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"^VmRSS:\s+(\d+)", f.read(), re.M).group(1))
+
+
+def test_target_rss_does_not_grow(spawn, tmp_path):
+    t = spawn("mt", "64")
+    t.wait_blocked()
+    before = _rss_kb(t.pid)
+    for i in range(3):
+        snapcore.snapshot(t.pid, tmp_path / f"core.{i}")
+    after = _rss_kb(t.pid)
+    # the target's own stdout buffers may move a page or two; reading must not fault
+    # in the untouched 3 MiB buffer or its thread stacks (megabytes)
+    assert after - before < 256, (before, after)
+    assert_runs_on(t)
+
+
+def test_snapcore_peak_rss_is_bounded(spawn, tmp_path):
+    t = spawn("mt", "384")
+    t.wait_blocked()
+    p = subprocess.run([sys.executable, "-c", PEAK, str(t.pid), "-o", str(tmp_path / "core"),
+                        "-q"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    peak_kb = int(re.search(r"MAXRSS (\d+)", p.stdout).group(1))
+    assert peak_kb < 64 * 1024, f"snapcore peaked at {peak_kb} KiB for a 384 MiB target"
+    assert_runs_on(t)
