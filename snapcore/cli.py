@@ -82,6 +82,10 @@ def build_parser():
                    help="core file to write (default: core.PID in the current directory)")
     p.add_argument("-f", "--force", action="store_true",
                    help="replace PATH if it exists")
+    p.add_argument("--live", action="store_true",
+                   help="pause the target only while it forks a copy-on-write image of "
+                        "itself, then copy memory from the image (falls back to a normal "
+                        "snapshot when the target does not allow it)")
     p.add_argument("--stop-timeout", type=_seconds, default=5.0, metavar="SECS",
                    help="give up if a thread does not stop within SECS (default 5)")
     p.add_argument("--filter", type=_mask, metavar="MASK",
@@ -117,7 +121,7 @@ def main(argv=None):
 
     old_term = signal.signal(signal.SIGTERM, on_term)
     try:
-        snap = snapshot(args.pid, args.output, force=args.force,
+        snap = snapshot(args.pid, args.output, force=args.force, live=args.live,
                         stop_timeout=args.stop_timeout, coredump_filter=args.filter)
     except KeyboardInterrupt:
         return _fail("interrupted; the target was resumed and no core was written",

@@ -36,6 +36,7 @@ ELFMAG = b"\x7fELF"
 READ = "read"          # copy from the target (resident pages) and backing file
 ZEROS = "zeros"        # dumped, but the kernel could not read it either: holes
 NONE = "none"          # p_filesz 0
+PRELOADED = "preloaded"  # live mode: copied from the frozen target before the fork
 
 
 @dataclass

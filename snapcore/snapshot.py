@@ -21,7 +21,7 @@ from .elf.layout import CoreLayout
 from .elf.structs import NT_PRSTATUS
 from .errors import (AccessDenied, KernelThread, NoSuchProcess, OutputError, SnapcoreError,
                      SnapshotCancelled, TargetExited, UnsupportedTarget, ZombieProcess)
-from .memory import READ, BackingFiles, Copier, plan_dump
+from .memory import NONE, PRELOADED, READ, BackingFiles, Copier, plan_dump
 from .output import CoreFile
 from .tracer import CancelToken, Freezer, Unstable, _has_live_task, run_traced
 
@@ -39,15 +39,23 @@ class Snapshot:
     bytes_on_disk: int
     wall_time: float            # seconds, whole call
     pause_time: float           # seconds the target was stopped
-    mode: str = "normal"
+    mode: str = "normal"        # "normal" or "live"
+    fallback: str = None        # why live mode was not used, when it was asked for
+    cow_time: float = 0.0       # live: seconds the copy-on-write image lived
     unreadable: list = field(default_factory=list)   # [(addr, len, errno)]
+    missing: list = field(default_factory=list)      # live: [(start, end, why)] not captured
     stats: dict = field(default_factory=dict)
 
     def summary(self):
-        return (f"{self.path}: pid {self.pid}, {len(self.tids)} thread"
+        line = (f"{self.path}: pid {self.pid}, {len(self.tids)} thread"
                 f"{'s' if len(self.tids) != 1 else ''}, {self.segments} segments, "
                 f"{_human(self.file_size)} ({_human(self.bytes_on_disk)} on disk) "
-                f"in {self.wall_time:.2f}s, target paused {self.pause_time * 1000:.0f} ms")
+                f"in {self.wall_time:.2f}s, target paused {self.pause_time * 1000:.1f} ms")
+        if self.mode == "live":
+            line += " (live)"
+        if self.fallback:
+            line += f" (live mode not used: {self.fallback})"
+        return line
 
 
 def _human(n):
@@ -84,12 +92,16 @@ def check_target(pid):
     return st
 
 
-def snapshot(pid, path=None, *, force=False, stop_timeout=5.0, coredump_filter=None,
-             writer_thread=True, buffer_size=4 << 20, progress=None):
+def snapshot(pid, path=None, *, force=False, live=False, stop_timeout=5.0,
+             coredump_filter=None, writer_thread=True, buffer_size=4 << 20, progress=None):
     """Write an ELF core of the running process ``pid`` and let it run on.
 
     path            destination (default ``core.PID`` in the current directory)
     force           replace an existing file at path
+    live            pause the target only while it forks a copy-on-write image of
+                    itself, and copy memory from that image (see snapcore/live.py);
+                    falls back to a normal snapshot when the target does not allow
+                    it (Snapshot.fallback says why)
     stop_timeout    seconds to wait for all threads to stop before giving up
     coredump_filter override /proc/PID/coredump_filter (same bits)
     progress        callable(bytes_done, bytes_total), called from this thread
@@ -103,7 +115,7 @@ def snapshot(pid, path=None, *, force=False, stop_timeout=5.0, coredump_filter=N
     out = CoreFile(path, force=force)
     cancel = CancelToken()
     job = _Job(pid, out, status, stop_timeout, coredump_filter, writer_thread, buffer_size,
-               cancel)
+               cancel, live)
 
     def poll():
         if progress is not None and job.total:
@@ -127,8 +139,10 @@ class _Job:
     """The part of a snapshot that runs on the tracer thread."""
 
     def __init__(self, pid, out, status, stop_timeout, filt, writer_thread, buffer_size,
-                 cancel):
+                 cancel, live=False):
         self.pid = pid
+        self.live = live
+        self.fallback = None
         self.out = out
         self.status = status
         self.stop_timeout = stop_timeout
@@ -147,9 +161,16 @@ class _Job:
     ATTEMPTS = 3
 
     def run(self):
-        """Freeze, check the freeze holds, write; retry if the process changed under us."""
+        """Freeze, check the freeze holds, write; retry if the process changed under us.
+
+        Normal mode writes the core while the target is frozen.  Live mode has
+        the frozen target fork an image of itself, resumes the target at once,
+        and writes the core from the image.
+        """
+        nofork = _nofork_vmas(self.pid) if self.live else None
         for attempt in range(1, self.ATTEMPTS + 1):
             freezer = Freezer(self.pid, self.stop_timeout, self.cancel)
+            image = None
             try:
                 try:
                     frozen = freezer.freeze()
@@ -160,41 +181,99 @@ class _Job:
                             self.pid, f"process {self.pid} kept changing while it was being "
                             f"frozen ({exc}); tried {self.ATTEMPTS} times") from None
                     continue
-                snap = self._write(threads, arch)
+                if self.live:
+                    image = self._fork_image(freezer, frozen, threads, arch, nofork)
+                if image is None:
+                    snap = self._write(threads, arch)
             except NoSuchProcess as exc:
                 if isinstance(exc, TargetExited):
                     raise
                 raise TargetExited(self.pid) from exc     # vanished while we read /proc
+            except BaseException:
+                if image is not None:
+                    image.dispose()
+                raise
             finally:
                 freezer.resume()
-            snap.pause_time = freezer.pause_seconds
+            pause = freezer.pause_seconds
+            if image is not None:
+                try:
+                    snap = self._write(threads, arch, image=image)
+                except NoSuchProcess as exc:
+                    raise TargetExited(self.pid) from exc
+                finally:
+                    image.dispose()
+                snap.mode = "live"
+                snap.cow_time = image.lifetime
+                snap.missing = image.missing
+            snap.pause_time = pause
+            snap.fallback = self.fallback
             return snap
+
+    def _fork_image(self, freezer, frozen, threads, arch, nofork):
+        """While frozen: copy what fork won't, inject the clone.  None means fall back."""
+        from . import live
+        try:
+            live.check_live_possible(self.pid, procfs.read_status(self.pid), arch, frozen)
+            tid = live.choose_thread(self.pid, arch, threads, frozen)
+        except live.LiveUnavailable as exc:
+            self.fallback = str(exc).split("; ")[0]
+            return None
+        image = _Image(self.pid)
+        try:
+            image.preload(nofork, arch, self.filt, self.buffer_size)
+            saved = next(t for t in threads if t.tid == tid).regset(NT_PRSTATUS)
+            try:
+                child, held = live.inject_clone(arch, tid, saved)
+            except live.LiveUnavailable as exc:
+                freezer.threads[tid].held = getattr(exc, "held", [])
+                self.fallback = str(exc).split("; ")[0]
+                image.dispose()
+                return None
+            freezer.threads[tid].held = held
+            image.child = child
+            image.inject_tid = tid
+            image.arch = arch
+            live.adopt_child(child)
+            image.born = time.monotonic()
+        except BaseException:
+            image.dispose()
+            raise
+        return image
 
     def _check_cancel(self):
         if self.cancel.is_set():
             raise SnapshotCancelled()
 
-    def _write(self, threads, arch):
+    def _write(self, threads, arch, image=None):
+        """Plan, lay out and write the core, reading memory from the target (frozen)
+        or, in live mode, from its forked image (the target runs meanwhile)."""
         pid = self.pid
-        proc = self._collect_process(arch)
-        vmas = _read_vmas(pid)
+        src = image.child if image is not None else pid
+        proc = self._collect_process(arch, src)
         filt = self.filt if self.filt is not None else procfs.read_coredump_filter(pid)
-        file_ranges = procfs.map_files_ranges(pid)
+        file_ranges = procfs.map_files_ranges(src)
         self._check_cancel()
-        with BackingFiles(pid) as files:
-            plans = plan_dump(pid, vmas, filt, file_ranges, files, arch.page_size)
-            proc.file_entries = _file_entries(pid, plans, arch.page_size)
+        with BackingFiles(src) as files:
+            if image is None:
+                plans = plan_dump(pid, _read_vmas(pid), filt, file_ranges, files,
+                                  arch.page_size)
+            else:
+                plans = image.plan(filt, file_ranges, files, arch.page_size)
+            proc.file_entries = _file_entries(src, plans, arch.page_size)
             blob = elfnotes.build_notes(arch, proc, threads, _native.cpuid,
                                         _file_note_limit())
             self.layout = layout = CoreLayout(arch, blob, [p.load() for p in plans])
             self.out.write_at(layout.header_block(), 0)
             self.total = sum(p.filesz for p in plans if p.fill == READ)
-            self.copier = copier = Copier(pid, self.out.fd, self.buffer_size,
+            self.copier = copier = Copier(src, self.out.fd, self.buffer_size,
                                           self.writer_thread)
             self.cancel.on_set(copier.cancel)
             try:
                 self._check_cancel()
                 result = copier.run(plans, layout.offsets)
+                if image is not None:
+                    image.write_preloaded(plans, layout.offsets, self.out)
             except SnapcoreError:
                 raise                             # e.g. TargetExited (a ProcessLookupError)
             except OSError as exc:
@@ -277,7 +356,8 @@ class _Job:
             out[0].utime, out[0].stime = st.utime, st.stime
         return out, arch
 
-    def _collect_process(self, arch):
+    def _collect_process(self, arch, mem_pid):
+        """Process-wide facts; argv is read from mem_pid (the target or its image)."""
         pid = self.pid
         st = procfs.read_stat(pid)
         status = procfs.read_status(pid)
@@ -285,7 +365,8 @@ class _Job:
         psargs = b""
         if st.arg_end > st.arg_start:
             try:
-                psargs = _native.readv(pid, st.arg_start, min(st.arg_end - st.arg_start, 80))
+                psargs = _native.readv(mem_pid, st.arg_start,
+                                       min(st.arg_end - st.arg_start, 80))
             except _native.SyscallError:
                 psargs = b""
         if not psargs:
@@ -298,6 +379,129 @@ class _Job:
             cstime=st.cstime, state=self.status.state, nice=st.nice, flag=st.flags,
             uid=status.uid[0], gid=status.gid[0],
             comm=st.comm.encode("utf-8", "surrogateescape"), psargs=psargs, auxv=auxv)
+
+
+def _nofork_vmas(pid):
+    """Before the freeze: the VMAs a fork leaves out (MADV_DONTFORK, VmFlags dc) or
+    wipes (MADV_WIPEONFORK, wf).  Live mode copies them from the frozen target."""
+    try:
+        return {(v.start, v.end): v for v in procfs.read_smaps(pid)
+                if "dc" in v.vmflags or "wf" in v.vmflags}
+    except NoSuchProcess:
+        raise TargetExited(pid) from None
+
+
+class _Image:
+    """A live snapshot's forked copy-on-write image of the target, and what
+    had to be taken from the target itself while it was frozen."""
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.child = None
+        self.inject_tid = None
+        self.arch = None
+        self.born = None
+        self.lifetime = 0.0
+        self.scratch = -1
+        self.preloaded = {}         # (start, end) -> (VmaPlan, scratch offset)
+        self.frozen = []            # the target's VMAs (maps) while frozen
+        self.missing = []
+
+    def preload(self, nofork, arch, filt, bufsize):
+        """While frozen: read /proc/PID/maps (cheap) and copy the nofork VMAs."""
+        pid = self.pid
+        self.frozen = procfs.parse_maps(procfs.read_text(pid, "maps"))
+        todo = [nofork[(v.start, v.end)] for v in self.frozen if (v.start, v.end) in nofork]
+        if not todo:
+            return
+        filt = filt if filt is not None else procfs.read_coredump_filter(pid)
+        self.scratch = os.open("/tmp", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        with BackingFiles(pid) as files:
+            plans = plan_dump(pid, todo, filt, procfs.map_files_ranges(pid), files,
+                              arch.page_size)
+            offsets, off = [], 0
+            for p in plans:
+                offsets.append(off)
+                off += p.filesz
+            copier = Copier(pid, self.scratch, bufsize, writer_thread=False)
+            try:
+                copier.run(plans, offsets)
+            finally:
+                copier.close()
+        for p, o in zip(plans, offsets):
+            if p.fill == READ:
+                p.fill = PRELOADED          # its bytes are in the scratch file now
+            self.preloaded[(p.vma.start, p.vma.end)] = (p, o)
+
+    def plan(self, filt, file_ranges, files, page_size):
+        """Plans for the image's VMAs, with the nofork VMAs put back in place."""
+        vmas = _read_vmas(self.child)
+        in_child = {(v.start, v.end) for v in vmas}
+        plans = []
+        for v in vmas:
+            hit = self.preloaded.get((v.start, v.end))
+            if hit is not None:
+                plans.append(hit[0])
+            else:
+                if "wf" in v.vmflags:
+                    self.missing.append((v.start, v.end, "MADV_WIPEONFORK, set during the "
+                                                          "snapshot"))
+                plans.extend(plan_dump(self.child, [v], filt, file_ranges, files,
+                                       page_size))
+        for v in self.frozen:
+            key = (v.start, v.end)
+            if key in in_child:
+                continue
+            hit = self.preloaded.get(key)
+            if hit is not None:
+                plans.append(hit[0])
+            else:
+                # left out by fork and not known before the freeze: a PT_LOAD
+                # with no data, reported as missing
+                self.missing.append((v.start, v.end, "MADV_DONTFORK, set during the "
+                                                      "snapshot"))
+                p = plan_dump(self.pid, [v], 0, set(), files, page_size)[0]
+                p.filesz, p.fill, p.why = 0, NONE, "left out by fork"
+                plans.append(p)
+        plans.sort(key=lambda p: p.vma.start)        # address order; [vsyscall] is last
+        return plans
+
+    def write_preloaded(self, plans, offsets, out):
+        """Copy the nofork VMAs' bytes from the scratch file into the core (sparse)."""
+        for p, off in zip(plans, offsets):
+            hit = self.preloaded.get((p.vma.start, p.vma.end))
+            if hit is None or hit[0] is not p or not p.filesz:
+                continue
+            src = hit[1]
+            pos, end = src, src + p.filesz
+            while pos < end:
+                try:
+                    data_at = os.lseek(self.scratch, pos, os.SEEK_DATA)
+                except OSError:
+                    break                                   # only holes left
+                if data_at >= end:
+                    break
+                hole_at = min(os.lseek(self.scratch, data_at, os.SEEK_HOLE), end)
+                while data_at < hole_at:
+                    chunk = os.pread(self.scratch, min(hole_at - data_at, 1 << 20), data_at)
+                    if not chunk:
+                        break
+                    out.write_at(chunk, off + (data_at - src))
+                    data_at += len(chunk)
+                pos = hole_at
+
+    def dispose(self):
+        """Kill the image, have the target reap it, drop the scratch file."""
+        from . import live
+        if self.child is not None:
+            live.kill_child(self.child)
+            if self.born is not None:
+                self.lifetime = time.monotonic() - self.born
+            live.reap_in_target(self.pid, self.arch, self.child, self.inject_tid)
+            self.child = None
+        if self.scratch >= 0:
+            os.close(self.scratch)
+            self.scratch = -1
 
 
 def _read_vmas(pid):

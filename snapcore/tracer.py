@@ -21,7 +21,7 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import _native
 from .errors import (AccessDenied, AlreadyTraced, NoSuchProcess, SnapcoreError, TargetExited,
@@ -42,6 +42,7 @@ class FrozenThread:
     status: int
     deliver_sig: int = 0        # signal to hand back on detach
     group_stop: bool = False    # the thread was in a job-control stop
+    held: list = field(default_factory=list)   # [(sig, siginfo)] taken during an injection
 
 
 def describe_stop(status):
@@ -207,7 +208,10 @@ class Freezer:
         for tid in list(self.seized):
             ft = self.threads.get(tid)
             try:
-                _native.detach(tid, ft.deliver_sig if ft else 0)
+                if ft is not None and ft.held:
+                    detach_with(tid, ft.held)
+                else:
+                    _native.detach(tid, ft.deliver_sig if ft else 0)
             except _native.SyscallError as exc:
                 if exc.errno != errno.ESRCH:
                     left.append(tid)
@@ -232,6 +236,23 @@ class Freezer:
 
     def __exit__(self, *exc):
         self.resume()
+
+
+def detach_with(tid, held):
+    """Detach tid handing back held signals: the first with its exact siginfo
+    (PTRACE_SETSIGINFO, so si_pid/si_value survive), any others re-sent to the
+    process (rare: several signals during one injected call)."""
+    if not held:
+        _native.detach(tid, 0)
+        return
+    sig, info = held[0]
+    _native.setsiginfo(tid, info)
+    _native.detach(tid, sig)
+    for sig, _ in held[1:]:
+        try:
+            os.kill(read_status(tid).tgid, sig)
+        except (OSError, SnapcoreError):
+            pass
 
 
 def _has_live_task(pid):

@@ -263,9 +263,21 @@ def core_loads(path):
                 for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
 
 
+_LOADS_CACHE = {}
+
+
+def _cached_loads(path):
+    st = os.stat(path)
+    key = (str(path), st.st_ino, st.st_mtime_ns, st.st_size)
+    if key not in _LOADS_CACHE:
+        _LOADS_CACHE.clear()
+        _LOADS_CACHE[key] = core_loads(path)
+    return _LOADS_CACHE[key]
+
+
 def read_core_memory(path, addr, length):
     """Bytes at a virtual address, from the core's PT_LOAD data (zeros past p_filesz)."""
-    for ld in core_loads(path):
+    for ld in _cached_loads(path):
         if ld["vaddr"] <= addr and addr + length <= ld["vaddr"] + ld["memsz"]:
             rel = addr - ld["vaddr"]
             with open(path, "rb") as f:

@@ -26,15 +26,26 @@ class Arch:
     pc_reg: str
     sp_reg: str
     has_vsyscall: bool
+    syscall_insn: bytes = b""   # the instruction live mode re-executes (empty: no live mode)
+    nr_clone: int = -1
+    nr_wait4: int = -1
 
     @property
     def word_size(self):
         return self.elf.word_size
 
+    @property
+    def _regs_fmt(self):
+        return "<%d%s" % (len(self.reg_names), "Q" if self.word_size == 8 else "I")
+
     def regs(self, raw):
         """user_regs_struct bytes -> {name: value}."""
-        fmt = "<%d%s" % (len(self.reg_names), "Q" if self.word_size == 8 else "I")
-        return dict(zip(self.reg_names, struct.unpack_from(fmt, raw)))
+        return dict(zip(self.reg_names, struct.unpack_from(self._regs_fmt, raw)))
+
+    def pack_regs(self, regs):
+        """{name: value} -> user_regs_struct bytes (values taken modulo the word size)."""
+        mask = (1 << (8 * self.word_size)) - 1
+        return struct.pack(self._regs_fmt, *(regs[n] & mask for n in self.reg_names))
 
     def build_prstatus(self, *, tid, ppid, pgrp, sid, sigpend, sighold, utime, stime,
                        cutime, cstime, regs, fpvalid, cursig=0, signo=0):

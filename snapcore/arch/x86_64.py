@@ -25,6 +25,9 @@ X86_64 = Arch(
     pc_reg="rip",
     sp_reg="rsp",
     has_vsyscall=True,
+    syscall_insn=b"\x0f\x05",          # syscall
+    nr_clone=56,
+    nr_wait4=61,
 )
 
 assert X86_64.prstatus.size == 336 and X86_64.prpsinfo.size == 136

@@ -1,0 +1,278 @@
+"""Live snapshots: make the frozen target fork a copy-on-write image of itself.
+
+While every thread is frozen, one thread that sits in a system call is made
+to execute one more ``syscall`` instruction: ``clone(CLONE_FILES)`` with exit
+signal 0.  The kernel copies the page tables (the whole cost of the pause:
+~50 ms for 4 GiB of 4 KiB pages, a few ms with huge pages); the child is born
+traced and stopped (PTRACE_O_TRACECLONE) and never runs a single instruction
+of the target.  The thread's registers are put back and the target resumes
+at once, while snapcore copies memory out of the child, a frozen image of the
+target at the freeze instant.  Then the child is killed, and a second tiny
+injection (``wait4(child, NULL, __WALL|WNOHANG)``) has the target reap it.
+
+The sequence and its pitfalls are in shared/reference/live-fork.md; the ones
+that shape this code:
+  * registers are restored only at the single-step SIGTRAP stop that follows
+    the syscall, and all of them (``syscall`` clobbers rcx and r11);
+  * from the clone event stop the thread continues with SINGLESTEP, never
+    CONT or DETACH, or it would run on with the injected registers;
+  * signals that reach the thread during the injection are held and handed
+    back on detach (the single-step SIGTRAP is never passed on);
+  * PTRACE_O_EXITKILL is set on the child only, never on the target; the
+    child is also given a stack pointer of 1 (``newsp``), so that in the
+    microseconds before EXITKILL is set a child released by a dying snapcore
+    faults on its first stack access instead of running the target's code;
+  * CLONE_FILES shares the fd table, so the child holds no extra references
+    (a pipe's EOF or a flock release is not delayed by it);
+  * the target is left alone when it has a seccomp filter (a kill filter
+    would kill it), is 32-bit, or has no thread blocked in a syscall: live
+    mode then falls back to a normal snapshot and says so.
+"""
+import errno
+import os
+import signal
+import time
+
+from . import _native, procfs
+from .elf.structs import NT_PRSTATUS
+from .errors import SnapcoreError, TargetExited
+from .tracer import detach_with
+
+CLONE_FILES = 0x400
+WNOHANG = 1
+__WALL = 0x40000000
+PF_IO_WORKER = 0x10
+INJECT_TIMEOUT = 60.0            # the clone of a huge process can take a while
+
+
+class LiveUnavailable(SnapcoreError):
+    """Live mode cannot be used on this target; the snapshot falls back to normal mode."""
+
+
+def _read_mem(pid, addr, n):
+    try:
+        data = _native.readv(pid, addr, n)
+        if len(data) == n:
+            return data
+    except _native.SyscallError:
+        pass
+    try:
+        with open(f"/proc/{pid}/mem", "rb", buffering=0) as f:
+            f.seek(addr)
+            return f.read(n)
+    except OSError:
+        return b""
+
+
+def check_live_possible(pid, status, arch, frozen):
+    """Raise LiveUnavailable with the reason live mode cannot be used."""
+    if not arch.syscall_insn:
+        raise LiveUnavailable(f"live mode is not supported for {arch.name} targets")
+    if status.seccomp:
+        raise LiveUnavailable("the target has a seccomp filter (an injected clone could "
+                              "be refused or kill it)")
+    if any(ft.group_stop for ft in frozen):
+        raise LiveUnavailable("the target is stopped (SIGSTOP): it does not run anyway")
+
+
+def choose_thread(pid, arch, threads, frozen):
+    """The thread to inject into: stopped inside a system call, at a `syscall`.
+
+    ``threads`` are ThreadNotes (registers), ``frozen`` the FrozenThreads.
+    """
+    by_tid = {ft.tid: ft for ft in frozen}
+    candidates = []
+    for t in threads:
+        ft = by_tid.get(t.tid)
+        if ft is None or ft.deliver_sig or ft.group_stop:
+            continue
+        regs = arch.regs(t.regset(NT_PRSTATUS))
+        orig = regs["orig_rax"]
+        if orig >= 1 << 63:                       # -1: not in a system call
+            continue
+        try:
+            if procfs.read_stat(pid, t.tid).flags & PF_IO_WORKER:
+                continue
+        except SnapcoreError:
+            continue
+        rip = regs["rip"]
+        if _read_mem(pid, rip - len(arch.syscall_insn), len(arch.syscall_insn)) != \
+                arch.syscall_insn:
+            continue
+        candidates.append(t.tid)
+    if not candidates:
+        raise LiveUnavailable("no thread of the target is blocked in a system call")
+    return candidates[0]
+
+
+class Injection:
+    """One injected system call on one stopped thread; restores it on every path."""
+
+    def __init__(self, tid, arch, saved_regs):
+        self.tid = tid
+        self.arch = arch
+        self.saved = saved_regs                  # bytes, restored at the end
+        self.held = []                           # [(sig, siginfo bytes)] to hand back
+        self.event_msg = None
+
+    def run(self, nr, args, options=0, want_event=None):
+        """Execute syscall nr(args...) in the thread; return its result (rax).
+
+        With want_event (a PTRACE_EVENT_*), the event's message (e.g. the new
+        child's pid) is kept in ``event_msg``.
+        """
+        arch = self.arch
+        regs = arch.regs(self.saved)
+        regs["rip"] -= len(arch.syscall_insn)
+        regs["rax"] = nr
+        regs["orig_rax"] = -1
+        for name, value in zip(("rdi", "rsi", "rdx", "r10", "r8", "r9"), args):
+            regs[name] = value
+        tid = self.tid
+        if options:
+            _native.setoptions(tid, options)
+        _native.setregset(tid, NT_PRSTATUS, arch.pack_regs(regs))
+        result = None
+        try:
+            _native.singlestep(tid, 0)
+            deadline = time.monotonic() + INJECT_TIMEOUT
+            while True:
+                status = self._wait(deadline)
+                if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+                    raise TargetExited(tid)
+                sig = os.WSTOPSIG(status)
+                event = status >> 16
+                if want_event is not None and event == want_event:
+                    self.event_msg = _native.geteventmsg(tid)
+                    _native.singlestep(tid, 0)   # never CONT/DETACH from here
+                    continue
+                if event == 0 and sig == signal.SIGTRAP:
+                    now = arch.regs(_native.getregset(tid, NT_PRSTATUS))
+                    result = now["rax"]
+                    if result >= 1 << 63:
+                        result -= 1 << 64
+                    break                        # the single-step trap after the syscall
+                if event == 0:
+                    # a signal arrived meanwhile: hold it, hand it back on detach
+                    self.held.append((sig, _native.getsiginfo(tid)))
+                _native.singlestep(tid, 0)
+        finally:
+            # back to exactly the frozen state, whatever happened
+            try:
+                _native.setregset(tid, NT_PRSTATUS, self.saved)
+                if options:
+                    _native.setoptions(tid, 0)
+            except _native.SyscallError as exc:
+                if exc.errno != errno.ESRCH:
+                    raise
+        return result
+
+    def _wait(self, deadline):
+        statuses = [_native.WAIT_PENDING]
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LiveUnavailable(f"thread {self.tid} did not finish the injected call")
+            if _native.wait_many([self.tid], statuses, min(left, 0.25)) == 0:
+                if statuses[0] == _native.WAIT_GONE:
+                    raise TargetExited(self.tid)
+                return statuses[0]
+
+
+def inject_clone(arch, tid, saved_regs):
+    """Fork the frozen target from thread tid; return (child_pid, held signals).
+
+    Raises LiveUnavailable if the clone failed (the target is unaffected).
+    """
+    inj = Injection(tid, arch, saved_regs)
+    rc = inj.run(arch.nr_clone, (CLONE_FILES, 1, 0, 0, 0),
+                 options=_native.PTRACE_O_TRACECLONE,
+                 want_event=_native.PTRACE_EVENT_CLONE)
+    child = inj.event_msg
+    if child is None or rc <= 0:
+        if rc is not None and rc > 0:            # a child without an event: never let it run
+            try:
+                os.kill(rc, signal.SIGKILL)
+            except OSError:
+                pass
+        err = -rc if rc is not None and rc < 0 else 0
+        raise_unavailable = LiveUnavailable(
+            f"the injected clone failed ({os.strerror(err) if err else 'no child'})")
+        raise_unavailable.held = inj.held
+        raise raise_unavailable
+    return child, inj.held
+
+
+def adopt_child(child):
+    """The child is ours (traced, stopped): EXITKILL it and make it the OOM victim."""
+    statuses = [_native.WAIT_PENDING]
+    _native.wait_many([child], statuses, 10.0)
+    if statuses[0] in (_native.WAIT_PENDING, _native.WAIT_GONE):
+        raise LiveUnavailable("the forked image did not report its first stop")
+    _native.setoptions(child, _native.PTRACE_O_EXITKILL)
+    try:
+        with open(f"/proc/{child}/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass
+
+
+def kill_child(child):
+    """SIGKILL the image and collect its exit as its tracer (it stays the target's zombie)."""
+    try:
+        os.kill(child, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    statuses = [_native.WAIT_PENDING]
+    deadline = time.monotonic() + 10
+    while statuses[0] == _native.WAIT_PENDING and time.monotonic() < deadline:
+        _native.wait_many([child], statuses, 0.25)
+
+
+def reap_in_target(pid, arch, child, prefer_tid=None):
+    """Have the target wait4() its dead exit-signal-0 child.  Returns True if reaped.
+
+    Stops one thread at a time (the others keep running) until one sits at a
+    `syscall`; the pause is that of one injected wait4, well under a millisecond.
+    """
+    try:
+        tids = procfs.list_tids(pid)
+    except SnapcoreError:
+        return True                               # target gone: init reaps the child
+    order = sorted(tids, key=lambda t: t != prefer_tid)
+    for tid in order[:16]:
+        try:
+            _native.seize(tid)
+        except _native.SyscallError:
+            continue
+        try:
+            _native.interrupt(tid)
+            statuses = [_native.WAIT_PENDING]
+            _native.wait_many([tid], statuses, 2.0)
+            if statuses[0] in (_native.WAIT_PENDING, _native.WAIT_GONE):
+                continue
+            if (statuses[0] >> 16) != _native.PTRACE_EVENT_STOP:
+                held = os.WSTOPSIG(statuses[0])       # a signal: give it back untouched
+                _native.detach(tid, held)
+                continue
+            saved = _native.getregset(tid, NT_PRSTATUS)
+            regs = arch.regs(saved)
+            if regs["orig_rax"] >= 1 << 63 or _read_mem(
+                    pid, regs["rip"] - len(arch.syscall_insn),
+                    len(arch.syscall_insn)) != arch.syscall_insn:
+                continue
+            inj = Injection(tid, arch, saved)
+            rc = inj.run(arch.nr_wait4, (child, 0, WNOHANG | __WALL, 0))
+            detach_with(tid, inj.held)
+            tid = None
+            if rc == child or rc == -errno.ECHILD:
+                return True
+        except _native.SyscallError:
+            continue
+        finally:
+            if tid is not None:
+                try:
+                    _native.detach(tid, 0)
+                except _native.SyscallError:
+                    pass
+    return False

@@ -1,0 +1,170 @@
+"""Live snapshots (--live): a copy-on-write image of one instant, the target paused briefly."""
+import os
+import re
+import struct
+
+import pytest
+
+import snapcore
+from helpers import (assert_runs_on, assert_untraced, eu_stack_tids, gdb_batch, have,
+                     pattern_buf, pattern_half, read_core_memory, snapcore_cli, target_path)
+
+THREAD_FUNCS = ("command_loop", "sleeper_thread", "cond_waiter_thread", "pipe_reader_thread")
+
+
+def children_of(pid):
+    kids = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids += [int(x) for x in f.read().split()]
+        except FileNotFoundError:
+            pass
+    return kids
+
+
+def assert_image_gone(pid):
+    """The forked image was killed and reaped: no child, no zombie, left behind."""
+    assert children_of(pid) == [], children_of(pid)
+
+
+def test_live_core_reads_like_a_normal_one(mt, tmp_path):
+    s = snapcore.snapshot(mt.pid, tmp_path / "core", live=True)
+    assert s.mode == "live" and s.fallback is None
+    assert s.pause_time < s.wall_time
+    assert_runs_on(mt)
+    assert_image_gone(mt.pid)
+    out = gdb_batch(target_path("mt"), s.path, "thread apply all bt",
+                    "print/x snapcore_marker").stdout
+    for fn in THREAD_FUNCS:
+        assert re.search(rf"\b{fn} \(", out), out
+    assert "= 0x5eed5eed12345678" in out
+    for tid in mt.info["tids"]:
+        assert f"LWP {tid}" in out
+    info = mt.info
+    assert read_core_memory(s.path, info["buf"], info["buf_len"]) == pattern_buf(info["buf_len"])
+    touched = info["half_len"] // 4
+    assert read_core_memory(s.path, info["half"], touched) == pattern_half(touched)
+    if have("eu-stack"):
+        assert sorted(eu_stack_tids(s.path, target_path("mt"))) == sorted(info["tids"])
+    assert_runs_on(mt)
+
+
+def test_live_core_matches_a_normal_core_of_a_quiet_target(spawn, tmp_path):
+    """A stopped target does not change: live and normal cores must hold the same bytes."""
+    t = spawn("mt")
+    t.wait_blocked()
+    a = snapcore.snapshot(t.pid, tmp_path / "normal")
+    b = snapcore.snapshot(t.pid, tmp_path / "live", live=True)
+    assert b.mode == "live"
+    from helpers import core_loads
+    la, lb = core_loads(a.path), core_loads(b.path)
+    assert [(x["vaddr"], x["memsz"], x["filesz"], x["flags"]) for x in la] == \
+           [(x["vaddr"], x["memsz"], x["filesz"], x["flags"]) for x in lb]
+    assert_runs_on(t)
+    assert_image_gone(t.pid)
+
+
+def _writers(core, info):
+    n, size, pages = info["nwriters"], info["writer_size"], info["pages"]
+    raw = read_core_memory(core, info["writers"], n * size)
+    out = []
+    for i in range(n):
+        count, base = struct.unpack_from("<QQ", raw, i * size)
+        out.append((count, [struct.unpack_from("<Q", read_core_memory(core, base + p * 4096, 8))[0]
+                            for p in range(pages)]))
+    return out
+
+
+def _consistent(count, stamps):
+    """Pages read count+1 up to some page, count after it: one instant of one writer."""
+    k = 0
+    while k < len(stamps) and stamps[k] == count + 1:
+        k += 1
+    return all(v == count for v in stamps[k:])
+
+
+def test_live_core_is_one_instant(spawn, tmp_path):
+    t = spawn("gen")
+    info = t.info
+    for i in range(5):
+        before = t.ping()
+        s = snapcore.snapshot(t.pid, tmp_path / f"core.{i}", live=True)
+        after = t.ping()
+        assert s.mode == "live"
+        writers = _writers(s.path, info)
+        for count, stamps in writers:
+            assert _consistent(count, stamps), (count, stamps[:8], stamps[-8:])
+        assert before <= writers[0][0] <= after
+        assert sum(c for c, _ in writers) > 0
+    assert_untraced(t.pid)
+    assert t.ping() > after
+    assert_image_gone(t.pid)
+
+
+def test_the_consistency_check_can_fail(spawn):
+    """Control: the same check on memory read from the running target does fail."""
+    from snapcore import _native
+    t = spawn("gen")
+    info = t.info
+    violations = 0
+    for _ in range(20):
+        # page by page, as any copy of a running process does, with the count last
+        raw = _native.readv(t.pid, info["writers"], info["nwriters"] * info["writer_size"])
+        _, base = struct.unpack_from("<QQ", raw, 0)
+        stamps = [struct.unpack("<Q", _native.readv(t.pid, base + p * 4096, 8))[0]
+                  for p in range(info["pages"])]
+        raw = _native.readv(t.pid, info["writers"], 8)
+        count = struct.unpack("<Q", raw)[0]
+        if not _consistent(count, stamps):
+            violations += 1
+    assert violations > 0
+    assert_untraced(t.pid)
+
+
+def test_dontfork_and_wipeonfork_memory_is_in_the_core(spawn, tmp_path):
+    t = spawn("gen")
+    info = t.info
+    s = snapcore.snapshot(t.pid, tmp_path / "core", live=True)
+    assert s.mode == "live" and s.missing == []
+    n = info["nofork_len"]
+    assert read_core_memory(s.path, info["dontfork"], n) == b"\xd0" * n
+    assert read_core_memory(s.path, info["wipe"], n) == b"\xe1" * n
+    assert_untraced(t.pid)
+    assert_image_gone(t.pid)
+
+
+def test_seccomp_target_falls_back_and_says_so(spawn, tmp_path):
+    t = spawn("gen", "seccomp")
+    s = snapcore.snapshot(t.pid, tmp_path / "core", live=True)
+    assert s.mode == "normal" and "seccomp" in s.fallback
+    p = snapcore_cli(t.pid, "--live", "-o", tmp_path / "cli.core")
+    assert p.returncode == 0
+    assert "live mode not used" in p.stdout and "seccomp" in p.stdout
+    assert_untraced(t.pid)
+    t.ping()
+    assert_image_gone(t.pid)
+
+
+def test_stopped_target_stays_stopped_in_live_mode(spawn, tmp_path):
+    import signal
+    from helpers import wait_all_stopped
+    t = spawn("mt")
+    t.wait_blocked()
+    os.kill(t.pid, signal.SIGSTOP)
+    try:
+        wait_all_stopped(t.pid)
+        s = snapcore.snapshot(t.pid, tmp_path / "core", live=True)
+        assert s.mode == "normal" and "stopped" in s.fallback
+        wait_all_stopped(t.pid)
+    finally:
+        os.kill(t.pid, signal.SIGCONT)
+    assert_runs_on(t)
+
+
+def test_cli_live_line(mt, tmp_path):
+    p = snapcore_cli(mt.pid, "--live", "-o", tmp_path / "core")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().endswith("(live)")
+    assert_runs_on(mt)
+    assert_image_gone(mt.pid)
