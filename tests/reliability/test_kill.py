@@ -6,33 +6,57 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from faults import trials, wait_traced
 from helpers import assert_runs_on, assert_untraced
 
 BIG = ("mt", "192", "40")          # 192 MiB of random data and 40 extra threads
 
 
-def _cli(pid, out):
-    return subprocess.Popen([sys.executable, "-m", "snapcore", str(pid), "-o", str(out)],
+def _cli(pid, out, *extra):
+    return subprocess.Popen([sys.executable, "-m", "snapcore", str(pid), "-o", str(out), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_sigkill_at_random_moments(spawn, tmp_path):
+def _image_children(pid):
+    """(live, zombie) children of the target: live mode's forked images."""
+    alive, zombies = [], []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids = [int(x) for x in f.read().split()]
+        except FileNotFoundError:
+            continue
+        for k in kids:
+            try:
+                with open(f"/proc/{k}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+            except FileNotFoundError:
+                continue
+            (zombies if state in "ZX" else alive).append(k)
+    return alive, zombies
+
+
+@pytest.mark.parametrize("mode", ["normal", "live"])
+def test_sigkill_at_random_moments(spawn, tmp_path, mode):
     t = spawn(*BIG)
     t.wait_blocked()
     n = trials(20, 200)
+    extra = ("--live",) if mode == "live" else ()
     rng = random.Random(os.getpid())
     # how long one whole run takes here, to spread the kills over it
     t0 = time.monotonic()
-    p = _cli(t.pid, tmp_path / "ref.core")
+    p = _cli(t.pid, tmp_path / "ref.core", *extra)
     p.communicate(timeout=120)
     assert p.returncode == 0
     whole = time.monotonic() - t0
     os.unlink(tmp_path / "ref.core")
     killed_while_traced = completed = 0
+    zombies = set()
     for i in range(n):
         out = tmp_path / f"core.{i}"
-        p = _cli(t.pid, out)
+        p = _cli(t.pid, out, *extra)
         try:
             if i % 2 == 0:
                 time.sleep(rng.uniform(0, whole * 1.1))       # anywhere, start-up included
@@ -52,11 +76,20 @@ def test_sigkill_at_random_moments(spawn, tmp_path):
             assert_complete_core(out)
             completed += 1
         assert_untraced(t.pid)
+        # a forked image never outlives snapcore (EXITKILL); it can only be left
+        # as a zombie when snapcore died between killing it and having it reaped
+        deadline = time.monotonic() + 5
+        while _image_children(t.pid)[0] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        alive, dead = _image_children(t.pid)
+        assert alive == [], f"trial {i}: a live image survived snapcore: {alive}"
+        zombies.update(dead)
         t.wait_blocked()
     assert [f for f in os.listdir(tmp_path) if not f.startswith("core.")] == []
     assert_runs_on(t)
-    print(f"\n{n} SIGKILL trials, {killed_while_traced} while the target was traced, "
-          f"{completed} after the core was complete, 0 harmed, 0 partial files")
+    print(f"\n{mode}: {n} SIGKILL trials, {killed_while_traced} while the target was traced, "
+          f"{completed} after the core was complete, 0 harmed, 0 partial files, "
+          f"{len(zombies)} image zombies left")
     assert killed_while_traced >= n // 4, "kills did not land inside snapshots"
 
 
