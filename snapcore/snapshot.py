@@ -242,7 +242,7 @@ class _Job:
         pid = self.pid
         st = procfs.read_stat(pid)
         status = procfs.read_status(pid)
-        auxv = procfs.read_bytes(pid, "auxv")
+        auxv = procfs.auxv_through_null(procfs.read_bytes(pid, "auxv"), arch.word_size)
         psargs = b""
         if st.arg_end > st.arg_start:
             try:

@@ -194,3 +194,15 @@ def test_xsave_layout_from_xcr0():
         return {2: (256, 576, 0, 0), 7: (1024, 1408, 0, 0)}[sub]
     d = notes.build_xsave_layout(bytes(xstate), fake_cpuid)
     assert struct.unpack("<8I", d) == (2, 256, 576, 0, 7, 1024, 1408, 0)
+
+
+def test_auxv_through_null_ia32():
+    """/proc/PID/auxv of an ia32 process runs on past AT_NULL (it scans 64-bit words)."""
+    entries = struct.pack("<6I", 33, 0xF7FAF000, 6, 4096, 0, 0)
+    proc_text = entries + struct.pack("<4I", 0x1F8BFBFF, 0, 0, 0)   # as captured
+    assert procfs.auxv_through_null(proc_text, 4) == entries
+    assert procfs.auxv_through_null(entries, 4) == entries
+    as64 = struct.pack("<4Q", 6, 4096, 0, 0)
+    assert procfs.auxv_through_null(as64, 8) == as64
+    with pytest.raises(ValueError):
+        procfs.auxv_through_null(struct.pack("<2I", 6, 4096), 4)
