@@ -170,6 +170,7 @@ class _Job:
         with BackingFiles(pid) as files:
             plans = plan_dump(pid, vmas, filt, file_ranges, files, arch.page_size)
             proc.file_entries = _file_entries(pid, plans, arch.page_size)
+            proc.vma_count = len(plans)
             blob = elfnotes.build_notes(arch, proc, threads, _native.cpuid,
                                         _file_note_limit())
             self.layout = layout = CoreLayout(arch, blob, [p.load() for p in plans])

@@ -153,6 +153,19 @@ def test_file_note_format():
     assert d[64:] == b"/a\0/b c\0"
 
 
+def test_file_note_kept_or_left_out_like_the_kernel():
+    one = [(0x1000, 0x2000, 0, b"/lib/libc.so.6")]
+    limit = 4 << 20
+    # the kernel's estimate is 64 bytes per VMA, whatever the files
+    assert notes.file_note_fits(one, 65535, 8, 4096, limit)
+    assert not notes.file_note_fits(one, 65536, 8, 4096, limit)
+    assert not notes.file_note_fits(one, 70000, 4, 4096, limit)
+    # names longer than the estimate make the buffer grow by 5/4 until the limit
+    long_names = [(0, 0, 0, b"/" + b"x" * 4000)] * 3
+    assert notes.file_note_fits(long_names, 3, 8, 4096, limit)
+    assert not notes.file_note_fits(long_names, 3, 8, 4096, 8192)
+
+
 def test_note_padding_and_roundtrip():
     blob = note("CORE", 1, b"abcde") + note("LINUX", 0x202, b"xy")
     assert len(blob) % 4 == 0
