@@ -219,7 +219,7 @@ class _Job:
                     data = _native.getregset(ft.tid, ntype)
                 except _native.SyscallError:
                     continue                      # not active for this thread (ENODEV, ENXIO)
-                if data:
+                if arch.regset_active(ntype, data):
                     regsets.append((ntype, owner, data))
             try:
                 tst = procfs.read_status(pid, ft.tid)

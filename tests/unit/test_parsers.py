@@ -219,3 +219,14 @@ def test_auxv_through_null_ia32():
     assert procfs.auxv_through_null(as64, 8) == as64
     with pytest.raises(ValueError):
         procfs.auxv_through_null(struct.pack("<2I", 6, 4096), 4)
+
+
+def test_ia32_tls_note_only_when_a_slot_is_in_use():
+    """The kernel writes NT_386_TLS only if regset_tls_active(); GETREGSET always gives 48."""
+    empty = b"".join(struct.pack("<IIII", n, 0, 0, 0x28) for n in (12, 13, 14))
+    # captured from a gcc -m32 thread: glibc's TLS in slot 12, the other two empty
+    used = struct.pack("<IIII", 12, 0xF683FB40, 0xFFFFF, 0x51) + empty[16:]
+    assert I386.regset_active(0x200, used)
+    assert not I386.regset_active(0x200, empty)
+    assert X86_64.regset_active(0x202, b"\0" * 512)       # no rule: any data counts
+    assert not X86_64.regset_active(0x202, b"")
