@@ -11,6 +11,12 @@ so whenever no command is being answered the main thread sits in
 time.sleep.  The worker blocks SIGIO, so the signal always reaches the main
 thread.
 
+time.sleep only looks at Python's signal flags when its syscall is
+interrupted, so a SIGIO that arrives while the handler is finishing would
+be noticed no sooner than the next one.  The test sends its next command as
+soon as it has read a reply, so the handler lingers (LINGER seconds) after
+its last command and answers whatever comes meanwhile before it returns.
+
     READY {"pid": P, "tids": [main, worker], "marker": ...}
     ping  -> "pong N"   N = commands answered so far (grows while the target runs)
     exit  -> exits 0
@@ -18,12 +24,14 @@ thread.
 import fcntl
 import json
 import os
+import select
 import signal
 import sys
 import threading
 import time
 
 MARKER = "snapcore-python-marker-7f3a"
+LINGER = 0.2
 answered = 0
 stop_event = threading.Event()
 worker_tid = []
@@ -40,7 +48,9 @@ def handle_io(signum, frame):
         try:
             chunk = os.read(0, 4096)
         except BlockingIOError:
-            return
+            if not select.select([0], [], [], LINGER)[0]:
+                return
+            continue
         if not chunk:
             os._exit(0)                           # the test closed our stdin
         for line in chunk.decode().splitlines():
