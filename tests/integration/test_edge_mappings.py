@@ -77,6 +77,13 @@ def test_edge_mappings_in_the_core(edge, tmp_path):
         assert c.read(ld.vaddr + pg, pg) == edge_pattern(7, pg)
         assert c.read(ld.vaddr + 2 * pg, pg) == file_bytes[2 * pg:]
 
+        # the main thread's blocked and pending SIGUSR1, in its NT_PRSTATUS
+        main = c.threads[0]
+        assert main.tid == edge.pid
+        assert main.prstatus["pr_sigpend"] == info["main_sigpend"]
+        assert main.prstatus["pr_sighold"] & info["main_sigpend"]
+        assert all(not t.prstatus["pr_sigpend"] for t in c.threads[1:])
+
         # a name with spaces and a newline, byte for byte; a shared file is not dumped
         odd = f"{edge.files}/with space\nand newline".encode()
         assert names[info["odd_name"]] == (info["odd_name"] + pg, 0, odd)

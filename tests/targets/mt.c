@@ -27,6 +27,7 @@
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -165,6 +166,7 @@ static unsigned char *map_anon(size_t len, int flags)
 /*
  * One mapping for each rule of the kernel's vma_dump_size() worth checking.
  * Each is reported as "name": address; every region is 2 pages unless noted.
+ * Also a blocked, pending SIGUSR1 in the main thread.
  */
 static void setup_edge(const char *dir, int want_huge)
 {
@@ -233,6 +235,14 @@ static void setup_edge(const char *dir, int want_huge)
         }
     }
     ready_add(", \"hugetlb\": %lu", huge);
+
+    /* the main thread blocks SIGUSR1 and has one pending (pr_sighold, pr_sigpend) */
+    sigset_t usr1;
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    if (pthread_sigmask(SIG_BLOCK, &usr1, NULL) || raise(SIGUSR1))
+        die("SIGUSR1");
+    ready_add(", \"main_sigpend\": %lu", 1UL << (SIGUSR1 - 1));
 }
 
 /* n one-page VMAs: PROT_NONE and read-write pages alternate, so none merge. */
