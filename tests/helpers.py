@@ -360,26 +360,18 @@ def core_notes(path):
 
 
 def core_loads(path):
-    from elftools.elf.elffile import ELFFile
-    with open(path, "rb") as f:
-        elf = ELFFile(f)
-        return [dict(vaddr=s["p_vaddr"], memsz=s["p_memsz"], filesz=s["p_filesz"],
-                     offset=s["p_offset"], flags=s["p_flags"], align=s["p_align"],
-                     paddr=s["p_paddr"])
-                for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
+    """Every PT_LOAD as a dict (vaddr, memsz, filesz, flags, offset, align, paddr)."""
+    import dataclasses
+    from coreparse import Core
+    with Core(path) as c:
+        return [dataclasses.asdict(ld) for ld in c.loads]
 
 
 def read_core_memory(path, addr, length):
     """Bytes at a virtual address, from the core's PT_LOAD data (zeros past p_filesz)."""
-    for ld in core_loads(path):
-        if ld["vaddr"] <= addr and addr + length <= ld["vaddr"] + ld["memsz"]:
-            rel = addr - ld["vaddr"]
-            with open(path, "rb") as f:
-                f.seek(ld["offset"] + rel)
-                avail = max(0, min(length, ld["filesz"] - rel))
-                data = f.read(avail)
-            return data + b"\0" * (length - len(data))
-    raise KeyError(f"{addr:#x} not in any PT_LOAD")
+    from coreparse import Core
+    with Core(path) as c:
+        return c.read(addr, length)
 
 
 def prstatus_regs(desc):
@@ -394,25 +386,9 @@ def prstatus_regs(desc):
 
 def raw_notes(path):
     """[(name, type, desc bytes)] straight from the PT_NOTE bytes."""
-    from elftools.elf.elffile import ELFFile
-    with open(path, "rb") as f:
-        elf = ELFFile(f)
-        for seg in elf.iter_segments():
-            if seg["p_type"] == "PT_NOTE":
-                f.seek(seg["p_offset"])
-                blob = f.read(seg["p_filesz"])
-                break
-        else:
-            return []
-    out, off = [], 0
-    while off + 12 <= len(blob):
-        namesz, descsz, ntype = struct.unpack_from("<III", blob, off)
-        off += 12
-        name = blob[off:off + namesz].rstrip(b"\0").decode()
-        off += (namesz + 3) & ~3
-        out.append((name, ntype, blob[off:off + descsz]))
-        off += (descsz + 3) & ~3
-    return out
+    from coreparse import Core
+    with Core(path) as c:
+        return list(c.notes)
 
 
 def pattern_buf(length, word_bits=64):
