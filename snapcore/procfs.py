@@ -241,6 +241,19 @@ def parse_auxv(data, word_size):
     return out
 
 
+def auxv_through_null(data, word_size):
+    """The auxv bytes up to and including the AT_NULL entry (fill_auxv_note()).
+
+    /proc/PID/auxv looks for the end in 64-bit units, so for an ia32 process
+    (8-byte entries) it returns words past the AT_NULL entry; the kernel's own
+    core stops at AT_NULL in the process's word size.
+    """
+    entries = parse_auxv(data, word_size)
+    if not entries or entries[-1][0] != 0:
+        raise ValueError(f"auxv of {len(data)} bytes has no AT_NULL entry")
+    return data[:len(entries) * 2 * word_size]
+
+
 # ---------------------------------------------------------------------------
 # I/O with error translation
 

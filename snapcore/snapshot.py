@@ -261,6 +261,7 @@ class _Job:
             else:
                 plans = image.plan(filt, file_ranges, files, arch.page_size)
             proc.file_entries = _file_entries(src, plans, arch.page_size)
+            proc.vma_count = len(plans)
             blob = elfnotes.build_notes(arch, proc, threads, _native.cpuid,
                                         _file_note_limit())
             self.layout = layout = CoreLayout(arch, blob, [p.load() for p in plans])
@@ -341,7 +342,7 @@ class _Job:
                     data = _native.getregset(ft.tid, ntype)
                 except _native.SyscallError:
                     continue                      # not active for this thread (ENODEV, ENXIO)
-                if data:
+                if arch.regset_active(ntype, data):
                     regsets.append((ntype, owner, data))
             out.append(elfnotes.ThreadNotes(ft.tid, regsets, sigpend=tst.sig_pnd,
                                             sighold=tst.sig_blk, utime=tstat.utime,
@@ -361,7 +362,7 @@ class _Job:
         pid = self.pid
         st = procfs.read_stat(pid)
         status = procfs.read_status(pid)
-        auxv = procfs.read_bytes(pid, "auxv")
+        auxv = procfs.auxv_through_null(procfs.read_bytes(pid, "auxv"), arch.word_size)
         psargs = b""
         if st.arg_end > st.arg_start:
             try:

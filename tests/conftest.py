@@ -47,3 +47,47 @@ def mt(spawn):
     t = spawn("mt")
     t.wait_blocked()            # main thread back in read(), not mid-reply
     return t
+
+
+def _raised_sysctl(name, wanted, why):
+    """Context for a test that needs /proc/sys/NAME >= wanted: raise it as root, restore after."""
+    path = "/proc/sys/" + name.replace(".", "/")
+    with open(path) as f:
+        old = int(f.read())
+    if old >= wanted:
+        yield old
+        return
+    if os.geteuid() != 0:
+        pytest.skip(f"{name} is {old}; {why} needs {wanted}, and only root may raise it")
+    try:
+        with open(path, "w") as f:
+            f.write(str(wanted))
+        with open(path) as f:
+            got = int(f.read())
+        yield got
+    finally:
+        with open(path, "w") as f:
+            f.write(str(old))
+
+
+@pytest.fixture
+def many_maps_allowed():
+    """vm.max_map_count high enough for a target with more than 65535 mappings."""
+    yield from _raised_sysctl("vm.max_map_count", 200000, "a PN_XNUM target")
+
+
+@pytest.fixture
+def hugepages():
+    """Two 2 MiB hugetlb pages reserved for the test (0 if the kernel would not give them).
+
+    Request it before ``spawn`` so the targets die before the reservation goes back.
+    """
+    try:
+        gen = _raised_sysctl("vm.nr_hugepages", 2, "a hugetlb mapping")
+        got = next(gen)
+    except FileNotFoundError:
+        pytest.skip("this kernel has no hugetlb support (/proc/sys/vm/nr_hugepages)")
+    try:
+        yield got
+    finally:
+        gen.close()

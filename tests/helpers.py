@@ -4,9 +4,11 @@ Every target is a real process started here; tests never mock ptrace or
 /proc.  Every wait has a timeout, and ``Target.close`` (called from fixtures'
 ``finally``) SIGKILLs and reaps the process whatever happened.
 """
+import ctypes
 import json
 import os
 import re
+import resource
 import select
 import shutil
 import signal
@@ -14,6 +16,8 @@ import struct
 import subprocess
 import sys
 import time
+
+import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TARGETS = os.path.join(HERE, "targets")
@@ -171,6 +175,41 @@ def wait_all_stopped(pid, timeout=5.0):
         time.sleep(0.005)
 
 
+def thread_blocked_at(pid, tid):
+    """(syscall line, wchan) of a thread sleeping in a syscall, or None."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/syscall") as f:
+            sc = f.read().strip()
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        with open(f"/proc/{pid}/task/{tid}/wchan") as f:
+            wchan = f.read()
+    except (FileNotFoundError, IndexError):
+        return None
+    if state != "S" or not sc[:1].isdigit():
+        return None
+    return sc, wchan
+
+
+def wait_all_blocked(pid, timeout=10.0, settle=0.05):
+    """Wait until every thread sleeps in a syscall and stays there for ``settle`` s.
+
+    A process in this state changes nothing in its memory or registers until
+    something wakes it: the base of the kernel differential test.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        tids = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+        first = {t: thread_blocked_at(pid, t) for t in tids}
+        if all(first.values()):
+            time.sleep(settle)
+            if {t: thread_blocked_at(pid, t) for t in tids} == first:
+                return first
+        if time.monotonic() > deadline:
+            raise TargetTimeout(f"threads of {pid} not all blocked: {first}")
+        time.sleep(0.01)
+
+
 def assert_runs_on(target):
     """Not stopped, not traced, and still making progress (ticks advance)."""
     assert target.proc.poll() is None, f"target exited with {target.proc.returncode}"
@@ -181,6 +220,80 @@ def assert_runs_on(target):
         if time.monotonic() > deadline:
             raise AssertionError("target answers but its sleeper thread makes no progress")
         time.sleep(0.01)
+
+
+# ---------------------------------------------------------------------------
+# the kernel's own core of a target, as a reference
+
+
+def kernel_core_path(cwd, pid):
+    with open("/proc/sys/kernel/core_uses_pid") as f:
+        uses_pid = f.read().strip() == "1"
+    return os.path.join(cwd, f"core.{pid}" if uses_pid else "core")
+
+
+def _require_comparable_kernel_core():
+    with open("/proc/sys/kernel/core_pattern") as f:
+        pattern = f.read().strip()
+    if pattern.startswith("|"):
+        pytest.skip(f"kernel.core_pattern is a pipe ({pattern!r}): the kernel hands cores to "
+                    f"that program, not to a file in the process's cwd")
+    if pattern != "core":
+        pytest.skip(f"kernel.core_pattern is {pattern!r}, not 'core': this test reads the "
+                    f"kernel's core from the process's cwd")
+    try:
+        with open("/proc/sys/kernel/core_sort_vma") as f:
+            sort_vma = f.read().strip()
+    except FileNotFoundError:
+        sort_vma = "0"                        # kernels before 6.14 do not have it
+    if sort_vma != "0":
+        pytest.skip("kernel.core_sort_vma is on: the kernel orders its PT_LOADs by dump size "
+                    "(README, Compatibility), snapcore keeps address order")
+
+
+def _unlimited_core():
+    resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+
+
+def _tgkill(pid, tid, sig):
+    libc = ctypes.CDLL(None, use_errno=True)
+    sys_tgkill = 234                          # x86_64
+    if libc.syscall(sys_tgkill, pid, tid, sig) != 0:
+        raise OSError(ctypes.get_errno(), "tgkill")
+
+
+def snapshot_then_kernel_core(spawn, tmp_path, exe, *args, filter_=None):
+    """Run ``exe still ARGS``, snapshot it, then let the kernel dump it.
+
+    Returns (target, kernel core, snapcore core) as coreparse.Core objects.
+    The target is deterministic (every thread blocked, rseq off); between the
+    snapshot and SIGABRT the test checks it runs on: untraced, every thread
+    back in the very same wait.  SIGABRT goes to the main thread (tgkill), so
+    the kernel's dumping thread is the one snapcore puts first.
+    """
+    import snapcore
+    from coreparse import Core
+    _require_comparable_kernel_core()
+    if not os.path.exists(target_path(exe)):
+        pytest.skip(f"{exe} was not built (tests/targets/Makefile says why)")
+    env = dict(os.environ, GLIBC_TUNABLES="glibc.pthread.rseq=0")
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    t = spawn(exe, "still", *args, cwd=str(workdir), env=env, preexec_fn=_unlimited_core)
+    if filter_ is not None:
+        with open(f"/proc/{t.pid}/coredump_filter", "w") as f:
+            f.write(f"{filter_:#x}")
+    blocked = wait_all_blocked(t.pid)
+    ours = snapcore.snapshot(t.pid, tmp_path / "snap.core")
+    # the target runs on: untraced, and every thread went back to the very same wait
+    assert_untraced(t.pid)
+    assert wait_all_blocked(t.pid) == blocked
+    assert all(s == ("S", 0) for s in task_states(t.pid).values())
+    _tgkill(t.pid, t.pid, signal.SIGABRT)
+    assert t.proc.wait(timeout=60) == -signal.SIGABRT
+    kpath = kernel_core_path(str(workdir), t.pid)
+    assert os.path.exists(kpath), f"the kernel wrote no core in {workdir}"
+    return t, Core(kpath), Core(ours.path)
 
 
 # ---------------------------------------------------------------------------
@@ -254,38 +367,18 @@ def core_notes(path):
 
 
 def core_loads(path):
-    from elftools.elf.elffile import ELFFile
-    with open(path, "rb") as f:
-        elf = ELFFile(f)
-        return [dict(vaddr=s["p_vaddr"], memsz=s["p_memsz"], filesz=s["p_filesz"],
-                     offset=s["p_offset"], flags=s["p_flags"], align=s["p_align"],
-                     paddr=s["p_paddr"])
-                for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
-
-
-_LOADS_CACHE = {}
-
-
-def _cached_loads(path):
-    st = os.stat(path)
-    key = (str(path), st.st_ino, st.st_mtime_ns, st.st_size)
-    if key not in _LOADS_CACHE:
-        _LOADS_CACHE.clear()
-        _LOADS_CACHE[key] = core_loads(path)
-    return _LOADS_CACHE[key]
+    """Every PT_LOAD as a dict (vaddr, memsz, filesz, flags, offset, align, paddr)."""
+    import dataclasses
+    from coreparse import Core
+    with Core(path) as c:
+        return [dataclasses.asdict(ld) for ld in c.loads]
 
 
 def read_core_memory(path, addr, length):
     """Bytes at a virtual address, from the core's PT_LOAD data (zeros past p_filesz)."""
-    for ld in _cached_loads(path):
-        if ld["vaddr"] <= addr and addr + length <= ld["vaddr"] + ld["memsz"]:
-            rel = addr - ld["vaddr"]
-            with open(path, "rb") as f:
-                f.seek(ld["offset"] + rel)
-                avail = max(0, min(length, ld["filesz"] - rel))
-                data = f.read(avail)
-            return data + b"\0" * (length - len(data))
-    raise KeyError(f"{addr:#x} not in any PT_LOAD")
+    from coreparse import Core
+    with Core(path) as c:
+        return c.read(addr, length)
 
 
 def prstatus_regs(desc):
@@ -300,25 +393,9 @@ def prstatus_regs(desc):
 
 def raw_notes(path):
     """[(name, type, desc bytes)] straight from the PT_NOTE bytes."""
-    from elftools.elf.elffile import ELFFile
-    with open(path, "rb") as f:
-        elf = ELFFile(f)
-        for seg in elf.iter_segments():
-            if seg["p_type"] == "PT_NOTE":
-                f.seek(seg["p_offset"])
-                blob = f.read(seg["p_filesz"])
-                break
-        else:
-            return []
-    out, off = [], 0
-    while off + 12 <= len(blob):
-        namesz, descsz, ntype = struct.unpack_from("<III", blob, off)
-        off += 12
-        name = blob[off:off + namesz].rstrip(b"\0").decode()
-        off += (namesz + 3) & ~3
-        out.append((name, ntype, blob[off:off + descsz]))
-        off += (descsz + 3) & ~3
-    return out
+    from coreparse import Core
+    with Core(path) as c:
+        return list(c.notes)
 
 
 def pattern_buf(length, word_bits=64):
@@ -329,3 +406,8 @@ def pattern_buf(length, word_bits=64):
 
 def pattern_half(length):
     return bytes((i * 7 + 1) & 0xFF for i in range(length))
+
+
+def edge_pattern(seed, length):
+    """The bytes mt.c fill(p, length, seed) writes (its edge mappings and files)."""
+    return bytes((i * 31 + seed * 17 + (i >> 12)) & 0xFF for i in range(length))

@@ -1,7 +1,7 @@
 """What an architecture contributes to a core file."""
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -29,6 +29,9 @@ class Arch:
     syscall_insn: bytes = b""   # the instruction live mode re-executes (empty: no live mode)
     nr_clone: int = -1
     nr_wait4: int = -1
+    # note_type -> f(GETREGSET bytes) -> bool, for regsets whose kernel active() hook
+    # looks at more than "GETREGSET worked" (fill_thread_core_info skips inactive ones)
+    regset_in_use: dict = field(default_factory=dict, hash=False)
 
     @property
     def word_size(self):
@@ -37,6 +40,11 @@ class Arch:
     @property
     def _regs_fmt(self):
         return "<%d%s" % (len(self.reg_names), "Q" if self.word_size == 8 else "I")
+
+    def regset_active(self, note_type, data):
+        """Whether the kernel's core would hold this regset note for the thread."""
+        check = self.regset_in_use.get(note_type)
+        return bool(data) and (check is None or check(data))
 
     def regs(self, raw):
         """user_regs_struct bytes -> {name: value}."""

@@ -5,6 +5,25 @@ from ..elf.structs import (ELF32, NT_386_IOPERM, NT_386_TLS, NT_PRFPREG, NT_PRST
                            NT_PRXFPREG, NT_X86_XSTATE)
 from .base import Arch
 
+_USER_DESC = struct.Struct("<IIII")     # entry_number, base_addr, limit, flags (bitfields)
+_EMPTY_DESC_FLAGS = 0x28                # read_exec_only | seg_not_present: fill_user_desc()
+                                        # of an all-zero descriptor
+
+
+def tls_in_use(data):
+    """arch/x86/kernel/tls.c regset_tls_active(): is any GDT TLS slot non-empty?
+
+    GETREGSET(NT_386_TLS) always returns the 3 slots as struct user_desc; an
+    empty slot reads back as base 0, limit 0 and only read_exec_only and
+    seg_not_present set (set_thread_area() clears any descriptor given so).
+    """
+    for off in range(0, len(data) - _USER_DESC.size + 1, _USER_DESC.size):
+        _, base, limit, flags = _USER_DESC.unpack_from(data, off)
+        if (base, limit, flags) != (0, 0, _EMPTY_DESC_FLAGS):
+            return True
+    return False
+
+
 I386 = Arch(
     name="i386",
     elf=ELF32,
@@ -24,6 +43,7 @@ I386 = Arch(
     pc_reg="eip",
     sp_reg="esp",
     has_vsyscall=False,
+    regset_in_use={NT_386_TLS: tls_in_use},
 )
 
 assert I386.prstatus.size == 144 and I386.prpsinfo.size == 124

@@ -55,6 +55,7 @@ class ProcessNotes:
     psargs: bytes            # raw argv area (NULs kept), truncated by psargs_field
     auxv: bytes
     file_entries: list = field(default_factory=list)   # [(start, end, pgoff_pages, name_bytes)]
+    vma_count: int = 0       # every VMA, the gate VMA included (one PT_LOAD each)
 
 
 def psargs_field(argv_area):
@@ -83,6 +84,31 @@ def build_file_note(entries, word_size, page_size):
     return b"".join(parts)
 
 
+def file_note_fits(entries, vma_count, word_size, page_size, limit):
+    """Whether the kernel would write NT_FILE at all (fs/binfmt_elf.c fill_files_note()).
+
+    The kernel sizes its buffer from the VMA count, not from the note: it starts
+    at 64 bytes per VMA, grows by 5/4 whenever the names do not fit, and leaves
+    NT_FILE out as soon as that size reaches kernel.core_file_note_size_limit.
+    So a process with 65536 VMAs or more (4 MiB / 64) gets no NT_FILE under the
+    default limit, however few files it maps.
+    """
+    size = vma_count * 64
+    names_ofs = (2 + 3 * vma_count) * word_size
+    while True:
+        if size >= limit:
+            return False
+        size = -(-size // page_size) * page_size
+        remaining = size - names_ofs
+        for *_, name in entries:
+            if len(name) + 1 > remaining:       # d_path(): ENAMETOOLONG
+                break
+            remaining -= len(name) + 1
+        else:
+            return True
+        size = size * 5 // 4
+
+
 def build_xsave_layout(xstate, cpuid):
     """NT_X86_XSAVE_LAYOUT from the XCR0 word of an XSAVE image and CPUID leaf 0xD.
 
@@ -107,9 +133,10 @@ def build_notes(arch, proc, threads, cpuid, file_note_limit=4 << 20):
         state_index=ps_index, sname=sname, nice=proc.nice, flag=proc.flag, uid=proc.uid,
         gid=proc.gid, pid=proc.pid, ppid=proc.ppid, pgrp=proc.pgrp, sid=proc.sid,
         fname=proc.comm, psargs=psargs_field(proc.psargs))
-    file_desc = build_file_note(proc.file_entries, arch.word_size, arch.page_size)
-    if len(file_desc) >= file_note_limit:
-        file_desc = None        # the kernel leaves NT_FILE out past core_file_note_size_limit
+    file_desc = None
+    if file_note_fits(proc.file_entries, proc.vma_count, arch.word_size, arch.page_size,
+                      file_note_limit):
+        file_desc = build_file_note(proc.file_entries, arch.word_size, arch.page_size)
 
     out = []
     for i, t in enumerate(threads):

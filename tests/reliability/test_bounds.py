@@ -86,7 +86,7 @@ def test_exec_during_snapshots(spawn, tmp_path):
 
 def test_target_killed_mid_snapshot(spawn, tmp_path):
     for i in range(trials(4, 40)):
-        t = spawn("mt", "160")
+        t = spawn("mt", "mib=160")
         t.wait_blocked()
         err = {}
 
@@ -114,7 +114,7 @@ def test_target_killed_mid_snapshot(spawn, tmp_path):
 def test_target_exits_by_itself_mid_snapshot(spawn, tmp_path):
     """The target's own thread calls exit() while snapcore freezes and copies it."""
     for i in range(trials(4, 40)):
-        t = spawn("mt", "160")
+        t = spawn("mt", "mib=160")
         t.wait_blocked()
         # exit as soon as the ping is answered; the snapshot races with it
         t.proc.stdin.write(b"ping\nexit\n")

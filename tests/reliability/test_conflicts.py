@@ -12,7 +12,7 @@ from helpers import assert_runs_on, have, task_states
 
 
 def test_second_snapcore_fails_cleanly_and_first_succeeds(spawn, tmp_path):
-    t = spawn("mt", "256")
+    t = spawn("mt", "mib=256")
     t.wait_blocked()
     first = subprocess.Popen([sys.executable, "-m", "snapcore", str(t.pid), "-o",
                               str(tmp_path / "first")], stdout=subprocess.PIPE,

@@ -11,7 +11,7 @@ import pytest
 from faults import trials, wait_traced
 from helpers import assert_runs_on, assert_untraced
 
-BIG = ("mt", "192", "40")          # 192 MiB of random data and 40 extra threads
+BIG = ("mt", "mib=192", "threads=40")          # 192 MiB of random data and 40 extra threads
 
 
 def _cli(pid, out, *extra):

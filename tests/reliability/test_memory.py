@@ -21,7 +21,7 @@ def _rss_kb(pid):
 
 
 def test_target_rss_does_not_grow(spawn, tmp_path):
-    t = spawn("mt", "64")
+    t = spawn("mt", "mib=64")
     t.wait_blocked()
     before = _rss_kb(t.pid)
     for i in range(3):
@@ -34,7 +34,7 @@ def test_target_rss_does_not_grow(spawn, tmp_path):
 
 
 def test_snapcore_peak_rss_is_bounded(spawn, tmp_path):
-    t = spawn("mt", "384")
+    t = spawn("mt", "mib=384")
     t.wait_blocked()
     p = subprocess.run([sys.executable, "-c", PEAK, str(t.pid), "-o", str(tmp_path / "core"),
                         "-q"], capture_output=True, text=True, timeout=120)

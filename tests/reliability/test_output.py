@@ -31,7 +31,7 @@ def test_never_replaces_a_device_or_fifo_even_forced(mt, tmp_path):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
 def test_disk_full(spawn, tmp_path):
-    t = spawn("mt", "64")
+    t = spawn("mt", "mib=64")
     t.wait_blocked()
     mnt = tmp_path / "small"
     mnt.mkdir()
@@ -55,7 +55,7 @@ def test_disk_full(spawn, tmp_path):
 
 def test_file_size_limit_is_an_output_error(spawn, tmp_path):
     """RLIMIT_FSIZE makes the write fail with EFBIG (Python ignores SIGXFSZ)."""
-    t = spawn("mt", "16")
+    t = spawn("mt", "mib=16")
     t.wait_blocked()
 
     def limit():

@@ -153,6 +153,19 @@ def test_file_note_format():
     assert d[64:] == b"/a\0/b c\0"
 
 
+def test_file_note_kept_or_left_out_like_the_kernel():
+    one = [(0x1000, 0x2000, 0, b"/lib/libc.so.6")]
+    limit = 4 << 20
+    # the kernel's estimate is 64 bytes per VMA, whatever the files
+    assert notes.file_note_fits(one, 65535, 8, 4096, limit)
+    assert not notes.file_note_fits(one, 65536, 8, 4096, limit)
+    assert not notes.file_note_fits(one, 70000, 4, 4096, limit)
+    # names longer than the estimate make the buffer grow by 5/4 until the limit
+    long_names = [(0, 0, 0, b"/" + b"x" * 4000)] * 3
+    assert notes.file_note_fits(long_names, 3, 8, 4096, limit)
+    assert not notes.file_note_fits(long_names, 3, 8, 4096, 8192)
+
+
 def test_note_padding_and_roundtrip():
     blob = note("CORE", 1, b"abcde") + note("LINUX", 0x202, b"xy")
     assert len(blob) % 4 == 0
@@ -194,3 +207,26 @@ def test_xsave_layout_from_xcr0():
         return {2: (256, 576, 0, 0), 7: (1024, 1408, 0, 0)}[sub]
     d = notes.build_xsave_layout(bytes(xstate), fake_cpuid)
     assert struct.unpack("<8I", d) == (2, 256, 576, 0, 7, 1024, 1408, 0)
+
+
+def test_auxv_through_null_ia32():
+    """/proc/PID/auxv of an ia32 process runs on past AT_NULL (it scans 64-bit words)."""
+    entries = struct.pack("<6I", 33, 0xF7FAF000, 6, 4096, 0, 0)
+    proc_text = entries + struct.pack("<4I", 0x1F8BFBFF, 0, 0, 0)   # as captured
+    assert procfs.auxv_through_null(proc_text, 4) == entries
+    assert procfs.auxv_through_null(entries, 4) == entries
+    as64 = struct.pack("<4Q", 6, 4096, 0, 0)
+    assert procfs.auxv_through_null(as64, 8) == as64
+    with pytest.raises(ValueError):
+        procfs.auxv_through_null(struct.pack("<2I", 6, 4096), 4)
+
+
+def test_ia32_tls_note_only_when_a_slot_is_in_use():
+    """The kernel writes NT_386_TLS only if regset_tls_active(); GETREGSET always gives 48."""
+    empty = b"".join(struct.pack("<IIII", n, 0, 0, 0x28) for n in (12, 13, 14))
+    # captured from a gcc -m32 thread: glibc's TLS in slot 12, the other two empty
+    used = struct.pack("<IIII", 12, 0xF683FB40, 0xFFFFF, 0x51) + empty[16:]
+    assert I386.regset_active(0x200, used)
+    assert not I386.regset_active(0x200, empty)
+    assert X86_64.regset_active(0x202, b"\0" * 512)       # no rule: any data counts
+    assert not X86_64.regset_active(0x202, b"")
