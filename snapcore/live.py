@@ -203,6 +203,27 @@ def inject_clone(arch, tid, saved_regs):
     return child, inj.held
 
 
+def fork_away(arch, first):
+    """Fork the image ``first`` (a child of the target) once more; return the grandchild.
+
+    The target must reap its exit-signal-0 child itself, which only an injected
+    wait4 can make it do.  So the target's own child lives for milliseconds:
+    it forks a second image (a plain fork, exit signal SIGCHLD) and is then
+    killed and reaped at once.  The second image is orphaned to init (or the
+    nearest subreaper), which reaps it like any child, so a snapcore killed
+    while it copies leaves nothing behind in the target.  Both images are
+    traced from birth and never run the target's code.
+    """
+    saved = _native.getregset(first, NT_PRSTATUS)
+    inj = Injection(first, arch, saved)
+    rc = inj.run(arch.nr_clone, (signal.SIGCHLD, 1, 0, 0, 0),
+                 options=_native.PTRACE_O_TRACEFORK | _native.PTRACE_O_EXITKILL,
+                 want_event=_native.PTRACE_EVENT_FORK)
+    if inj.event_msg is None:
+        raise LiveUnavailable(f"the image could not fork ({os.strerror(-rc) if rc and rc < 0 else 'no child'})")
+    return inj.event_msg
+
+
 def adopt_child(child):
     """The child is ours (traced, stopped): EXITKILL it and make it the OOM victim."""
     statuses = [_native.WAIT_PENDING]

@@ -23,6 +23,15 @@ import stat
 from .errors import OutputError, OutputExists
 
 
+def pwrite_all(fd, data, offset):
+    """pwrite every byte of data at offset (OSError on failure)."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
 class CoreFile:
     def __init__(self, path, force=False):
         self.path = os.fspath(path)
@@ -66,14 +75,10 @@ class CoreFile:
                               "refusing to replace it", errno.EEXIST)
 
     def write_at(self, data, offset):
-        view = memoryview(data)
-        while view:
-            try:
-                n = os.pwrite(self.fd, view, offset)
-            except OSError as exc:
-                raise self.write_error(exc) from exc
-            view = view[n:]
-            offset += n
+        try:
+            pwrite_all(self.fd, data, offset)
+        except OSError as exc:
+            raise self.write_error(exc) from exc
 
     def write_error(self, exc):
         return OutputError(self.path, f"writing {self.path} failed: {exc.strerror}", exc.errno)

@@ -114,16 +114,23 @@ def snapshot(pid, path=None, *, force=False, live=False, stop_timeout=5.0,
     path = os.fspath(path) if path is not None else f"core.{pid}"
     out = CoreFile(path, force=force)
     cancel = CancelToken()
-    job = _Job(pid, out, status, stop_timeout, coredump_filter, writer_thread, buffer_size,
-               cancel, live)
-
-    def poll():
-        if progress is not None and job.total:
-            progress(job.done(), job.total)
-
     try:
-        snap = run_traced(job.run, cancel, poll)
-        out.finish(job.layout.file_size)
+        if live:
+            spec = dict(pid=pid, fd=out.fd, path=out.path, status=status,
+                        stop_timeout=stop_timeout, filt=coredump_filter,
+                        writer_thread=writer_thread, buffer_size=buffer_size)
+            snap, file_size = _run_guardian(spec, progress)
+        else:
+            job = _Job(pid, out, status, stop_timeout, coredump_filter, writer_thread,
+                       buffer_size, cancel)
+
+            def poll():
+                if progress is not None and job.total:
+                    progress(job.done(), job.total)
+
+            snap = run_traced(job.run, cancel, poll)
+            file_size = job.layout.file_size
+        out.finish(file_size)
     except BaseException:
         out.abort()
         raise
@@ -133,6 +140,87 @@ def snapshot(pid, path=None, *, force=False, live=False, stop_timeout=5.0,
     except OSError:
         snap.bytes_on_disk = 0
     return snap
+
+
+def _run_guardian(spec, progress):
+    """Run a live snapshot's job in the guardian process (see snapcore/_guardian.py).
+
+    Returns (Snapshot, file_size) or raises what the job raised.  On
+    KeyboardInterrupt (or any BaseException) the guardian is told to cancel,
+    and this waits until it has put the target back before re-raising.
+    """
+    import queue
+    import subprocess
+    import sys
+    import threading
+
+    from . import _guardian
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    proc = subprocess.Popen([sys.executable, "-m", "snapcore._guardian"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, pass_fds=(spec["fd"],),
+                            start_new_session=True, env=env)
+    interrupted = None
+    result = None
+    inbox = queue.Queue()
+
+    def reader():                       # frames are read whole, whatever the caller gets
+        while True:
+            try:
+                msg = _guardian.recv(proc.stdout)
+            except (EOFError, OSError, ValueError):
+                inbox.put(None)
+                return
+            inbox.put(msg)
+            if msg[0] != "progress":
+                return
+
+    threading.Thread(target=reader, daemon=True, name="snapcore-guardian-reader").start()
+    try:
+        _guardian.send(proc.stdin, spec)
+        while True:
+            try:
+                msg = inbox.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            except BaseException as exc:          # Ctrl-C, SIGTERM: cancel, keep waiting
+                if interrupted is None:
+                    interrupted = exc
+                    try:
+                        proc.stdin.write(b"cancel\n")
+                        proc.stdin.flush()
+                    except OSError:
+                        pass
+                continue
+            if msg is None:
+                break
+            if msg[0] == "progress":
+                if progress is not None and interrupted is None:
+                    progress(msg[1], msg[2])
+                continue
+            result = msg
+            break
+    finally:
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            err = proc.stderr.read().decode(errors="replace").strip()
+        except OSError:
+            err = ""
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    if interrupted is not None:
+        raise interrupted
+    if result is None:
+        raise UnsupportedTarget(spec["pid"], "the live snapshot's guardian process failed"
+                                f"{': ' + err.splitlines()[-1] if err else ''}")
+    if result[0] == "error":
+        raise result[1]
+    return result[1], result[2]
 
 
 class _Job:
@@ -198,6 +286,7 @@ class _Job:
             pause = freezer.pause_seconds
             if image is not None:
                 try:
+                    image.hand_off()
                     snap = self._write(threads, arch, image=image)
                 except NoSuchProcess as exc:
                     raise TargetExited(self.pid) from exc
@@ -231,7 +320,7 @@ class _Job:
                 image.dispose()
                 return None
             freezer.threads[tid].held = held
-            image.child = child
+            image.first = child
             image.inject_tid = tid
             image.arch = arch
             live.adopt_child(child)
@@ -398,7 +487,8 @@ class _Image:
 
     def __init__(self, pid):
         self.pid = pid
-        self.child = None
+        self.first = None           # the target's own child: reaped as soon as possible
+        self.child = None           # the image memory is read from (the first's child)
         self.inject_tid = None
         self.arch = None
         self.born = None
@@ -491,15 +581,33 @@ class _Image:
                     data_at += len(chunk)
                 pos = hole_at
 
-    def dispose(self):
-        """Kill the image, have the target reap it, drop the scratch file."""
+    def hand_off(self):
+        """After the target resumed: move the image out of the target's children.
+
+        The first image forks the one we read from, then is killed and reaped
+        by the target (see live.fork_away).
+        """
         from . import live
+        self.child = live.fork_away(self.arch, self.first)
+        live.adopt_child(self.child)
+        self._drop_first()
+
+    def _drop_first(self):
+        from . import live
+        if self.first is not None:
+            live.kill_child(self.first)
+            live.reap_in_target(self.pid, self.arch, self.first, self.inject_tid)
+            self.first = None
+
+    def dispose(self):
+        """Kill the images (the target reaps its own), drop the scratch file."""
+        from . import live
+        self._drop_first()
         if self.child is not None:
-            live.kill_child(self.child)
-            if self.born is not None:
-                self.lifetime = time.monotonic() - self.born
-            live.reap_in_target(self.pid, self.arch, self.child, self.inject_tid)
+            live.kill_child(self.child)       # orphaned: init reaps it
             self.child = None
+        if self.born is not None:
+            self.lifetime = time.monotonic() - self.born
         if self.scratch >= 0:
             os.close(self.scratch)
             self.scratch = -1

@@ -19,6 +19,30 @@ def _cli(pid, out, *extra):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+class _TraceWatch:
+    """Notices, from a thread, the moment snapcore starts tracing the target."""
+
+    def __init__(self, pid):
+        import threading
+        self.traced = False
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, args=(pid,), daemon=True)
+        self._t.start()
+
+    def _run(self, pid):
+        while not self._stop.is_set() and not self.traced:
+            self.traced = wait_traced(pid, timeout=0.05)
+
+    def wait(self, timeout, proc):
+        deadline = time.monotonic() + timeout
+        while not self.traced and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.0005)
+
+    def stop(self):
+        self._stop.set()
+        self._t.join(5)
+
+
 def _image_children(pid):
     """(live, zombie) children of the target: live mode's forked images."""
     alive, zombies = [], []
@@ -57,16 +81,18 @@ def test_sigkill_at_random_moments(spawn, tmp_path, mode):
     for i in range(n):
         out = tmp_path / f"core.{i}"
         p = _cli(t.pid, out, *extra)
+        seen = _TraceWatch(t.pid)
         try:
             if i % 2 == 0:
                 time.sleep(rng.uniform(0, whole * 1.1))       # anywhere, start-up included
             else:
-                wait_traced(t.pid, timeout=30, proc=p)        # inside the freeze/copy
+                seen.wait(timeout=30, proc=p)                 # after the freeze began
                 time.sleep(rng.uniform(0, whole / 3))
-            traced = any(tr for _, tr in _states(t.pid).values())
+            traced = seen.traced and p.poll() is None
             p.send_signal(signal.SIGKILL)
             p.communicate(timeout=30)
         finally:
+            seen.stop()
             if p.poll() is None:
                 p.kill()
                 p.wait(timeout=30)
@@ -87,7 +113,7 @@ def test_sigkill_at_random_moments(spawn, tmp_path, mode):
         t.wait_blocked()
     assert [f for f in os.listdir(tmp_path) if not f.startswith("core.")] == []
     assert_runs_on(t)
-    print(f"\n{mode}: {n} SIGKILL trials, {killed_while_traced} while the target was traced, "
+    print(f"\n{mode}: {n} SIGKILL trials, {killed_while_traced} once the freeze had begun, "
           f"{completed} after the core was complete, 0 harmed, 0 partial files, "
           f"{len(zombies)} image zombies left")
     assert killed_while_traced >= n // 4, "kills did not land inside snapshots"
@@ -134,3 +160,32 @@ def test_sigint_resumes_and_exits_130(spawn, tmp_path):
 
 def test_sigterm_resumes_and_exits_143(spawn, tmp_path):
     _interrupt(spawn, tmp_path, signal.SIGTERM, 143, "terminated")
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_live_snapshot_interrupted(spawn, tmp_path, sig, code):
+    """In live mode the guardian finishes its step, puts everything back, and exits."""
+    t = spawn("mt", "mib=384")
+    t.wait_blocked()
+    out = tmp_path / "core"
+    p = _cli(t.pid, out, "--live")
+    seen = _TraceWatch(t.pid)
+    try:
+        seen.wait(timeout=30, proc=p)
+        time.sleep(0.05)                               # copying from the image now
+        p.send_signal(sig)
+        stdout, stderr = p.communicate(timeout=60)
+    finally:
+        seen.stop()
+        if p.poll() is None:
+            p.kill()
+            p.wait(timeout=30)
+    assert p.returncode in (code, 0), (p.returncode, stderr)
+    if p.returncode == code:
+        assert stderr.count("\n") == 1 and "Traceback" not in stderr
+        assert os.listdir(tmp_path) == []
+    deadline = time.monotonic() + 10
+    while _image_children(t.pid) != ([], []) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _image_children(t.pid) == ([], [])
+    assert_runs_on(t)
