@@ -12,7 +12,7 @@ setup(
     cffi_modules=["csrc/build_shim.py:ffibuilder"],
     install_requires=["cffi>=1.15", "pyelftools>=0.29"],
     extras_require={
-        "test": ["pytest>=7", "pytest-xdist>=3"],
+        "test": ["pytest>=7", "pytest-xdist>=3", "zstandard>=0.21"],
         "zstd": ["zstandard>=0.21"],
     },
     entry_points={

@@ -47,10 +47,12 @@ class CoreFile:
     def write_error(self, exc):
         return OutputError(self.path, f"writing {self.path} failed: {exc.strerror}", exc.errno)
 
-    def finish(self, size):
-        """Set the final size (the tail may be a hole) and publish under the final name."""
+    def finish(self, size=None):
+        """Set the final size (the tail may be a hole; None: keep the size written)
+        and publish under the final name."""
         try:
-            os.ftruncate(self.fd, size)
+            if size is not None:
+                os.ftruncate(self.fd, size)
             os.close(self.fd)
         except OSError as exc:
             raise self.write_error(exc) from exc

@@ -4,24 +4,32 @@
         freeze all threads (tracer.Freezer)
         registers of every thread (PTRACE_GETREGSET), /proc facts
         VMAs (smaps) + coredump_filter -> dump plan (memory.plan_dump)
-        notes + layout (elf.notes, elf.layout), header written
-        memory copied by the C loop (memory.Copier)
+        selection pass: --mini / --max-size (memory.select_*)
+        notes (+ the SNAPCORE note) + layout (elf.notes, elf.layout), header written
+        memory copied by the C loop (memory.Copier), to the file or, with
+            compress="zstd", in order through a pipe to a zstandard thread
         resume (always, on every path)
-    -> ftruncate, link to PATH (output.CoreFile)
+    -> SNAPCORE note rewritten with the final facts (uncompressed cores)
+    -> ftruncate, link to PATH (output.CoreFile); the --metadata sidecar likewise
 """
 import errno
+import fcntl
+import json
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 
-from . import _native, procfs
+from . import _native, metadata, procfs
 from .arch import arch_for_regs_size
 from .elf import notes as elfnotes
 from .elf.layout import CoreLayout
 from .elf.structs import NT_PRSTATUS
-from .errors import (AccessDenied, KernelThread, NoSuchProcess, OutputError, SnapcoreError,
-                     SnapshotCancelled, TargetExited, UnsupportedTarget, ZombieProcess)
-from .memory import READ, BackingFiles, Copier, plan_dump
+from .errors import (AccessDenied, CoreTooLarge, KernelThread, MissingDependency, NoSuchProcess,
+                     OutputError, OutputExists, SnapcoreError, SnapshotCancelled, TargetExited,
+                     UnsupportedTarget, ZombieProcess)
+from .memory import (READ, BackingFiles, Copier, Selection, essential_ranges, plan_dump,
+                     select_max_size, select_mini, stack_vmas)
 from .output import CoreFile
 from .tracer import CancelToken, Freezer, run_traced
 
@@ -42,12 +50,40 @@ class Snapshot:
     mode: str = "normal"
     unreadable: list = field(default_factory=list)   # [(addr, len, errno)]
     stats: dict = field(default_factory=dict)
+    compressed: str = None      # "zstd": path is a zstandard stream of the core
+    core_size: int = 0          # size of the (uncompressed) core
+    truncated: bool = False     # max_size dropped memory
+    dropped: list = field(default_factory=list)      # [memory.Dropped]
+    metadata_path: str = None   # the sidecar, when asked for
+    metadata: dict = None       # the final SNAPCORE record
 
     def summary(self):
+        size = (f"{_human(self.file_size)} zstd of {_human(self.core_size)}" if self.compressed
+                else f"{_human(self.file_size)} ({_human(self.bytes_on_disk)} on disk)")
+        extra = ""
+        if self.mode != "normal":
+            extra += f", {self.mode}"
+        if self.truncated:
+            extra += f", truncated ({_human(sum(d.bytes for d in self.dropped))} dropped)"
         return (f"{self.path}: pid {self.pid}, {len(self.tids)} thread"
                 f"{'s' if len(self.tids) != 1 else ''}, {self.segments} segments, "
-                f"{_human(self.file_size)} ({_human(self.bytes_on_disk)} on disk) "
+                f"{size}{extra} "
                 f"in {self.wall_time:.2f}s, target paused {self.pause_time * 1000:.0f} ms")
+
+    def to_json(self):
+        """The result as a JSON-ready dict (snapcore --json prints it)."""
+        return {
+            "path": self.path, "pid": self.pid, "tids": list(self.tids), "arch": self.arch,
+            "mode": self.mode, "segments": self.segments, "bytes_dumped": self.bytes_dumped,
+            "file_size": self.file_size, "core_size": self.core_size,
+            "bytes_on_disk": self.bytes_on_disk, "compressed": self.compressed,
+            "wall_seconds": round(self.wall_time, 6),
+            "pause_seconds": round(self.pause_time, 6),
+            "truncated": self.truncated,
+            "dropped": [d.to_json() for d in self.dropped],
+            "unreadable": [{"start": a, "len": n, "errno": e} for a, n, e in self.unreadable],
+            "metadata_path": self.metadata_path,
+        }
 
 
 def _human(n):
@@ -84,40 +120,118 @@ def check_target(pid):
     return st
 
 
+COMPRESSORS = ("zstd",)
+
+
+@dataclass
+class _Options:
+    stop_timeout: float = 5.0
+    coredump_filter: int = None
+    writer_thread: bool = True
+    buffer_size: int = 16 << 20
+    all_mappings: bool = False
+    mini: bool = False
+    max_size: int = None
+    compress: str = None
+    reason: str = None
+    trigger: str = "api"
+    argv: list = None
+
+    @property
+    def mode(self):
+        parts = [m for m, on in (("all", self.all_mappings), ("mini", self.mini),
+                                 ("max-size", self.max_size is not None)) if on]
+        return "+".join(parts) or "normal"
+
+
+def _zstandard():
+    try:
+        import zstandard
+    except ImportError:
+        raise MissingDependency("compression (--compress zstd)", "zstandard", "zstd") from None
+    return zstandard
+
+
 def snapshot(pid, path=None, *, force=False, stop_timeout=5.0, coredump_filter=None,
-             writer_thread=True, buffer_size=16 << 20, progress=None):
+             writer_thread=True, buffer_size=16 << 20, progress=None, all_mappings=False,
+             mini=False, max_size=None, compress=None, metadata_path=None, reason=None,
+             trigger="api", argv=None):
     """Write an ELF core of the running process ``pid`` and let it run on.
 
-    path            destination (default ``core.PID`` in the current directory)
-    force           replace an existing file at path
+    path            destination (default ``core.PID``, ``core.PID.zst`` when compressed)
+    force           replace an existing file at path (and at metadata_path)
     stop_timeout    seconds to wait for all threads to stop before giving up
     coredump_filter override /proc/PID/coredump_filter (same bits)
     progress        callable(bytes_done, bytes_total), called from this thread
+    all_mappings    dump every readable mapping whole, like gcore -a
+    mini            keep only what backtraces need: thread stacks, TCBs, ELF-header
+                    pages, the dynamic linker's data, the kernel's special mappings
+    max_size        keep the core (uncompressed) at most this many bytes: drop the
+                    largest regions first, never the ones mini keeps; the core is
+                    marked truncated
+    compress        "zstd": stream a zstandard-compressed core (needs zstandard)
+    metadata_path   also write the metadata record as JSON there (0600)
+    reason, trigger, argv   recorded in the SNAPCORE note
 
     Returns a Snapshot; raises a SnapcoreError subclass on failure, after the
     target has been resumed and any partial file removed.
     """
     t0 = time.monotonic()
+    started = time.time()
+    if compress is not None and compress not in COMPRESSORS:
+        raise ValueError(f"unknown compressor {compress!r} (known: {', '.join(COMPRESSORS)})")
+    if mini and all_mappings:
+        raise ValueError("mini and all_mappings exclude each other")
+    if max_size is not None and max_size <= 0:
+        raise ValueError("max_size must be positive")
+    zstd = _zstandard() if compress == "zstd" else None
     status = check_target(pid)
-    path = os.fspath(path) if path is not None else f"core.{pid}"
+    if path is None:
+        path = f"core.{pid}.zst" if compress else f"core.{pid}"
+    path = os.fspath(path)
+    if metadata_path is not None:
+        metadata_path = os.fspath(metadata_path)
+        if not force and os.path.lexists(metadata_path):
+            raise OutputExists(metadata_path)
+    opts = _Options(stop_timeout, coredump_filter, writer_thread, buffer_size, all_mappings,
+                    mini, max_size, compress, reason, trigger, argv)
+    facts = metadata.process_facts(pid)
     out = CoreFile(path, force=force)
+    side = None
     cancel = CancelToken()
-    job = _Job(pid, out, status, stop_timeout, coredump_filter, writer_thread, buffer_size,
-               cancel)
+    job = _Job(pid, out, status, opts, facts, started, cancel, zstd)
 
     def poll():
         if progress is not None and job.total:
             progress(job.done(), job.total)
 
     try:
+        if metadata_path is not None:
+            side = CoreFile(metadata_path, force=force)
         snap = run_traced(job.run, cancel, poll)
-        out.finish(job.layout.file_size)
+        if progress is not None and job.total:
+            progress(job.done(), job.total)
+        wall = time.monotonic() - t0
+        record = job.final_record(snap, wall)
+        if not compress:
+            job.rewrite_note(record)
+        out.finish(None if compress else job.layout.file_size)
+        if side is not None:
+            side.write_at(json.dumps(record, indent=2).encode() + b"\n", 0)
+            side.finish()
     except BaseException:
         out.abort()
+        if side is not None:
+            side.abort()
         raise
+    snap.metadata = record
+    snap.metadata_path = metadata_path
     snap.wall_time = time.monotonic() - t0
     try:
-        snap.bytes_on_disk = os.stat(out.path).st_blocks * 512
+        st = os.stat(out.path)
+        snap.bytes_on_disk = st.st_blocks * 512
+        if compress:
+            snap.file_size = st.st_size
     except OSError:
         snap.bytes_on_disk = 0
     return snap
@@ -126,19 +240,22 @@ def snapshot(pid, path=None, *, force=False, stop_timeout=5.0, coredump_filter=N
 class _Job:
     """The part of a snapshot that runs on the tracer thread."""
 
-    def __init__(self, pid, out, status, stop_timeout, filt, writer_thread, buffer_size,
-                 cancel):
+    def __init__(self, pid, out, status, opts, facts, started, cancel, zstd=None):
         self.pid = pid
         self.out = out
         self.status = status
-        self.stop_timeout = stop_timeout
-        self.filt = filt
-        self.writer_thread = writer_thread
-        self.buffer_size = buffer_size
+        self.opts = opts
+        self.facts = facts
+        self.started = started
         self.cancel = cancel
+        self.zstd = zstd
         self.total = 0
         self.copier = None
         self.layout = None
+        self.record = None
+        self.note_off = None        # file offset and size of the SNAPCORE note's desc
+        self.note_size = 0
+        self.states = {}
 
     def done(self):
         c = self.copier
@@ -146,7 +263,8 @@ class _Job:
 
     def run(self):
         pid = self.pid
-        freezer = Freezer(pid, self.stop_timeout, self.cancel)
+        self.states = metadata.thread_states(pid)
+        freezer = Freezer(pid, self.opts.stop_timeout, self.cancel)
         try:
             frozen = freezer.freeze()
             snap = self._collect_and_write(freezer, frozen)
@@ -161,39 +279,183 @@ class _Job:
 
     def _collect_and_write(self, freezer, frozen):
         pid = self.pid
+        opts = self.opts
         threads, arch = self._collect_threads(frozen)
         proc = self._collect_process(arch, frozen)
         vmas = _read_vmas(pid)
-        filt = self.filt if self.filt is not None else procfs.read_coredump_filter(pid)
+        filt = opts.coredump_filter
+        if filt is None:
+            filt = procfs.read_coredump_filter(pid)
         file_ranges = procfs.map_files_ranges(pid)
         self._check_cancel()
         with BackingFiles(pid) as files:
-            plans = plan_dump(pid, vmas, filt, file_ranges, files, arch.page_size)
+            plans = plan_dump(pid, vmas, filt, file_ranges, files, arch.page_size,
+                              all_mappings=opts.all_mappings)
             proc.file_entries = _file_entries(pid, plans, arch.page_size)
-            blob = elfnotes.build_notes(arch, proc, threads, _native.cpuid,
-                                        _file_note_limit())
-            self.layout = layout = CoreLayout(arch, blob, [p.load() for p in plans])
-            self.out.write_at(layout.header_block(), 0)
+            kernel_notes = elfnotes.build_notes(arch, proc, threads, _native.cpuid,
+                                                _file_note_limit())
+            thread_meta = [{"tid": t.tid, "name": metadata.thread_name(pid, t.tid),
+                            "state": self.states.get(t.tid)} for t in threads]
+
+            def notes_for(sel):
+                self.record = metadata.new_record(
+                    facts=self.facts, uid=proc.uid, gid=proc.gid, mode=opts.mode,
+                    reason=opts.reason, trigger=opts.trigger, argv=opts.argv, filt=filt,
+                    filter_source="option" if opts.coredump_filter is not None else "target",
+                    threads=thread_meta, selection=sel, started=self.started)
+                desc = metadata.note_desc(self.record)
+                self.note_size = len(desc)
+                return elfnotes.build_notes(arch, proc, threads, _native.cpuid,
+                                            _file_note_limit(), snapcore_desc=desc)
+
+            plans, sel, blob, layout = self._select(plans, arch, proc, threads, notes_for,
+                                                    len(kernel_notes))
+            self.selection = sel
+            self.layout = layout
+            self.note_off = (layout.notes_off + len(kernel_notes)
+                             + elfnotes.desc_offset(metadata.SNAPCORE_OWNER))
             self.total = sum(p.filesz for p in plans if p.fill == READ)
-            self.copier = copier = Copier(pid, self.out.fd, self.buffer_size,
-                                          self.writer_thread)
-            self.cancel.on_set(copier.cancel)
-            try:
-                self._check_cancel()
-                result = copier.run(plans, layout.offsets)
-            except OSError as exc:
-                raise self.out.write_error(exc) from exc
-            finally:
-                copier.close()
-        trailer = layout.trailer_block()
-        if trailer is not None:
-            self.out.write_at(trailer[1], trailer[0])
+            if self.zstd is not None:
+                result = self._copy_compressed(plans, layout)
+            else:
+                result = self._copy_to_file(plans, layout)
         return Snapshot(
             path=self.out.path, pid=pid, tids=[t.tid for t in threads], arch=arch.name,
             segments=len(plans), bytes_dumped=sum(p.filesz for p in plans),
             file_size=layout.file_size, bytes_on_disk=0, wall_time=0.0, pause_time=0.0,
-            unreadable=result.unreadable,
-            stats={k: v for k, v in result.__dict__.items() if k != "unreadable"})
+            mode=opts.mode, unreadable=result.unreadable,
+            stats={k: v for k, v in result.__dict__.items() if k != "unreadable"},
+            compressed=self.opts.compress, core_size=layout.file_size,
+            truncated=sel.truncated, dropped=list(sel.dropped))
+
+    def _select(self, plans, arch, proc, threads, notes_for, kernel_notes_len):
+        """Apply --mini/--max-size.  Returns (plans, Selection, notes blob, layout)."""
+        opts = self.opts
+        if not opts.mini and opts.max_size is None:
+            sel = Selection(mode=opts.mode)
+            blob = notes_for(sel)
+            return plans, sel, blob, CoreLayout(arch, blob, [p.load() for p in plans])
+        essential = essential_ranges(self.pid, arch, proc.auxv, threads, plans,
+                                     arch.page_size)
+        if opts.mini:
+            plans, sel = select_mini(plans, essential)
+            sel.mode = opts.mode
+            sel.max_size = opts.max_size
+            blob = notes_for(sel)
+            layout = CoreLayout(arch, blob, [p.load() for p in plans])
+            if opts.max_size is not None and layout.file_size > opts.max_size:
+                raise CoreTooLarge(opts.max_size, layout.file_size)
+            return plans, sel, blob, layout
+        stacks = stack_vmas(arch, threads, plans)
+        # the headers grow with the pieces and the dropped list: fit, measure, refit
+        overhead = CoreLayout(arch, b"\0" * (kernel_notes_len + 4096),
+                              [p.load() for p in plans]).data_off
+        for _ in range(8):
+            budget = opts.max_size - overhead
+            fitted, sel, minimum = select_max_size(plans, essential, max(0, budget), stacks)
+            sel.mode = opts.mode
+            sel.max_size = opts.max_size
+            blob = notes_for(sel)
+            layout = CoreLayout(arch, blob, [p.load() for p in fitted])
+            if layout.file_size <= opts.max_size:
+                return fitted, sel, blob, layout
+            if minimum + (layout.file_size - sum(p.filesz for p in fitted)) > opts.max_size:
+                raise CoreTooLarge(opts.max_size,
+                                   minimum + layout.file_size - sum(p.filesz for p in fitted))
+            overhead += layout.file_size - opts.max_size
+        raise CoreTooLarge(opts.max_size, layout.file_size)
+
+    def _copy_to_file(self, plans, layout):
+        out = self.out
+        out.write_at(layout.header_block(), 0)
+        self.copier = copier = Copier(self.pid, out.fd, self.opts.buffer_size,
+                                      self.opts.writer_thread)
+        self.cancel.on_set(copier.cancel)
+        try:
+            self._check_cancel()
+            result = copier.run(plans, layout.offsets)
+        except OSError as exc:
+            raise out.write_error(exc) from exc
+        finally:
+            copier.close()
+        trailer = layout.trailer_block()
+        if trailer is not None:
+            out.write_at(trailer[1], trailer[0])
+        return result
+
+    def _copy_compressed(self, plans, layout):
+        """Stream the core, every byte in order, through a pipe to a zstd thread."""
+        out = self.out
+        r, w = os.pipe2(os.O_CLOEXEC)
+        try:
+            fcntl.fcntl(w, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+        except OSError:
+            pass
+        box = {}
+
+        def compress():
+            try:
+                cctx = self.zstd.ZstdCompressor(level=3, write_checksum=True)
+                with os.fdopen(r, "rb", buffering=0) as src, \
+                        os.fdopen(out.fd, "wb", closefd=False) as dst:
+                    cctx.copy_stream(src, dst, size=layout.file_size,
+                                     read_size=1 << 20, write_size=1 << 20)
+            except BaseException as exc:   # handed to the tracer thread
+                box["error"] = exc
+
+        t = threading.Thread(target=compress, name="snapcore-zstd", daemon=True)
+        t.start()
+        copier = None
+        try:
+            header = layout.header_block()
+            _write_all(w, header)
+            self.copier = copier = Copier(self.pid, w, self.opts.buffer_size,
+                                          self.opts.writer_thread, sequential=True,
+                                          stream_pos=len(header))
+            self.cancel.on_set(copier.cancel)
+            self._check_cancel()
+            result = copier.run(plans, layout.offsets)
+            _pad_zeros(w, layout.data_end - copier.stream_pos)
+            trailer = layout.trailer_block()
+            if trailer is not None:
+                _write_all(w, trailer[1])
+        except OSError as exc:
+            os.close(w)
+            w = -1
+            t.join()
+            err = box.get("error")
+            if isinstance(err, OSError):
+                raise out.write_error(err) from err
+            if err is not None:
+                raise OutputError(out.path, f"compressing {out.path} failed: {err}") from err
+            raise out.write_error(exc) from exc
+        finally:
+            if copier is not None:
+                copier.close()
+            if w >= 0:
+                os.close(w)
+            t.join()
+        err = box.get("error")
+        if isinstance(err, OSError):
+            raise out.write_error(err) from err
+        if err is not None:
+            raise OutputError(out.path, f"compressing {out.path} failed: {err}") from err
+        return result
+
+    def final_record(self, snap, wall):
+        return metadata.finalize(self.record, pause=snap.pause_time, wall=wall,
+                                 unreadable=snap.unreadable,
+                                 unreadable_omitted=snap.stats.get("unreadable_truncated", 0))
+
+    def rewrite_note(self, record):
+        """Put the final record into the reserved SNAPCORE note (uncompressed cores)."""
+        desc = metadata.fit_final(
+            self.record, self.note_size, pause=record["pause_seconds"],
+            wall=record["wall_seconds"],
+            unreadable=[(u["start"], u["len"], u["errno"]) for u in record["unreadable"]],
+            unreadable_omitted=record["unreadable_omitted"])
+        if desc is not None:
+            self.out.write_at(desc, self.note_off)
 
     def _collect_threads(self, frozen):
         """ThreadNotes for every frozen thread, current thread first."""
@@ -261,6 +523,19 @@ class _Job:
             comm=st.comm.encode("utf-8", "surrogateescape"), psargs=psargs, auxv=auxv)
 
 
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _pad_zeros(fd, n):
+    if n > 0:
+        r = _native.require().sc_write_zeros(fd, n)
+        if r < 0:
+            raise OSError(-r, os.strerror(-r))
+
+
 def _read_vmas(pid):
     try:
         return procfs.read_smaps(pid)
@@ -272,7 +547,7 @@ def _file_entries(pid, plans, page_size):
     """NT_FILE entries: every VMA with a file, its exact path from map_files."""
     out = []
     for p in plans:
-        if not p.has_file:
+        if not p.has_file or not p.first_piece:
             continue
         v = p.vma
         name = procfs.map_files_link(pid, v.start, v.end)
