@@ -18,7 +18,7 @@ Keys of the JSON object (format 1); every key is always present:
     format          1
     snapcore        snapcore version
     final           true once the post-copy keys hold their values
-    time            when the freeze began, ISO 8601 UTC;  time_unix: seconds
+    time            when the snapshot began, ISO 8601 UTC (ms);  time_unix: whole seconds
     host            node name
     mode            "normal" | "all" | "mini" | "max-size"
     reason          free text given by the user (--reason), or null
@@ -131,7 +131,7 @@ def new_record(*, facts, uid, gid, mode, reason, trigger, argv, filt, filter_sou
         "snapcore": version(),
         "final": False,
         "time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "time_unix": round(started, 6),
+        "time_unix": int(started),
         "host": socket.gethostname(),
         "mode": mode,
         "reason": reason,
