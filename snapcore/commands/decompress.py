@@ -91,8 +91,13 @@ def decompress(src, dst, force=False):
     except ImportError:
         raise MissingDependency("decompressing a .zst core", "zstandard", "zstd") from None
     with open(src, "rb") as f:
-        if f.read(4) != ZSTD_MAGIC:
+        head = f.read(18)
+        if head[:4] != ZSTD_MAGIC:
             raise SnapcoreError(f"{src} is not a zstandard-compressed file")
+        try:
+            expected = zstandard.frame_content_size(head)
+        except zstandard.ZstdError:
+            expected = -1
         f.seek(0)
         out = CoreFile(dst, force=force)
         try:
@@ -104,6 +109,11 @@ def decompress(src, dst, force=False):
                 except zstandard.ZstdError as exc:
                     raise SnapcoreError(f"{src}: corrupt zstandard data ({exc})") from None
             size = write_sparse(read, out)
+            # the decoder stops quietly at the end of a cut file; snapcore's
+            # streams record their size in the frame header
+            if expected is not None and expected >= 0 and size < expected:
+                raise SnapcoreError(f"{src} is truncated: it holds {size} of the "
+                                    f"{expected} bytes its header announces")
             out.finish(size)
         except BaseException:
             out.abort()
