@@ -505,8 +505,9 @@ def select_max_size(plans, essential, budget, stacks=()):
     """Drop dumped bytes until their sum is at most budget (--max-size).
 
     The essential ranges stay; of the rest, whole VMAs are dropped largest
-    first: anonymous memory, then file-backed data, then the parts of thread
-    stacks below the stack pointer.  Small regions therefore stay longest.
+    first (anonymous memory, including the written pages of private file
+    mappings), and the parts of thread stacks below the stack pointer only
+    after everything else.  Small regions therefore stay longest.
     Returns (plans, Selection, minimum) where minimum is the sum the essential
     bytes alone need; the caller decides what to do when it exceeds budget.
     """
@@ -521,7 +522,7 @@ def select_max_size(plans, essential, budget, stacks=()):
         kept = sum(b - a for a, b in keep)
         minimum += kept
         if kept < p.filesz:
-            rank = 2 if p.vma.start in stacks else (1 if p.has_file else 0)
+            rank = 1 if p.vma.start in stacks else 0
             cands.append((rank, -(p.filesz - kept), i, keep))
     cands.sort()
     replaced = {}
