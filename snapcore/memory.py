@@ -507,7 +507,8 @@ def select_max_size(plans, essential, budget, stacks=()):
     The essential ranges stay; of the rest, whole VMAs are dropped largest
     first (anonymous memory, including the written pages of private file
     mappings), and the parts of thread stacks below the stack pointer only
-    after everything else.  Small regions therefore stay longest.
+    after everything else; then the smallest dropped ones that fit in the room
+    left are given back.  Small regions therefore stay longest.
     Returns (plans, Selection, minimum) where minimum is the sum the essential
     bytes alone need; the caller decides what to do when it exceeds budget.
     """
@@ -525,14 +526,22 @@ def select_max_size(plans, essential, budget, stacks=()):
             rank = 1 if p.vma.start in stacks else 0
             cands.append((rank, -(p.filesz - kept), i, keep))
     cands.sort()
-    replaced = {}
+    dropped = []
     for rank, neg_saving, i, keep in cands:
         if total <= budget:
             break
+        dropped.append((-neg_saving, i, keep))
+        total += neg_saving
+    # dropping the big ones may have made room: give back the smallest that fit
+    for saving, i, keep in sorted(dropped):
+        if total + saving <= budget:
+            total += saving
+            dropped.remove((saving, i, keep))
+    replaced = {}
+    for saving, i, keep in dropped:
         p = plans[i]
         replaced[i] = _split(p, keep, "max-size")
-        total += neg_saving
-        sel.dropped.append(Dropped(p.vma.start, p.vma.end, -neg_saving, "max-size"))
+        sel.dropped.append(Dropped(p.vma.start, p.vma.end, saving, "max-size"))
     sel.truncated = bool(sel.dropped)
     sel.dropped.sort(key=lambda d: d.start)
     out = []

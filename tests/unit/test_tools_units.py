@@ -111,6 +111,10 @@ def test_select_max_size_drops_largest_anonymous_first():
     out, sel, _ = select_max_size(plans, essential, 260 * 1024, stacks={0x500000})
     assert [d.start for d in sel.dropped] == [0x100000, 0x200000, 0x300000, 0x400000]
     assert {p.start: p.filesz for p in out if p.filesz} == {0x500000: 64 * P}
+    # dropping the big ones made room: the small one comes back
+    out, sel, _ = select_max_size(plans, essential, 300 * 1024, stacks={0x500000})
+    assert [d.start for d in sel.dropped] == [0x100000, 0x200000, 0x400000]
+    assert {p.start: p.filesz for p in out if p.filesz} == {0x300000: 2 * P, 0x500000: 64 * P}
     # no room: only the essential bytes stay
     out, sel, _ = select_max_size(plans, essential, 8 * 1024, stacks={0x500000})
     assert {p.start: p.filesz for p in out if p.filesz} == {0x53e000: 2 * P}
