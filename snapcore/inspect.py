@@ -584,7 +584,7 @@ def _report(core, want_symbols):
     if want_symbols:
         cache = {}
         for t in threads:
-            t["symbol"] = _symbolize(t["pc"], files, page_size, images, cache, core)
+            t["symbol"] = _symbolize(t["pc"], files, page_size, images, cache, core, opened)
     for fh in opened:
         fh.close()
 
@@ -610,7 +610,7 @@ def _report(core, want_symbols):
     }
 
 
-def _symbolize(pc, files, page_size, images, cache, core):
+def _symbolize(pc, files, page_size, images, cache, core, opened):
     hit = None
     for start, end, pgoff, name in files:
         if start <= pc < end:
@@ -625,7 +625,7 @@ def _symbolize(pc, files, page_size, images, cache, core):
         elf, build_id = img[1][1], img[1][2]
         key = (name, build_id)
         if key not in cache:
-            cache[key] = _load_symbols(elf, build_id)
+            cache[key] = _load_symbols(elf, build_id, opened)
         syms = cache[key]
         if syms is None:
             return None
@@ -640,7 +640,7 @@ def _symbolize(pc, files, page_size, images, cache, core):
             continue
         key = (name, build_id)
         if key not in cache:
-            cache[key] = _load_symbols(elf, build_id)
+            cache[key] = _load_symbols(elf, build_id, opened)
         syms = cache[key]
         if syms is None:
             return None
@@ -649,13 +649,15 @@ def _symbolize(pc, files, page_size, images, cache, core):
     return None
 
 
-def _load_symbols(elf, build_id):
+def _load_symbols(elf, build_id, opened):
     from elftools.elf.elffile import ELFFile
     debug = None
     path = _debug_file(build_id)
     if path is not None:
         try:
-            debug = ELFFile(open(path, "rb"))
+            fh = open(path, "rb")
+            opened.append(fh)
+            debug = ELFFile(fh)
         except Exception:
             debug = None
     try:

@@ -347,6 +347,24 @@ def test_max_size_small_still_gives_backtraces(mt, tmp_path):
     assert_runs_on(mt)
 
 
+@pytest.mark.parametrize("exe", ["mt_nopie", "mt_static", "mt32"])
+def test_mini_and_max_size_in_other_link_modes(spawn, tmp_path, exe):
+    if not os.path.exists(target_path(exe)):
+        pytest.skip(f"{exe} not built (gcc -m32 unavailable?)")
+    read_nr = (3,) if exe == "mt32" else (0,)         # read(2) on i386 / x86_64
+    t = spawn(exe)
+    t.wait_blocked(syscalls=read_nr)
+    for opts, name in ((["--mini"], "mini"), (["--max-size", "1M"], "small")):
+        p = snapcore_cli(t.pid, *opts, "-o", tmp_path / name, "-q")
+        assert p.returncode == 0, p.stderr
+        assert os.path.getsize(tmp_path / name) <= 1 << 20
+        assert_backtraces(target_path(exe), str(tmp_path / name), t.info["tids"])
+        r = info_json(tmp_path / name)
+        assert sorted(th["tid"] for th in r["threads"]) == live_tids(t.pid)
+        assert_runs_on(t)
+        t.wait_blocked(syscalls=read_nr)
+
+
 def test_all_dumps_every_readable_mapping(mt, tmp_path):
     p = snapcore_cli(mt.pid, "--all", "-o", tmp_path / "all", "-q")
     assert p.returncode == 0, p.stderr
