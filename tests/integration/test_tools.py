@@ -571,3 +571,17 @@ def test_help_names_every_option():
 def test_usage_errors(args, fragment):
     p = snapcore_cli("1", *args)
     assert_one_line_error(p, 2, fragment)
+
+
+def test_full_disk_leaves_no_compressed_file(mt, tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    if run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)]).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        p = snapcore_cli(mt.pid, "--compress", "zstd", "-o", small / "c.zst", "--metadata")
+        assert_one_line_error(p, 1, "No space left on device")
+        assert os.listdir(small) == []
+    finally:
+        run(["umount", str(small)], check=True)
+    assert_runs_on(mt)
