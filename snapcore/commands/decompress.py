@@ -14,7 +14,7 @@ import os
 import sys
 
 from ..errors import MissingDependency, SnapcoreError
-from ..inspect import ZSTD_MAGIC
+from ..coreinfo import ZSTD_MAGIC
 from ..output import CoreFile
 
 PROG = "snapcore decompress"

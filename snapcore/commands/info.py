@@ -1,7 +1,7 @@
 """snapcore info CORE [--json]: what a core holds.
 
 Reads snapcore's cores and those of the kernel and gcore, plain or .zst.
---json prints one object with the schema documented in snapcore/inspect.py
+--json prints one object with the schema documented in snapcore/coreinfo.py
 and README.md ("schema": "snapcore-info/1").
 
 Exit status: 0 described; 1 the file cannot be read or is not a core;
@@ -13,7 +13,7 @@ import sys
 import time
 
 from ..errors import SnapcoreError
-from ..inspect import inspect_core
+from ..coreinfo import inspect_core
 from ._progress import human
 
 PROG = "snapcore info"

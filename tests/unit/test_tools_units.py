@@ -10,7 +10,7 @@ import pytest
 from snapcore import metadata
 from snapcore.cli import _size
 from snapcore.commands.decompress import write_sparse
-from snapcore.inspect import build_id_from_image
+from snapcore.coreinfo import build_id_from_image
 from snapcore.memory import (NONE, READ, Dropped, Selection, VmaPlan, _split, select_max_size,
                              select_mini)
 from snapcore.output import CoreFile, expand_output
