@@ -29,7 +29,7 @@
 
 #include "snapcore.h"
 
-#define SC_ABI_VERSION 2
+#define SC_ABI_VERSION 3
 #define PAGE 4096ULL
 
 int sc_abi_version(void) { return SC_ABI_VERSION; }
@@ -657,6 +657,8 @@ static int copy_run(struct copier *c, const struct sc_seg *s, uint64_t a, uint64
 static int copy_seg(struct copier *c, const struct sc_seg *s)
 {
     uint64_t end = s->vaddr + s->len;
+    if (s->flags & SC_SEG_BACKING_ONLY)
+        return copy_run(c, s, s->vaddr, end, SRC_BACKING);
     if (!(s->flags & SC_SEG_RESIDENT_ONLY))
         return copy_run(c, s, s->vaddr, end, SRC_TARGET);
     struct resid_iter it;

@@ -67,8 +67,10 @@ enum {
     SC_SEG_RESIDENT_ONLY = 1,  /* consult pagemap; non-resident pages become holes
                                   (or come from backing_fd) and are never faulted in */
     SC_SEG_FORCE_MEM     = 2,  /* read via /proc/PID/mem only (PROT_NONE, x-only) */
-    SC_SEG_FAULT_ABSENT  = 4   /* non-resident pages with no backing_fd: read them
+    SC_SEG_FAULT_ABSENT  = 4,  /* non-resident pages with no backing_fd: read them
                                   from the target anyway (file-backed private VMAs) */
+    SC_SEG_BACKING_ONLY  = 8   /* every byte comes from backing_fd (live mode: memory
+                                  copied aside while the target was frozen) */
 };
 
 /* A range of the target that could not be read; it is a hole in the core. */

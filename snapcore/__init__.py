@@ -8,8 +8,9 @@ The core is the one the kernel would write if the process crashed now (same
 segments, notes and bytes), minus the signal; gdb, lldb, elfutils, pystack and
 drgn read it.  See README.md.
 """
-from .errors import (AccessDenied, AlreadyTraced, KernelThread, NoSuchProcess, OutputError,
-                     OutputExists, ShimUnavailable, SnapcoreError, SnapshotCancelled,
+from .errors import (AccessDenied, AlreadyTraced, CoreTooLarge, KernelThread, MissingDependency,
+                     NoSuchProcess, OutputError, OutputExists, ShimUnavailable, SnapcoreError,
+                     SnapshotCancelled,
                      SyscallError, TargetError, TargetExited, ThreadStopTimeout,
                      UnsupportedTarget, ZombieProcess)
 from .snapshot import Snapshot, snapshot
@@ -20,5 +21,5 @@ __all__ = [
     "snapshot", "Snapshot", "SnapcoreError", "TargetError", "NoSuchProcess", "TargetExited",
     "ZombieProcess", "KernelThread", "AccessDenied", "AlreadyTraced", "UnsupportedTarget",
     "ThreadStopTimeout", "OutputError", "OutputExists", "SnapshotCancelled", "SyscallError",
-    "ShimUnavailable", "__version__",
+    "ShimUnavailable", "CoreTooLarge", "MissingDependency", "__version__",
 ]

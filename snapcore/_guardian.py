@@ -13,7 +13,7 @@ exits.
 Protocol (length-prefixed pickles):
     caller -> guardian, on stdin:  the job spec, then later b"cancel\\n" or EOF
     guardian -> caller, on stdout: ("progress", done, total)*, then
-                                   ("ok", Snapshot, file_size) or ("error", exc)
+                                   ("ok", Snapshot, file_size, record) or ("error", exc)
 The core is written through an fd the caller passes (its O_TMPFILE inode),
 which the caller publishes once the guardian reports success.
 """
@@ -91,8 +91,10 @@ def main():
 
     threading.Thread(target=control, daemon=True, name="snapcore-control").start()
     out = _FdOutput(spec["fd"], spec["path"])
-    job = job_mod._Job(spec["pid"], out, spec["status"], spec["stop_timeout"], spec["filt"],
-                       spec["writer_thread"], spec["buffer_size"], cancel, live=True)
+    opts = spec["opts"]
+    zstd = job_mod._zstandard() if opts.compress == "zstd" else None
+    job = job_mod._Job(spec["pid"], out, spec["status"], opts, spec["facts"], spec["started"],
+                       cancel, zstd)
     lock = threading.Lock()
 
     def poll():
@@ -105,7 +107,8 @@ def main():
 
     try:
         snap = run_traced(job.run, cancel, poll)
-        result = ("ok", snap, job.layout.file_size)
+        poll()
+        result = ("ok", snap, *job.finish(snap, spec["t0"]))
     except BaseException as exc:  # reported to the caller
         result = ("error", exc)
     with lock:

@@ -9,7 +9,7 @@ import errno
 
 from .errors import ShimUnavailable, SyscallError
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 try:
     from ._shim import ffi, lib

@@ -18,6 +18,8 @@ They subclass the matching builtin too, so ``except ProcessLookupError`` or
      +-- OutputError                      OSError (path)
      |    +-- OutputExists                FileExistsError
      +-- SnapshotCancelled
+     +-- CoreTooLarge                     (limit, minimum)
+     +-- MissingDependency                ImportError (an optional package)
      +-- SyscallError                     OSError (syscall, tid, errno)
      +-- ShimUnavailable                  ImportError
 """
@@ -130,6 +132,34 @@ class OutputExists(OutputError, FileExistsError):
 class SnapshotCancelled(SnapcoreError):
     def __init__(self, msg="snapshot cancelled; the target was resumed"):
         super().__init__(msg)
+
+
+class CoreTooLarge(SnapcoreError):
+    """max_size is below what the smallest useful core of the target needs."""
+
+    def __init__(self, limit, minimum):
+        super().__init__(f"a core of at most {_human(limit)} cannot hold this process's "
+                         f"thread stacks, ELF headers and backtrace data "
+                         f"({_human(minimum)} needed); the target was resumed")
+        self.limit = limit
+        self.minimum = minimum
+        self.advice = f"raise --max-size to at least {_human(minimum)}"
+
+
+class MissingDependency(SnapcoreError, ImportError):
+    """An optional package a feature needs is not installed."""
+
+    def __init__(self, feature, package, extra):
+        super().__init__(f"{feature} needs the Python package '{package}', which is "
+                         "not installed")
+        self.advice = f"install it with: pip install 'snapcore[{extra}]'"
+
+
+def _human(n):
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
 
 
 class SyscallError(SnapcoreError, OSError):

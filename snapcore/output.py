@@ -17,8 +17,11 @@ or a symlink is ever replaced (a device, fifo or directory never is).
 """
 import errno
 import os
+import re
 import secrets
+import socket
 import stat
+import time
 
 from .errors import OutputError, OutputExists
 
@@ -83,10 +86,12 @@ class CoreFile:
     def write_error(self, exc):
         return OutputError(self.path, f"writing {self.path} failed: {exc.strerror}", exc.errno)
 
-    def finish(self, size):
-        """Set the final size (the tail may be a hole) and publish under the final name."""
+    def finish(self, size=None):
+        """Set the final size (the tail may be a hole; None: keep the size written)
+        and publish under the final name."""
         try:
-            os.ftruncate(self.fd, size)
+            if size is not None:
+                os.ftruncate(self.fd, size)
         except OSError as exc:
             raise self.write_error(exc) from exc
         try:
@@ -158,3 +163,47 @@ class CoreFile:
                 os.unlink(self.tmp_path)
             except OSError:
                 pass
+
+
+# ---------------------------------------------------------------------------
+# naming: -o accepts a core_pattern-like template or a directory
+
+_SPEC = re.compile(r"%(.?)")
+
+
+def expand_output(template, pid, comm="", now=None, host=None, suffix=""):
+    """The core's path from ``-o``: None, a directory, or a template.
+
+    None gives ``core.PID``; an existing directory (or a path ending in "/")
+    gives ``DIR/core.PID``; in a template ``%p`` is the pid, ``%e`` the
+    process name (comm, "/" made "!" as the kernel does), ``%t`` the time in
+    seconds since the epoch, ``%h`` the host name and ``%%`` a "%".  suffix
+    (".zst") is added to the default names, not to a path or template given.
+    Raises ValueError on an unknown specifier.
+    """
+    default = f"core.{pid}{suffix}"
+    if template is None or template == "":
+        return default
+    template = os.fspath(template)
+    if template.endswith("/") or os.path.isdir(template):
+        return os.path.join(template, default)
+    values = {
+        "p": lambda: str(pid),
+        "e": lambda: (comm or "unknown").replace("/", "!"),
+        "t": lambda: str(int(now if now is not None else time.time())),
+        "h": lambda: (host or socket.gethostname()).replace("/", "!"),
+        "%": lambda: "%",
+    }
+
+    def sub(m):
+        spec = m.group(1)
+        if spec not in values:
+            shown = f"%{spec}" if spec else "a trailing %"
+            raise ValueError(f"unknown specifier {shown} in the output name "
+                             f"'{template}' (known: %p %e %t %h %%)")
+        return values[spec]()
+
+    path = _SPEC.sub(sub, template)
+    if os.path.isdir(path):
+        return os.path.join(path, default)
+    return path

@@ -4,24 +4,35 @@
         freeze all threads (tracer.Freezer)
         registers of every thread (PTRACE_GETREGSET), /proc facts
         VMAs (smaps) + coredump_filter -> dump plan (memory.plan_dump)
-        notes + layout (elf.notes, elf.layout), header written
-        memory copied by the C loop (memory.Copier)
+        selection pass: --mini / --max-size (memory.select_*)
+        notes (+ the SNAPCORE note) + layout (elf.notes, elf.layout), header written
+        memory copied by the C loop (memory.Copier), to the file or, with
+            compress="zstd", in order through a pipe to a zstandard thread
         resume (always, on every path)
-    -> ftruncate, link to PATH (output.CoreFile)
+    live mode: the frozen target forks a copy-on-write image (snapcore/live.py),
+        is resumed at once, and memory is copied from the image; the whole job
+        then runs in a guardian process (snapcore/_guardian.py)
+    -> SNAPCORE note rewritten with the final facts (uncompressed cores)
+    -> ftruncate, link to PATH (output.CoreFile); the --metadata sidecar likewise
 """
 import errno
+import fcntl
+import json
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 
-from . import _native, procfs
+from . import _native, metadata, procfs
 from .arch import arch_for_regs_size
 from .elf import notes as elfnotes
 from .elf.layout import CoreLayout
 from .elf.structs import NT_PRSTATUS
-from .errors import (AccessDenied, KernelThread, NoSuchProcess, OutputError, SnapcoreError,
-                     SnapshotCancelled, TargetExited, UnsupportedTarget, ZombieProcess)
-from .memory import NONE, PRELOADED, READ, BackingFiles, Copier, plan_dump
+from .errors import (AccessDenied, CoreTooLarge, KernelThread, MissingDependency, NoSuchProcess,
+                     OutputError, OutputExists, SnapcoreError, SnapshotCancelled, TargetExited,
+                     UnsupportedTarget, ZombieProcess)
+from .memory import (NONE, PRELOADED, READ, BackingFiles, Copier, Selection, essential_ranges,
+                     plan_dump, select_max_size, select_mini, stack_vmas)
 from .output import CoreFile
 from .tracer import CancelToken, Freezer, Unstable, _has_live_task, run_traced
 
@@ -39,23 +50,53 @@ class Snapshot:
     bytes_on_disk: int
     wall_time: float            # seconds, whole call
     pause_time: float           # seconds the target was stopped
-    mode: str = "normal"        # "normal" or "live"
+    mode: str = "normal"        # memory selection: normal, all, mini, max-size
+    live: bool = False          # memory was copied from a forked image (live mode)
     fallback: str = None        # why live mode was not used, when it was asked for
     cow_time: float = 0.0       # live: seconds the copy-on-write image lived
-    unreadable: list = field(default_factory=list)   # [(addr, len, errno)]
     missing: list = field(default_factory=list)      # live: [(start, end, why)] not captured
+    unreadable: list = field(default_factory=list)   # [(addr, len, errno)]
     stats: dict = field(default_factory=dict)
+    compressed: str = None      # "zstd": path is a zstandard stream of the core
+    core_size: int = 0          # size of the (uncompressed) core
+    truncated: bool = False     # max_size dropped memory
+    dropped: list = field(default_factory=list)      # [memory.Dropped]
+    metadata_path: str = None   # the sidecar, when asked for
+    metadata: dict = None       # the final SNAPCORE record
 
     def summary(self):
-        line = (f"{self.path}: pid {self.pid}, {len(self.tids)} thread"
+        size = (f"{_human(self.file_size)} zstd of {_human(self.core_size)}" if self.compressed
+                else f"{_human(self.file_size)} ({_human(self.bytes_on_disk)} on disk)")
+        extra = ""
+        if self.mode != "normal":
+            extra += f", {self.mode}"
+        if self.live:
+            extra += ", live"
+        if self.truncated:
+            extra += f", truncated ({_human(sum(d.bytes for d in self.dropped))} dropped)"
+        return (f"{self.path}: pid {self.pid}, {len(self.tids)} thread"
                 f"{'s' if len(self.tids) != 1 else ''}, {self.segments} segments, "
-                f"{_human(self.file_size)} ({_human(self.bytes_on_disk)} on disk) "
-                f"in {self.wall_time:.2f}s, target paused {self.pause_time * 1000:.1f} ms")
-        if self.mode == "live":
-            line += " (live)"
-        if self.fallback:
-            line += f" (live mode not used: {self.fallback})"
-        return line
+                f"{size}{extra} "
+                f"in {self.wall_time:.2f}s, target paused {self.pause_time * 1000:.1f} ms"
+                + (f" (live mode not used: {self.fallback})" if self.fallback else ""))
+
+    def to_json(self):
+        """The result as a JSON-ready dict (snapcore --json prints it)."""
+        return {
+            "path": self.path, "pid": self.pid, "tids": list(self.tids), "arch": self.arch,
+            "mode": self.mode, "live": self.live, "live_fallback": self.fallback,
+            "cow_seconds": round(self.cow_time, 6),
+            "missing": [{"start": a, "end": b, "why": w} for a, b, w in self.missing],
+            "segments": self.segments, "bytes_dumped": self.bytes_dumped,
+            "file_size": self.file_size, "core_size": self.core_size,
+            "bytes_on_disk": self.bytes_on_disk, "compressed": self.compressed,
+            "wall_seconds": round(self.wall_time, 6),
+            "pause_seconds": round(self.pause_time, 6),
+            "truncated": self.truncated,
+            "dropped": [d.to_json() for d in self.dropped],
+            "unreadable": [{"start": a, "len": n, "errno": e} for a, n, e in self.unreadable],
+            "metadata_path": self.metadata_path,
+        }
 
 
 def _human(n):
@@ -92,12 +133,47 @@ def check_target(pid):
     return st
 
 
+COMPRESSORS = ("zstd",)
+
+
+@dataclass
+class _Options:
+    stop_timeout: float = 5.0
+    coredump_filter: int = None
+    writer_thread: bool = True
+    buffer_size: int = 4 << 20
+    all_mappings: bool = False
+    mini: bool = False
+    max_size: int = None
+    compress: str = None
+    reason: str = None
+    trigger: str = "api"
+    argv: list = None
+    live: bool = False
+
+    @property
+    def mode(self):
+        parts = [m for m, on in (("all", self.all_mappings), ("mini", self.mini),
+                                 ("max-size", self.max_size is not None)) if on]
+        return "+".join(parts) or "normal"
+
+
+def _zstandard():
+    try:
+        import zstandard
+    except ImportError:
+        raise MissingDependency("compression (--compress zstd)", "zstandard", "zstd") from None
+    return zstandard
+
+
 def snapshot(pid, path=None, *, force=False, live=False, stop_timeout=5.0,
-             coredump_filter=None, writer_thread=True, buffer_size=4 << 20, progress=None):
+             coredump_filter=None, writer_thread=True, buffer_size=4 << 20, progress=None,
+             all_mappings=False, mini=False, max_size=None, compress=None, metadata_path=None,
+             reason=None, trigger="api", argv=None):
     """Write an ELF core of the running process ``pid`` and let it run on.
 
-    path            destination (default ``core.PID`` in the current directory)
-    force           replace an existing file at path
+    path            destination (default ``core.PID``, ``core.PID.zst`` when compressed)
+    force           replace an existing file at path (and at metadata_path)
     live            pause the target only while it forks a copy-on-write image of
                     itself, and copy memory from that image (see snapcore/live.py);
                     falls back to a normal snapshot when the target does not allow
@@ -105,38 +181,77 @@ def snapshot(pid, path=None, *, force=False, live=False, stop_timeout=5.0,
     stop_timeout    seconds to wait for all threads to stop before giving up
     coredump_filter override /proc/PID/coredump_filter (same bits)
     progress        callable(bytes_done, bytes_total), called from this thread
+    all_mappings    dump every readable mapping whole, like gcore -a
+    mini            keep only what backtraces need: thread stacks, TCBs, ELF-header
+                    pages, the dynamic linker's data, the kernel's special mappings
+    max_size        keep the core (uncompressed) at most this many bytes: drop the
+                    largest regions first, never the ones mini keeps; the core is
+                    marked truncated
+    compress        "zstd": stream a zstandard-compressed core (needs zstandard)
+    metadata_path   also write the metadata record as JSON there (0600)
+    reason, trigger, argv   recorded in the SNAPCORE note
 
     Returns a Snapshot; raises a SnapcoreError subclass on failure, after the
     target has been resumed and any partial file removed.
     """
     t0 = time.monotonic()
+    started = time.time()
+    if compress is not None and compress not in COMPRESSORS:
+        raise ValueError(f"unknown compressor {compress!r} (known: {', '.join(COMPRESSORS)})")
+    if mini and all_mappings:
+        raise ValueError("mini and all_mappings exclude each other")
+    if max_size is not None and max_size <= 0:
+        raise ValueError("max_size must be positive")
+    zstd = _zstandard() if compress == "zstd" else None
     status = check_target(pid)
-    path = os.fspath(path) if path is not None else f"core.{pid}"
+    if path is None:
+        path = f"core.{pid}.zst" if compress else f"core.{pid}"
+    path = os.fspath(path)
+    if metadata_path is not None:
+        metadata_path = os.fspath(metadata_path)
+        if not force and os.path.lexists(metadata_path):
+            raise OutputExists(metadata_path)
+    opts = _Options(stop_timeout, coredump_filter, writer_thread, buffer_size, all_mappings,
+                    mini, max_size, compress, reason, trigger, argv, live)
+    facts = metadata.process_facts(pid)
     out = CoreFile(path, force=force)
+    side = None
     cancel = CancelToken()
     try:
+        if metadata_path is not None:
+            side = CoreFile(metadata_path, force=force)
         if live:
-            spec = dict(pid=pid, fd=out.fd, path=out.path, status=status,
-                        stop_timeout=stop_timeout, filt=coredump_filter,
-                        writer_thread=writer_thread, buffer_size=buffer_size)
-            snap, file_size = _run_guardian(spec, progress)
+            spec = dict(pid=pid, fd=out.fd, path=out.path, status=status, opts=opts,
+                        facts=facts, started=started, t0=t0)
+            snap, file_size, record = _run_guardian(spec, progress)
         else:
-            job = _Job(pid, out, status, stop_timeout, coredump_filter, writer_thread,
-                       buffer_size, cancel)
+            job = _Job(pid, out, status, opts, facts, started, cancel, zstd)
 
             def poll():
                 if progress is not None and job.total:
                     progress(job.done(), job.total)
 
             snap = run_traced(job.run, cancel, poll)
-            file_size = job.layout.file_size
+            if progress is not None and job.total:
+                progress(job.done(), job.total)
+            file_size, record = job.finish(snap, t0)
         out.finish(file_size)
+        if side is not None:
+            side.write_at(json.dumps(record, indent=2).encode() + b"\n", 0)
+            side.finish()
     except BaseException:
         out.abort()
+        if side is not None:
+            side.abort()
         raise
+    snap.metadata = record
+    snap.metadata_path = metadata_path
     snap.wall_time = time.monotonic() - t0
     try:
-        snap.bytes_on_disk = os.stat(out.path).st_blocks * 512
+        st = os.stat(out.path)
+        snap.bytes_on_disk = st.st_blocks * 512
+        if compress:
+            snap.file_size = st.st_size
     except OSError:
         snap.bytes_on_disk = 0
     return snap
@@ -145,7 +260,7 @@ def snapshot(pid, path=None, *, force=False, live=False, stop_timeout=5.0,
 def _run_guardian(spec, progress):
     """Run a live snapshot's job in the guardian process (see snapcore/_guardian.py).
 
-    Returns (Snapshot, file_size) or raises what the job raised.  On
+    Returns (Snapshot, file_size, metadata record) or raises what the job raised.  On
     KeyboardInterrupt (or any BaseException) the guardian is told to cancel,
     and this waits until it has put the target back before re-raising.
     """
@@ -220,27 +335,30 @@ def _run_guardian(spec, progress):
                                 f"{': ' + err.splitlines()[-1] if err else ''}")
     if result[0] == "error":
         raise result[1]
-    return result[1], result[2]
+    return result[1], result[2], result[3]
 
 
 class _Job:
     """The part of a snapshot that runs on the tracer thread."""
 
-    def __init__(self, pid, out, status, stop_timeout, filt, writer_thread, buffer_size,
-                 cancel, live=False):
+    def __init__(self, pid, out, status, opts, facts, started, cancel, zstd=None):
         self.pid = pid
-        self.live = live
+        self.src = pid              # where memory is read from: the target or its image
         self.fallback = None
         self.out = out
         self.status = status
-        self.stop_timeout = stop_timeout
-        self.filt = filt
-        self.writer_thread = writer_thread
-        self.buffer_size = buffer_size
+        self.opts = opts
+        self.facts = facts
+        self.started = started
         self.cancel = cancel
+        self.zstd = zstd
         self.total = 0
         self.copier = None
         self.layout = None
+        self.record = None
+        self.note_off = None        # file offset and size of the SNAPCORE note's desc
+        self.note_size = 0
+        self.states = {}
 
     def done(self):
         c = self.copier
@@ -255,9 +373,11 @@ class _Job:
         the frozen target fork an image of itself, resumes the target at once,
         and writes the core from the image.
         """
-        nofork = _nofork_vmas(self.pid) if self.live else None
+        live = self.opts.live
+        self.states = metadata.thread_states(self.pid)
+        nofork = _nofork_vmas(self.pid) if live else None
         for attempt in range(1, self.ATTEMPTS + 1):
-            freezer = Freezer(self.pid, self.stop_timeout, self.cancel)
+            freezer = Freezer(self.pid, self.opts.stop_timeout, self.cancel)
             image = None
             try:
                 try:
@@ -269,7 +389,7 @@ class _Job:
                             self.pid, f"process {self.pid} kept changing while it was being "
                             f"frozen ({exc}); tried {self.ATTEMPTS} times") from None
                     continue
-                if self.live:
+                if live:
                     image = self._fork_image(freezer, frozen, threads, arch, nofork)
                 if image is None:
                     snap = self._write(threads, arch)
@@ -292,7 +412,7 @@ class _Job:
                     raise TargetExited(self.pid) from exc
                 finally:
                     image.dispose()
-                snap.mode = "live"
+                snap.live = True
                 snap.cow_time = image.lifetime
                 snap.missing = image.missing
             snap.pause_time = pause
@@ -310,7 +430,38 @@ class _Job:
             return None
         image = _Image(self.pid)
         try:
-            image.preload(nofork, arch, self.filt, self.buffer_size)
+            image.preload(nofork, arch, self.opts.coredump_filter, self.opts.buffer_size)
+            saved = next(t for t in threads if t.tid == tid).regset(NT_PRSTATUS)
+            try:
+                child, held = live.inject_clone(arch, tid, saved)
+            except live.LiveUnavailable as exc:
+                freezer.threads[tid].held = getattr(exc, "held", [])
+                self.fallback = str(exc).split("; ")[0]
+                image.dispose()
+                return None
+            freezer.threads[tid].held = held
+            image.first = child
+            image.inject_tid = tid
+            image.arch = arch
+            live.adopt_child(child)
+            image.born = time.monotonic()
+        except BaseException:
+            image.dispose()
+            raise
+        return image
+
+    def _fork_image(self, freezer, frozen, threads, arch, nofork):
+        """While frozen: copy what fork won't, inject the clone.  None means fall back."""
+        from . import live
+        try:
+            live.check_live_possible(self.pid, procfs.read_status(self.pid), arch, frozen)
+            tid = live.choose_thread(self.pid, arch, threads, frozen)
+        except live.LiveUnavailable as exc:
+            self.fallback = str(exc).split("; ")[0]
+            return None
+        image = _Image(self.pid)
+        try:
+            image.preload(nofork, arch, self.opts.coredump_filter, self.opts.buffer_size)
             saved = next(t for t in threads if t.tid == tid).regset(NT_PRSTATUS)
             try:
                 child, held = live.inject_clone(arch, tid, saved)
@@ -334,51 +485,203 @@ class _Job:
         if self.cancel.is_set():
             raise SnapshotCancelled()
 
+    def finish(self, snap, t0):
+        """After the tracer thread: the final metadata record, written into the
+        SNAPCORE note (uncompressed cores).  Returns (file size to set, record)."""
+        record = self.final_record(snap, time.monotonic() - t0)
+        if not self.opts.compress:
+            self.rewrite_note(record)
+        return (None if self.opts.compress else self.layout.file_size), record
+
     def _write(self, threads, arch, image=None):
-        """Plan, lay out and write the core, reading memory from the target (frozen)
-        or, in live mode, from its forked image (the target runs meanwhile)."""
+        """Plan, select, lay out and write the core, reading memory from the target
+        (frozen) or, in live mode, from its forked image (the target runs on)."""
         pid = self.pid
-        src = image.child if image is not None else pid
+        opts = self.opts
+        self.src = src = image.child if image is not None else pid
         proc = self._collect_process(arch, src)
-        filt = self.filt if self.filt is not None else procfs.read_coredump_filter(pid)
+        filt = opts.coredump_filter
+        if filt is None:
+            filt = procfs.read_coredump_filter(pid)
         file_ranges = procfs.map_files_ranges(src)
         self._check_cancel()
         with BackingFiles(src) as files:
             if image is None:
                 plans = plan_dump(pid, _read_vmas(pid), filt, file_ranges, files,
-                                  arch.page_size)
+                                  arch.page_size, all_mappings=opts.all_mappings)
             else:
-                plans = image.plan(filt, file_ranges, files, arch.page_size)
-            proc.file_entries = _file_entries(src, plans, arch.page_size)
+                plans = image.plan(filt, file_ranges, files, arch.page_size,
+                                   opts.all_mappings)
             proc.vma_count = len(plans)
-            blob = elfnotes.build_notes(arch, proc, threads, _native.cpuid,
-                                        _file_note_limit())
-            self.layout = layout = CoreLayout(arch, blob, [p.load() for p in plans])
-            self.out.write_at(layout.header_block(), 0)
+            proc.file_entries = _file_entries(src, plans, arch.page_size)
+            kernel_notes = elfnotes.build_notes(arch, proc, threads, _native.cpuid,
+                                                _file_note_limit())
+            thread_meta = [{"tid": t.tid, "name": metadata.thread_name(pid, t.tid),
+                            "state": self.states.get(t.tid)} for t in threads]
+
+            def notes_for(sel):
+                self.record = metadata.new_record(
+                    facts=self.facts, uid=proc.uid, gid=proc.gid, mode=opts.mode,
+                    reason=opts.reason, trigger=opts.trigger, argv=opts.argv, filt=filt,
+                    filter_source="option" if opts.coredump_filter is not None else "target",
+                    threads=thread_meta, selection=sel, started=self.started)
+                desc = metadata.note_desc(self.record)
+                self.note_size = len(desc)
+                return elfnotes.build_notes(arch, proc, threads, _native.cpuid,
+                                            _file_note_limit(), snapcore_desc=desc)
+
+            plans, sel, blob, layout = self._select(plans, arch, proc, threads, notes_for,
+                                                    len(kernel_notes))
+            self.selection = sel
+            self.layout = layout
+            self.note_off = (layout.notes_off + len(kernel_notes)
+                             + elfnotes.desc_offset(metadata.SNAPCORE_OWNER))
             self.total = sum(p.filesz for p in plans if p.fill == READ)
-            self.copier = copier = Copier(src, self.out.fd, self.buffer_size,
-                                          self.writer_thread)
-            self.cancel.on_set(copier.cancel)
-            try:
-                self._check_cancel()
-                result = copier.run(plans, layout.offsets)
-                if image is not None:
-                    image.write_preloaded(plans, layout.offsets, self.out)
-            except SnapcoreError:
-                raise                             # e.g. TargetExited (a ProcessLookupError)
-            except OSError as exc:
-                raise self.out.write_error(exc) from exc
-            finally:
-                copier.close()
-        trailer = layout.trailer_block()
-        if trailer is not None:
-            self.out.write_at(trailer[1], trailer[0])
+            if self.zstd is not None:
+                result = self._copy_compressed(plans, layout)
+            else:
+                result = self._copy_to_file(plans, layout)
         return Snapshot(
             path=self.out.path, pid=pid, tids=[t.tid for t in threads], arch=arch.name,
             segments=len(plans), bytes_dumped=sum(p.filesz for p in plans),
             file_size=layout.file_size, bytes_on_disk=0, wall_time=0.0, pause_time=0.0,
-            unreadable=result.unreadable,
-            stats={k: v for k, v in result.__dict__.items() if k != "unreadable"})
+            mode=opts.mode, unreadable=result.unreadable,
+            stats={k: v for k, v in result.__dict__.items() if k != "unreadable"},
+            compressed=self.opts.compress, core_size=layout.file_size,
+            truncated=sel.truncated, dropped=list(sel.dropped))
+
+    def _select(self, plans, arch, proc, threads, notes_for, kernel_notes_len):
+        """Apply --mini/--max-size.  Returns (plans, Selection, notes blob, layout)."""
+        opts = self.opts
+        if not opts.mini and opts.max_size is None:
+            sel = Selection(mode=opts.mode)
+            blob = notes_for(sel)
+            return plans, sel, blob, CoreLayout(arch, blob, [p.load() for p in plans])
+        essential = essential_ranges(self.src, arch, proc.auxv, threads, plans,
+                                     arch.page_size)
+        if opts.mini:
+            plans, sel = select_mini(plans, essential)
+            sel.mode = opts.mode
+            sel.max_size = opts.max_size
+            blob = notes_for(sel)
+            layout = CoreLayout(arch, blob, [p.load() for p in plans])
+            if opts.max_size is not None and layout.file_size > opts.max_size:
+                raise CoreTooLarge(opts.max_size, layout.file_size)
+            return plans, sel, blob, layout
+        stacks = stack_vmas(arch, threads, plans)
+        # the headers grow with the pieces and the dropped list: fit, measure, refit
+        overhead = CoreLayout(arch, b"\0" * (kernel_notes_len + 4096),
+                              [p.load() for p in plans]).data_off
+        for _ in range(8):
+            budget = opts.max_size - overhead
+            fitted, sel, minimum = select_max_size(plans, essential, max(0, budget), stacks)
+            sel.mode = opts.mode
+            sel.max_size = opts.max_size
+            blob = notes_for(sel)
+            layout = CoreLayout(arch, blob, [p.load() for p in fitted])
+            if layout.file_size <= opts.max_size:
+                return fitted, sel, blob, layout
+            if minimum + (layout.file_size - sum(p.filesz for p in fitted)) > opts.max_size:
+                raise CoreTooLarge(opts.max_size,
+                                   minimum + layout.file_size - sum(p.filesz for p in fitted))
+            overhead += layout.file_size - opts.max_size
+        raise CoreTooLarge(opts.max_size, layout.file_size)
+
+    def _copy_to_file(self, plans, layout):
+        out = self.out
+        out.write_at(layout.header_block(), 0)
+        self.copier = copier = Copier(self.src, out.fd, self.opts.buffer_size,
+                                      self.opts.writer_thread)
+        self.cancel.on_set(copier.cancel)
+        try:
+            self._check_cancel()
+            result = copier.run(plans, layout.offsets)
+        except SnapcoreError:
+            raise                                 # e.g. TargetExited (a ProcessLookupError)
+        except OSError as exc:
+            raise out.write_error(exc) from exc
+        finally:
+            copier.close()
+        trailer = layout.trailer_block()
+        if trailer is not None:
+            out.write_at(trailer[1], trailer[0])
+        return result
+
+    def _copy_compressed(self, plans, layout):
+        """Stream the core, every byte in order, through a pipe to a zstd thread."""
+        out = self.out
+        r, w = os.pipe2(os.O_CLOEXEC)
+        try:
+            fcntl.fcntl(w, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+        except OSError:
+            pass
+        box = {}
+
+        def compress():
+            try:
+                cctx = self.zstd.ZstdCompressor(level=3, write_checksum=True)
+                with os.fdopen(r, "rb", buffering=0) as src, \
+                        os.fdopen(out.fd, "wb", closefd=False) as dst:
+                    cctx.copy_stream(src, dst, size=layout.file_size,
+                                     read_size=1 << 20, write_size=1 << 20)
+            except BaseException as exc:   # handed to the tracer thread
+                box["error"] = exc
+
+        t = threading.Thread(target=compress, name="snapcore-zstd", daemon=True)
+        t.start()
+        copier = None
+        try:
+            header = layout.header_block()
+            _write_all(w, header)
+            self.copier = copier = Copier(self.src, w, self.opts.buffer_size,
+                                          self.opts.writer_thread, sequential=True,
+                                          stream_pos=len(header))
+            self.cancel.on_set(copier.cancel)
+            self._check_cancel()
+            result = copier.run(plans, layout.offsets)
+            _pad_zeros(w, layout.data_end - copier.stream_pos)
+            trailer = layout.trailer_block()
+            if trailer is not None:
+                _write_all(w, trailer[1])
+        except SnapcoreError:
+            raise
+        except OSError as exc:
+            os.close(w)
+            w = -1
+            t.join()
+            err = box.get("error")
+            if isinstance(err, OSError):
+                raise out.write_error(err) from err
+            if err is not None:
+                raise OutputError(out.path, f"compressing {out.path} failed: {err}") from err
+            raise out.write_error(exc) from exc
+        finally:
+            if copier is not None:
+                copier.close()
+            if w >= 0:
+                os.close(w)
+            t.join()
+        err = box.get("error")
+        if isinstance(err, OSError):
+            raise out.write_error(err) from err
+        if err is not None:
+            raise OutputError(out.path, f"compressing {out.path} failed: {err}") from err
+        return result
+
+    def final_record(self, snap, wall):
+        return metadata.finalize(self.record, pause=snap.pause_time, wall=wall,
+                                 unreadable=snap.unreadable,
+                                 unreadable_omitted=snap.stats.get("unreadable_truncated", 0))
+
+    def rewrite_note(self, record):
+        """Put the final record into the reserved SNAPCORE note (uncompressed cores)."""
+        desc = metadata.fit_final(
+            self.record, self.note_size, pause=record["pause_seconds"],
+            wall=record["wall_seconds"],
+            unreadable=[(u["start"], u["len"], u["errno"]) for u in record["unreadable"]],
+            unreadable_omitted=record["unreadable_omitted"])
+        if desc is not None:
+            self.out.write_at(desc, self.note_off)
 
     def _collect_threads(self, frozen):
         """ThreadNotes for every frozen thread, current thread first.
@@ -471,6 +774,19 @@ class _Job:
             comm=st.comm.encode("utf-8", "surrogateescape"), psargs=psargs, auxv=auxv)
 
 
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _pad_zeros(fd, n):
+    if n > 0:
+        r = _native.require().sc_write_zeros(fd, n)
+        if r < 0:
+            raise OSError(-r, os.strerror(-r))
+
+
 def _nofork_vmas(pid):
     """Before the freeze: the VMAs a fork leaves out (MADV_DONTFORK, VmFlags dc) or
     wipes (MADV_WIPEONFORK, wf).  Live mode copies them from the frozen target."""
@@ -521,10 +837,11 @@ class _Image:
                 copier.close()
         for p, o in zip(plans, offsets):
             if p.fill == READ:
-                p.fill = PRELOADED          # its bytes are in the scratch file now
+                # its bytes are in the scratch file now: the copy reads them from there
+                p.fill, p.backing_fd, p.backing_base = PRELOADED, self.scratch, o
             self.preloaded[(p.vma.start, p.vma.end)] = (p, o)
 
-    def plan(self, filt, file_ranges, files, page_size):
+    def plan(self, filt, file_ranges, files, page_size, all_mappings=False):
         """Plans for the image's VMAs, with the nofork VMAs put back in place."""
         vmas = _read_vmas(self.child)
         in_child = {(v.start, v.end) for v in vmas}
@@ -538,7 +855,7 @@ class _Image:
                     self.missing.append((v.start, v.end, "MADV_WIPEONFORK, set during the "
                                                           "snapshot"))
                 plans.extend(plan_dump(self.child, [v], filt, file_ranges, files,
-                                       page_size))
+                                       page_size, all_mappings=all_mappings))
         for v in self.frozen:
             key = (v.start, v.end)
             if key in in_child:
@@ -556,30 +873,6 @@ class _Image:
                 plans.append(p)
         plans.sort(key=lambda p: p.vma.start)        # address order; [vsyscall] is last
         return plans
-
-    def write_preloaded(self, plans, offsets, out):
-        """Copy the nofork VMAs' bytes from the scratch file into the core (sparse)."""
-        for p, off in zip(plans, offsets):
-            hit = self.preloaded.get((p.vma.start, p.vma.end))
-            if hit is None or hit[0] is not p or not p.filesz:
-                continue
-            src = hit[1]
-            pos, end = src, src + p.filesz
-            while pos < end:
-                try:
-                    data_at = os.lseek(self.scratch, pos, os.SEEK_DATA)
-                except OSError:
-                    break                                   # only holes left
-                if data_at >= end:
-                    break
-                hole_at = min(os.lseek(self.scratch, data_at, os.SEEK_HOLE), end)
-                while data_at < hole_at:
-                    chunk = os.pread(self.scratch, min(hole_at - data_at, 1 << 20), data_at)
-                    if not chunk:
-                        break
-                    out.write_at(chunk, off + (data_at - src))
-                    data_at += len(chunk)
-                pos = hole_at
 
     def hand_off(self):
         """After the target resumed: move the image out of the target's children.
@@ -624,7 +917,7 @@ def _file_entries(pid, plans, page_size):
     """NT_FILE entries: every VMA with a file, its exact path from map_files."""
     out = []
     for p in plans:
-        if not p.has_file:
+        if not p.has_file or not p.first_piece:
             continue
         v = p.vma
         name = procfs.map_files_link(pid, v.start, v.end)

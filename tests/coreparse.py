@@ -131,6 +131,8 @@ class Core:
             elif ntype in (NT_PRPSINFO, NT_SIGINFO, NT_AUXV, NT_FILE) and name == "CORE" \
                     or ntype == NT_X86_XSAVE_LAYOUT:
                 self.process[ntype] = desc
+            elif name not in ("CORE", "LINUX"):
+                self.process[(name, ntype)] = desc      # e.g. snapcore's SNAPCORE note
             elif self.threads:
                 self.threads[-1].notes.append((name, ntype, desc))
 

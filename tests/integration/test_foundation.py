@@ -115,7 +115,8 @@ def test_notes_have_the_kernel_sizes_and_order(mt, snap):
             per_thread[-1].append((n, t))
     for extra in per_thread:
         assert ("CORE", 2) in extra and ("LINUX", 0x202) in extra
-    assert kinds[-1] == ("LINUX", 0x205)                      # NT_X86_XSAVE_LAYOUT
+    # NT_X86_XSAVE_LAYOUT ends the kernel's notes; snapcore's own record follows
+    assert kinds[-2:] == [("LINUX", 0x205), ("SNAPCORE", 0x4D455441)]
     # on-demand: no signal anywhere
     assert all(d[12:14] == b"\0\0" for d in prstatus)
     siginfo = [d for n, t, d in notes if t == 0x53494749][0]

@@ -17,11 +17,12 @@ README's "Compatibility" section repeats it, and a test keeps the two in step).
 import os
 import re
 import signal
+import struct
 
 import pytest
 
 import snapcore
-from coreparse import NT_AUXV, NT_FILE, NT_SIGINFO, NT_X86_XSAVE_LAYOUT, Core
+from coreparse import NT_AUXV, NT_FILE, NT_SIGINFO, NT_X86_XSAVE_LAYOUT, PT_LOAD, PT_NOTE, Core
 from helpers import (ROOT, assert_runs_on, edge_pattern, gdb_batch, run,
                      snapshot_then_kernel_core, target_path)
 
@@ -41,7 +42,17 @@ ALLOWED = {
                "(readers such as pystack then say the core was generated on demand)",
     "thread_order": "after the first thread, the kernel lists threads in the order they "
                     "stopped for the dump; snapcore in TID order",
+    "snapcore_note": "snapcore adds one note after the kernel's, owner SNAPCORE (JSON "
+                     "metadata, which readers skip); PT_NOTE's p_filesz grows by its size, "
+                     "and the data, so every PT_LOAD's p_offset and the file size, move by "
+                     "the same whole number of pages",
 }
+
+SNAPCORE_NOTE = ("SNAPCORE", 0x4D455441)
+
+
+def _note_record_size(name, desc):
+    return 12 + ((len(name) + 1 + 3) & ~3) + ((len(desc) + 3) & ~3)
 
 
 def differences(k, s):
@@ -52,12 +63,39 @@ def differences(k, s):
         if kv != sv:
             out.append((key, f"{what}: kernel {_short(kv)}, snapcore {_short(sv)}"))
 
-    differ("ELF header", "ELF header", k.map[:k.ehdr_struct.size], s.map[:s.ehdr_struct.size])
+    import dataclasses
+    # snapcore's own note comes last; without it the layouts must be the kernel's
+    def strip(core):
+        notes = list(core.notes)
+        if notes and (notes[-1][0], notes[-1][1]) == SNAPCORE_NOTE:
+            name, _, desc = notes.pop()
+            return notes, _note_record_size(name, desc)
+        return notes, 0
+
+    knotes, kextra = strip(k)
+    snotes, sextra = strip(s)
+    extra = sextra - kextra
+    if extra:
+        out.append(("snapcore_note", f"a SNAPCORE note of {extra} bytes more"))
+    shift = (s.loads[0].offset - k.loads[0].offset) if k.loads and s.loads else 0
+    if shift:
+        out.append(("snapcore_note" if extra and shift % 4096 == 0 else "program headers",
+                    f"data moved by {shift} bytes"))
+    ehdr_k, ehdr_s = bytearray(k.map[:k.ehdr_struct.size]), bytearray(s.map[:s.ehdr_struct.size])
+    if k.shdr0 is not None and s.shdr0 is not None:      # e_shoff follows the data
+        off = 40 if k.elfclass == 2 else 32
+        fmt = "<Q" if k.elfclass == 2 else "<I"
+        struct.pack_into(fmt, ehdr_s, off, struct.unpack_from(fmt, ehdr_s, off)[0] - shift)
+    differ("ELF header", "ELF header", bytes(ehdr_k), bytes(ehdr_s))
     differ("program headers", "segment count", k.phnum, s.phnum)
     differ("program headers", "PN_XNUM section header", k.shdr0, s.shdr0)
     for i, ((kt, kl), (st, sl)) in enumerate(zip(k.phdrs, s.phdrs)):
+        if st == PT_NOTE:
+            sl = dataclasses.replace(sl, filesz=sl.filesz - extra)
+        elif st == PT_LOAD:
+            sl = dataclasses.replace(sl, offset=sl.offset - shift)
         differ("program headers", f"phdr[{i}] {kl.vaddr:#x}", (kt, kl), (st, sl))
-    differ("file size", "file size", k.size, s.size)
+    differ("file size", "file size", k.size, s.size - shift)
 
     # the bytes of every dumped page
     for kl, sl in zip(k.loads, s.loads):
@@ -71,8 +109,8 @@ def differences(k, s):
                                   f"{kl.vaddr:#x}, first at {pages[0]:#x}"))
 
     # note types and order; thread order
-    differ("note order", "(owner, type) sequence", [(n, t) for n, t, _ in k.notes],
-           [(n, t) for n, t, _ in s.notes])
+    differ("note order", "(owner, type) sequence", [(n, t) for n, t, _ in knotes],
+           [(n, t) for n, t, _ in snotes])
     ktids, stids = [t.tid for t in k.threads], [t.tid for t in s.threads]
     differ("threads", "dumping thread first", ktids[:1], stids[:1])
     differ("threads", "thread set", sorted(ktids), sorted(stids))

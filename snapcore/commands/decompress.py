@@ -1,0 +1,143 @@
+"""snapcore decompress CORE.zst [-o CORE] [--force]: a .zst core back to a sparse core.
+
+All-zero pages are left as holes, so the result takes the room the
+uncompressed core took, and gdb and the others open it as usual.  Like a
+snapshot, the output is created 0600 under a temporary name and appears under
+its final name only once complete.
+
+Exit status: 0 written; 1 the input cannot be read or is not zstd, or the
+output cannot be written (nothing is left at its name); 2 usage error;
+130 interrupted.
+"""
+import argparse
+import os
+import sys
+
+from ..errors import MissingDependency, SnapcoreError
+from ..coreinfo import ZSTD_MAGIC
+from ..output import CoreFile
+
+PROG = "snapcore decompress"
+PAGE = 4096
+CHUNK = 1 << 20
+_ZERO_PAGE = bytes(PAGE)
+_ZERO_CHUNK = bytes(CHUNK)
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise _UsageError(message)
+
+
+def build_parser():
+    p = _Parser(prog=PROG, description="Decompress a zstandard-compressed core "
+                "(snapcore --compress zstd) into a sparse core file.",
+                epilog="exit status: 0 written, 1 failed (nothing left at the output "
+                       "name), 2 usage error, 130 interrupted")
+    p.add_argument("core", metavar="CORE.zst", help="compressed core")
+    p.add_argument("-o", "--output", metavar="CORE",
+                   help="where to write (default: CORE.zst without .zst)")
+    p.add_argument("-f", "--force", action="store_true", help="replace CORE if it exists")
+    return p
+
+
+def _fail(message, code):
+    print(f"snapcore: error: {message}", file=sys.stderr)
+    return code
+
+
+def write_sparse(read, out):
+    """Copy a stream to out (a CoreFile), leaving all-zero pages as holes.
+    Returns the number of bytes."""
+    pos = 0
+    pending = b""
+    while True:
+        chunk = read(CHUNK)
+        if not chunk:
+            break
+        if pending:
+            chunk, pending = pending + chunk, b""
+        if len(chunk) % PAGE and len(chunk) > PAGE:
+            cut = len(chunk) - len(chunk) % PAGE
+            chunk, pending = chunk[:cut], chunk[cut:]
+        if chunk != _ZERO_CHUNK[:len(chunk)]:
+            view = memoryview(chunk)
+            i = 0
+            while i < len(chunk):
+                if view[i:i + PAGE] == _ZERO_PAGE[:len(view[i:i + PAGE])]:
+                    i += PAGE
+                    continue
+                j = i + PAGE
+                while j < len(chunk) and view[j:j + PAGE] != _ZERO_PAGE[:len(view[j:j + PAGE])]:
+                    j += PAGE
+                out.write_at(view[i:j], pos + i)
+                i = j
+        pos += len(chunk)
+    if pending:
+        if pending.strip(b"\0"):
+            out.write_at(pending, pos)
+        pos += len(pending)
+    return pos
+
+
+def decompress(src, dst, force=False):
+    """Decompress src (zstd) to dst, sparse.  Returns the size written."""
+    try:
+        import zstandard
+    except ImportError:
+        raise MissingDependency("decompressing a .zst core", "zstandard", "zstd") from None
+    with open(src, "rb") as f:
+        head = f.read(18)
+        if head[:4] != ZSTD_MAGIC:
+            raise SnapcoreError(f"{src} is not a zstandard-compressed file")
+        try:
+            expected = zstandard.frame_content_size(head)
+        except zstandard.ZstdError:
+            expected = -1
+        f.seek(0)
+        out = CoreFile(dst, force=force)
+        try:
+            reader = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)
+
+            def read(n):
+                try:
+                    return reader.read(n)
+                except zstandard.ZstdError as exc:
+                    raise SnapcoreError(f"{src}: corrupt zstandard data ({exc})") from None
+            size = write_sparse(read, out)
+            # the decoder stops quietly at the end of a cut file; snapcore's
+            # streams record their size in the frame header
+            if expected is not None and expected >= 0 and size < expected:
+                raise SnapcoreError(f"{src} is truncated: it holds {size} of the "
+                                    f"{expected} bytes its header announces")
+            out.finish(size)
+        except BaseException:
+            out.abort()
+            raise
+    return size
+
+
+def main(argv):
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageError as exc:
+        return _fail(f"{exc} (see '{PROG} --help')", 2)
+    dst = args.output
+    if dst is None:
+        if not args.core.endswith(".zst"):
+            return _fail(f"{args.core} does not end in .zst: name the output with -o "
+                         f"(see '{PROG} --help')", 2)
+        dst = args.core[:-4]
+    try:
+        decompress(args.core, dst, force=args.force)
+    except SnapcoreError as exc:
+        return _fail(str(exc), 1)
+    except OSError as exc:
+        return _fail(f"{exc.filename or args.core}: {exc.strerror or exc}", 1)
+    except KeyboardInterrupt:
+        return _fail("interrupted; nothing was written", 130)
+    return 0

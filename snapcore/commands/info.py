@@ -1,0 +1,139 @@
+"""snapcore info CORE [--json]: what a core holds.
+
+Reads snapcore's cores and those of the kernel and gcore, plain or .zst.
+--json prints one object with the schema documented in snapcore/coreinfo.py
+and README.md ("schema": "snapcore-info/1").
+
+Exit status: 0 described; 1 the file cannot be read or is not a core;
+2 usage error.
+"""
+import argparse
+import json
+import sys
+import time
+
+from ..errors import SnapcoreError
+from ..coreinfo import inspect_core
+from ._progress import human
+
+PROG = "snapcore info"
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise _UsageError(message)
+
+
+def build_parser():
+    p = _Parser(prog=PROG, description="Describe a core file: process, threads (with the "
+                "symbol at each pc when the mapped files are readable), mappings, "
+                "build-ids and snapcore's metadata.  Reads kernel and gcore cores too, "
+                "and .zst cores without decompressing them to disk.",
+                epilog="exit status: 0 described, 1 not readable or not a core, "
+                       "2 usage error")
+    p.add_argument("core", metavar="CORE", help="core file (plain or zstd-compressed)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (schema snapcore-info/1, see README)")
+    p.add_argument("--no-symbols", action="store_true",
+                   help="do not open the mapped ELF files to name the pcs")
+    return p
+
+
+def _fail(message, code):
+    print(f"snapcore: error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv):
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageError as exc:
+        return _fail(f"{exc} (see '{PROG} --help')", 2)
+    try:
+        report = inspect_core(args.core, symbols=not args.no_symbols)
+    except SnapcoreError as exc:
+        return _fail(str(exc), 1)
+    except OSError as exc:
+        return _fail(f"cannot read {args.core}: {exc.strerror or exc}", 1)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        sys.stdout.write(format_text(report))
+    return 0
+
+
+def _hex(n):
+    return f"{n:#x}" if n is not None else "-"
+
+
+def format_text(r):
+    out = []
+    add = out.append
+    c, p = r["core"], r["process"]
+    size = f"{human(c['core_size'])}"
+    if c["compressed"]:
+        size += f", {c['compressed']} {human(c['file_size'])}"
+    add(f"core       {c['path']}  ({c['producer']}, {c['arch']}, {c['segments']} segments, "
+        f"{size})")
+    add(f"process    pid {p['pid']} ({p['comm']}), ppid {p['ppid']}, uid {p['uid']}, "
+        f"state {p['state']}")
+    if p["executable"]:
+        add(f"executable {p['executable']}")
+    args = " ".join(p["cmdline"]) if p["cmdline"] else p["psargs"]
+    if args:
+        add(f"command    {args}")
+    add(f"signal     {p['signal_name'] or 'none (taken on demand)'}")
+    add(f"threads    {len(r['threads'])}")
+    add(f"  {'':1} {'TID':>8}  {'NAME':15} {'STATE':5} {'PC':18}  {'SIGNAL':8} SYMBOL")
+    for t in r["threads"]:
+        add(f"  {'*' if t['current'] else ' '} {t['tid']:>8}  {t['name'] or '-':15} "
+            f"{t['state'] or '-':5} {t['pc']:#018x}  {t['signal_name'] or '-':8} "
+            f"{t['symbol'] or '-'}")
+    m = r["memory"]
+    add(f"memory     {human(m['dumped'])} dumped of {human(m['mapped'])} mapped, "
+        f"{m['mappings']} segments")
+    add(f"  {'START':>18} {'END':>18} {'SIZE':>10} {'DUMPED':>10} PERM FILE")
+    for mp in r["mappings"]:
+        f = mp["file"] or ""
+        if f and mp["offset"]:
+            f += f" @{mp['offset']:#x}"
+        add(f"  {mp['start']:#18x} {mp['end']:#18x} {human(mp['size']):>10} "
+            f"{human(mp['dumped']):>10} {mp['perms']:4} {f}")
+    add(f"modules    {len(r['modules'])}")
+    for mod in r["modules"]:
+        note = ""
+        if mod["matches"] is False:
+            note = "  (file on disk differs)"
+        elif mod["build_id_source"] == "file":
+            note = "  (from the file)"
+        add(f"  {mod['start']:#18x} {mod['build_id'] or '-':40} {mod['file']}{note}")
+    s = r["snapcore"]
+    if s is not None:
+        when = s.get("time") or time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                              time.gmtime(s.get("time_unix", 0)))
+        add(f"snapcore   {s.get('snapcore')}, mode {s.get('mode')}, trigger "
+            f"{s.get('trigger')}, {when} on {s.get('host')}")
+        if s.get("reason"):
+            add(f"  reason   {s['reason']}")
+        if s.get("final"):
+            add(f"  paused   {s['pause_seconds'] * 1000:.0f} ms, wall "
+                f"{s['wall_seconds']:.2f} s")
+        else:
+            add("  paused   not recorded in a compressed core (see its --metadata sidecar)")
+        add(f"  filter   {s.get('coredump_filter')} ({s.get('filter_source')})")
+        dropped = s.get("dropped") or []
+        if s.get("truncated") or dropped:
+            add(f"  dropped  {human(sum(d['bytes'] for d in dropped))} in {len(dropped)} "
+                f"regions{' (TRUNCATED to fit --max-size)' if s.get('truncated') else ''}")
+        if s.get("unreadable"):
+            add(f"  unreadable {len(s['unreadable'])} ranges, "
+                f"{human(sum(u['len'] for u in s['unreadable']))}")
+    for w in r["warnings"]:
+        add(f"warning    {w}")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,207 @@
+"""The SNAPCORE note and the --metadata sidecar: what a snapshot was and how it went.
+
+The note is the last record of the core's PT_NOTE, after the kernel's notes:
+
+    owner "SNAPCORE", type NT_SNAPCORE_METADATA (0x4d455441, "META"),
+    desc = one UTF-8 JSON object, padded with spaces to a reserved size
+
+Readers that do not know the owner skip it (gdb, lldb, elfutils, pystack and
+drgn read only "CORE"/"LINUX"/"GNU" notes).  The note is written with the
+header, before the memory is copied; the facts known only afterwards (pause
+and wall time, unreadable ranges) are filled in by rewriting the note in place
+once the copy is done, which is why its size is reserved.  A compressed core
+is a stream that cannot be rewritten: its note keeps "final": false, and the
+sidecar has the whole record.
+
+Keys of the JSON object (format 1); every key is always present:
+
+    format          1
+    snapcore        snapcore version
+    final           true once the post-copy keys hold their values
+    time            when the snapshot began, ISO 8601 UTC (ms);  time_unix: whole seconds
+    host            node name
+    mode            "normal" | "all" | "mini" | "max-size"
+    reason          free text given by the user (--reason), or null
+    trigger         what asked for the snapshot: "cli", "api", ...
+    snapcore_argv   snapcore's own command line (null through the API)
+    pid, comm, cmdline (list), cwd, exe, uid, gid
+    limits          {name: [soft, hard]} from /proc/PID/limits ("unlimited" kept)
+    cgroup          lines of /proc/PID/cgroup
+    coredump_filter the mask applied (hex string); filter_source "target" | "option"
+    threads         [{tid, name, state}] (state: /proc letter before the freeze)
+    max_size        --max-size bytes or null
+    truncated       true when --max-size dropped memory
+    dropped         [{start, end, bytes, why}] dumped bytes left out by --mini/--max-size
+    pause_seconds   how long the target was stopped (null until final)
+    wall_seconds    the whole snapshot (null until final)
+    unreadable      [{start, len, errno}] ranges no reader could fetch (holes)
+    unreadable_omitted   how many more were not listed (0)
+"""
+import datetime
+import json
+import os
+import re
+import socket
+
+
+SNAPCORE_OWNER = "SNAPCORE"
+NT_SNAPCORE_METADATA = 0x4D455441
+FORMAT = 1
+RESERVE_EXTRA = 2048        # room left in the note for the post-copy keys
+
+
+def version():
+    from . import __version__
+    return __version__
+
+
+def _read(path, binary=False):
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data if binary else data.decode("utf-8", "surrogateescape")
+
+
+def _readlink(path):
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
+
+
+def parse_limits(text):
+    """/proc/PID/limits -> {"max_core_file_size": [soft, hard], ...}."""
+    out = {}
+    if not text:
+        return out
+    for line in text.splitlines()[1:]:
+        parts = re.split(r"\s{2,}", line.strip())
+        if len(parts) < 3:
+            continue
+        key = re.sub(r"[^a-z0-9]+", "_", parts[0].lower()).strip("_")
+        out[key] = [parts[1], parts[2]]
+    return out
+
+
+def process_facts(pid):
+    """What /proc says about the process, read before the freeze (no pause cost)."""
+    raw = _read(f"/proc/{pid}/cmdline", binary=True) or b""
+    cmdline = [a.decode("utf-8", "surrogateescape") for a in raw.split(b"\0")[:-1]] \
+        if raw.endswith(b"\0") else [raw.decode("utf-8", "surrogateescape")] if raw else []
+    cgroup = _read(f"/proc/{pid}/cgroup")
+    comm = _read(f"/proc/{pid}/comm")
+    return {
+        "pid": pid,
+        "comm": comm.rstrip("\n") if comm is not None else None,
+        "cmdline": cmdline,
+        "cwd": _readlink(f"/proc/{pid}/cwd"),
+        "exe": _readlink(f"/proc/{pid}/exe"),
+        "limits": parse_limits(_read(f"/proc/{pid}/limits")),
+        "cgroup": cgroup.splitlines() if cgroup else [],
+    }
+
+
+def thread_states(pid):
+    """{tid: state letter} of every thread, sampled before the freeze."""
+    out = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for t in tids:
+        text = _read(f"/proc/{pid}/task/{t}/stat")
+        if text and ")" in text:
+            out[int(t)] = text.rsplit(")", 1)[1].split()[0]
+    return out
+
+
+def thread_name(pid, tid):
+    name = _read(f"/proc/{pid}/task/{tid}/comm")
+    return name.rstrip("\n") if name is not None else None
+
+
+def new_record(*, facts, uid, gid, mode, reason, trigger, argv, filt, filter_source, threads,
+               selection, started):
+    """The pre-copy record (a dict in the documented key order)."""
+    when = datetime.datetime.fromtimestamp(started, datetime.timezone.utc)
+    rec = {
+        "format": FORMAT,
+        "snapcore": version(),
+        "final": False,
+        "time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "time_unix": int(started),
+        "host": socket.gethostname(),
+        "mode": mode,
+        "reason": reason,
+        "trigger": trigger,
+        "snapcore_argv": list(argv) if argv is not None else None,
+    }
+    rec.update(facts)
+    rec.update({
+        "uid": uid,
+        "gid": gid,
+        "coredump_filter": f"{filt:#x}",
+        "filter_source": filter_source,
+        "threads": threads,
+        "max_size": selection.max_size,
+        "truncated": selection.truncated,
+        "dropped": [d.to_json() for d in selection.dropped],
+        "pause_seconds": None,
+        "wall_seconds": None,
+        "unreadable": [],
+        "unreadable_omitted": 0,
+    })
+    return rec
+
+
+def finalize(rec, *, pause, wall, unreadable, unreadable_omitted=0):
+    rec = dict(rec)
+    rec.update({
+        "final": True,
+        "pause_seconds": round(pause, 6),
+        "wall_seconds": round(wall, 6),
+        "unreadable": [{"start": a, "len": n, "errno": e} for a, n, e in unreadable],
+        "unreadable_omitted": unreadable_omitted,
+    })
+    return rec
+
+
+def encode(rec):
+    return json.dumps(rec, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def note_desc(rec, size=None):
+    """The note's desc: JSON padded with spaces to size (default: reserve room)."""
+    data = encode(rec)
+    if size is None:
+        size = len(data) + RESERVE_EXTRA
+    if len(data) > size:
+        raise ValueError("metadata does not fit the reserved note")
+    return data + b" " * (size - len(data))
+
+
+def fit_final(rec, size, **final):
+    """note_desc of the final record, listing only as many unreadable ranges as fit."""
+    unreadable = list(final.pop("unreadable"))
+    omitted = final.pop("unreadable_omitted", 0)
+    while True:
+        full = finalize(rec, unreadable=unreadable, unreadable_omitted=omitted, **final)
+        data = encode(full)
+        if len(data) <= size:
+            return data + b" " * (size - len(data))
+        if not unreadable:
+            return None
+        cut = max(1, len(unreadable) // 4)
+        unreadable = unreadable[:-cut]
+        omitted += cut
+
+
+def parse_note(desc):
+    """The record from a SNAPCORE note's desc, or None if it is not valid JSON."""
+    try:
+        value = json.loads(bytes(desc).decode("utf-8").strip().rstrip("\0"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
