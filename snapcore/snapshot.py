@@ -75,12 +75,10 @@ def check_target(pid):
         raise KernelThread(pid, st.name)
     if st.state in ("Z", "X"):
         raise ZombieProcess(pid)
-    if st.tracer_pid:
+    if st.tracer_pid and not procfs.is_own_thread(st.tracer_pid):
+        # (a snapcore helper process holds threads of its caller before dumping it)
         from .errors import AlreadyTraced
         raise AlreadyTraced(pid, st.tracer_pid, procfs.comm_of(st.tracer_pid))
-    if pid == os.getpid():
-        raise UnsupportedTarget(pid, "a process cannot trace itself; snapshot it from "
-                                     "another process (e.g. 'python -m snapcore PID')")
     return st
 
 
@@ -96,9 +94,19 @@ def snapshot(pid, path=None, *, force=False, stop_timeout=5.0, coredump_filter=N
 
     Returns a Snapshot; raises a SnapcoreError subclass on failure, after the
     target has been resumed and any partial file removed.
+
+    ``pid`` may be the caller's own pid: a helper process then does the
+    tracing (see selfsnap.py) and the calling thread appears in the core,
+    stopped in this call.  ``progress`` is not called in that case.
     """
     t0 = time.monotonic()
     status = check_target(pid)
+    if pid == os.getpid():
+        from .selfsnap import snapshot_self
+        path = os.fspath(path) if path is not None else f"core.{pid}"
+        return snapshot_self(path, force=force, stop_timeout=stop_timeout,
+                             coredump_filter=coredump_filter, writer_thread=writer_thread,
+                             buffer_size=buffer_size)
     path = os.fspath(path) if path is not None else f"core.{pid}"
     out = CoreFile(path, force=force)
     cancel = CancelToken()
@@ -111,6 +119,34 @@ def snapshot(pid, path=None, *, force=False, stop_timeout=5.0, coredump_filter=N
 
     try:
         snap = run_traced(job.run, cancel, poll)
+        out.finish(job.layout.file_size)
+    except BaseException:
+        out.abort()
+        raise
+    snap.wall_time = time.monotonic() - t0
+    try:
+        snap.bytes_on_disk = os.stat(out.path).st_blocks * 512
+    except OSError:
+        snap.bytes_on_disk = 0
+    return snap
+
+
+def write_frozen(pid, path, freezer, frozen, status, *, force=False, coredump_filter=None,
+                 cancel=None, writer_thread=True, buffer_size=16 << 20):
+    """Write the core of a process that ``freezer`` holds stopped; leave it stopped.
+
+    For callers that freeze several processes before writing any (trees, the
+    self-snapshot helper).  Runs on the freezer's tracer thread.  ``status``
+    is the process's /proc status read before the freeze (its state letter
+    goes into NT_PRPSINFO).  The caller resumes the process and fills in
+    ``pause_time``.
+    """
+    t0 = time.monotonic()
+    out = CoreFile(path, force=force)
+    job = _Job(pid, out, status, freezer.stop_timeout, coredump_filter, writer_thread,
+               buffer_size, cancel if cancel is not None else CancelToken())
+    try:
+        snap = job._collect_and_write(freezer, frozen)
         out.finish(job.layout.file_size)
     except BaseException:
         out.abort()

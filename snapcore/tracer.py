@@ -19,6 +19,7 @@ freeze; the signal is handed back on detach.  A thread in a job-control stop
 import errno
 import os
 import signal
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from . import _native
 from .errors import (AccessDenied, AlreadyTraced, NoSuchProcess, SnapcoreError, TargetExited,
                      ThreadStopTimeout, UnsupportedTarget)
-from .procfs import comm_of, list_tids, read_status
+from .procfs import comm_of, is_own_thread, list_tids, read_status
 
 _JOB_CONTROL = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
 MAX_SCANS = 64
@@ -74,8 +75,9 @@ class Freezer:
     # -- freeze ------------------------------------------------------------
     def freeze(self):
         deadline = time.monotonic() + self.stop_timeout
-        self.frozen_at = time.monotonic()
-        seen = set()
+        if self.frozen_at is None:
+            self.frozen_at = time.monotonic()
+        seen = set(self.seized)               # threads held before (see hold())
         for _ in range(MAX_SCANS):
             try:
                 tids = list_tids(self.pid)
@@ -94,6 +96,33 @@ class Freezer:
         if not self.threads:
             raise TargetExited(self.pid)
         return [self.threads[t] for t in sorted(self.threads)]
+
+    def hold(self, tids, keep=None):
+        """Stop just these threads of the process, before (maybe) freeze().
+
+        ``keep(tid)`` is asked about each stopped thread; those it refuses are
+        let go again at once.  Returns the tids held.  freeze() later stops
+        the remaining threads and leaves these as they are.
+        """
+        deadline = time.monotonic() + self.stop_timeout
+        if self.frozen_at is None:
+            self.frozen_at = time.monotonic()
+        batch = [t for t in tids if t not in self.seized and self._seize(t)]
+        self._wait_stopped(batch, deadline)
+        held = []
+        for tid in batch:
+            ft = self.threads.get(tid)
+            if ft is None:
+                continue
+            if keep is None or keep(tid):
+                held.append(tid)
+                continue
+            try:
+                _native.detach(tid, ft.deliver_sig)
+            except _native.SyscallError:
+                pass
+            self._forget(tid)
+        return held
 
     def _check_cancel(self):
         if self.cancel is not None and self.cancel.is_set():
@@ -125,7 +154,7 @@ class Freezer:
             return                                # gone
         if st.state in ("Z", "X"):
             return
-        if st.tracer_pid and st.tracer_pid != os.getpid():
+        if st.tracer_pid and not is_own_thread(st.tracer_pid):
             raise AlreadyTraced(self.pid, st.tracer_pid, comm_of(st.tracer_pid))
         raise AccessDenied(self.pid, "ptrace(PTRACE_SEIZE) was refused (EPERM)")
 
@@ -137,6 +166,8 @@ class Freezer:
             # wait in slices so that a cancel request is noticed promptly
             pending = _native.wait_many(tids, statuses, max(0.0, min(remaining, 0.25)),
                                         self._noreap)
+            if pending:
+                pending -= self._probe_stolen(tids, statuses)
             if pending and time.monotonic() >= deadline:
                 stuck = [t for t, s in zip(tids, statuses) if s == _native.WAIT_PENDING]
                 raise ThreadStopTimeout(self.pid, stuck, self.stop_timeout)
@@ -152,6 +183,34 @@ class Freezer:
                 self.threads[tid] = FrozenThread(tid, status, deliver_sig=sig)
             else:
                 self.threads[tid] = FrozenThread(tid, status, group_stop=kind == "group-stop")
+
+    def _probe_stolen(self, tids, statuses):
+        """Find threads that stopped but whose stop someone else collected.
+
+        Any thread of the tracer's process may collect a tracee's ptrace stop
+        with waitpid(): a thread of ours blocked in waitpid() on a child we
+        trace (subprocess.Popen.wait()) takes it first, and the stop never
+        reaches us.  PTRACE_GETSIGINFO succeeds only on a stopped tracee, and
+        its siginfo tells which stop it is.  Returns how many were found.
+        """
+        found = 0
+        for i, tid in enumerate(tids):
+            if statuses[i] != _native.WAIT_PENDING:
+                continue
+            try:
+                info = _native.getsiginfo(tid)
+            except _native.SyscallError as exc:
+                if exc.errno == errno.EINVAL:          # a group-stop without siginfo
+                    statuses[i] = (signal.SIGSTOP << 8) | 0x7f | (_native.PTRACE_EVENT_STOP << 16)
+                    found += 1
+                continue                               # ESRCH: running, keep waiting
+            signo, _errno, code = struct.unpack_from("<iii", info)
+            if code >> 8 == _native.PTRACE_EVENT_STOP:
+                statuses[i] = ((code & 0xffff) << 8) | 0x7f
+            else:
+                statuses[i] = (signo << 8) | 0x7f      # a signal-delivery-stop
+            found += 1
+        return found
 
     def _forget(self, tid):
         if tid in self.seized:

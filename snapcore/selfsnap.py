@@ -1,0 +1,212 @@
+"""Snapshots of the calling process itself, through a helper process.
+
+No thread may ptrace a thread of its own process, so a core of the caller is
+taken by a short-lived helper (``python -m snapcore._helper``), a child of the
+caller.  The caller's tracer thread drives it over two pipes:
+
+    caller: tracer thread (run_traced)          helper: one tracer thread
+    ------------------------------------        ---------------------------------
+    spawn helper; PR_SET_PTRACER(helper)   -->  PR_SET_PDEATHSIG(SIGKILL); "ready"
+    [hold]  (only when it will trace our   -->  seize our threads blocked in
+            own children, see below)            wait4()/waitid(); keep those
+                                                stopped inside that syscall
+    ... freeze and write other processes ...
+    dump PATH                              -->  freeze every thread of ours (the
+                                                calling thread is blocked in this
+                                                call, the tracer thread reads the
+                                                pipe), write the core, resume all
+                                           <--  Snapshot or the error
+    bye / EOF                              -->  let go of anything held, exit
+
+Why "hold": a ptrace stop of a tracee can be collected by any thread of the
+tracer's process.  If one of our threads sits in waitpid() on a child
+(subprocess.Popen.wait()) while our tracer thread stops that child, the
+waitpid() returns the stop (Popen.returncode becomes -SIGTRAP) and the tracer
+never sees it.  A thread held stopped inside wait4()/waitid() cannot do that;
+its syscall restarts when it is let go, after our tracer has collected the
+stops.  Only threads stopped inside the wait syscall are held: a thread
+stopped in Python code could hold the GIL that our tracer thread needs.
+
+The helper writes nothing to the pipes while it holds our threads stopped, so
+a full pipe can never wedge the pair.  If the caller dies the helper gets
+SIGKILL; if the helper dies the kernel detaches whatever it traced.
+"""
+import os
+import pickle
+import select
+import signal
+import struct
+import subprocess
+import sys
+import time
+
+from . import _sys
+from .errors import SnapcoreError, SnapshotCancelled
+from .tracer import CancelToken, run_traced
+
+_LEN = struct.Struct("<I")
+_PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STARTUP_TIMEOUT = 30.0
+
+
+class HelperError(SnapcoreError):
+    """The helper process failed in a way no other error describes."""
+
+
+def send(fd, obj):
+    data = pickle.dumps(obj, protocol=4)
+    data = _LEN.pack(len(data)) + data
+    while data:
+        n = os.write(fd, data)
+        data = data[n:]
+
+
+def recv(fd, timeout=None, cancel=None, alive=None):
+    """Read one message; None at EOF.  Raises SnapshotCancelled / HelperError on timeout."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    buf = b""
+    need = _LEN.size
+    length = None
+    while True:
+        while len(buf) < need:
+            if cancel is not None and cancel.is_set():
+                raise SnapshotCancelled()
+            left = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
+            if left <= 0:
+                raise HelperError("the snapcore helper did not answer in time")
+            r, _, _ = select.select([fd], [], [], left)
+            if not r:
+                continue
+            chunk = os.read(fd, max(need - len(buf), 65536))
+            if not chunk:
+                return None
+            buf += chunk
+        if length is None:
+            length = _LEN.unpack_from(buf)[0]
+            buf = buf[_LEN.size:]
+            need = length
+            continue
+        return pickle.loads(buf[:length])
+
+
+class HelperSession:
+    """A helper process that traces the caller; use from the caller's tracer thread."""
+
+    def __init__(self, cancel=None, stop_timeout=5.0):
+        self.cancel = cancel if cancel is not None else CancelToken()
+        self.stop_timeout = stop_timeout
+        self.proc = None
+        self.held = []
+
+    def start(self):
+        code = (f"import sys; sys.path.insert(0, {_PKG_PARENT!r}); "
+                "from snapcore._helper import main; sys.exit(main())")
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", code, str(os.getpid())],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                close_fds=True)
+        except OSError as exc:
+            raise HelperError(f"cannot start the snapcore helper process: {exc}") from exc
+        try:
+            _sys.set_ptracer(self.proc.pid)
+        except OSError as exc:
+            self.close()
+            raise HelperError(f"prctl(PR_SET_PTRACER) failed: {exc.strerror}") from exc
+        reply = self._recv(STARTUP_TIMEOUT)
+        if reply != ("ready",):
+            self.close()
+            raise HelperError(f"the snapcore helper did not start: {reply!r}")
+        return self
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc is not None else None
+
+    def _recv(self, timeout=None):
+        msg = recv(self.proc.stdout.fileno(), timeout, self.cancel)
+        if msg is None:
+            rc = self.proc.wait()
+            err = self.proc.stderr.read().decode(errors="replace").strip().splitlines()
+            tail = f": {err[-1]}" if err else ""
+            raise HelperError(f"the snapcore helper exited unexpectedly (status {rc}){tail}")
+        return msg
+
+    def _call(self, request, timeout=None):
+        try:
+            send(self.proc.stdin.fileno(), request)
+        except OSError as exc:
+            raise HelperError(f"the snapcore helper is gone ({exc.strerror})") from exc
+        kind, value = self._recv(timeout)
+        if kind == "error":
+            raise value
+        return value
+
+    def hold_waiters(self, skip=()):
+        """Hold our threads that are blocked in wait4()/waitid(); returns their tids."""
+        self.held = self._call(("hold", {"skip": list(skip),
+                                         "stop_timeout": self.stop_timeout}),
+                               timeout=self.stop_timeout + STARTUP_TIMEOUT)
+        return self.held
+
+    def dump(self, path, force=False, coredump_filter=None, writer_thread=True,
+             buffer_size=16 << 20):
+        """Core of the calling process at path, taken by the helper."""
+        return self._call(("dump", {"path": os.path.abspath(path), "force": force,
+                                    "stop_timeout": self.stop_timeout,
+                                    "coredump_filter": coredump_filter,
+                                    "writer_thread": writer_thread,
+                                    "buffer_size": buffer_size}))
+
+    def close(self):
+        """Let go of anything held, end and reap the helper.  Never raises."""
+        p, self.proc = self.proc, None
+        if p is None:
+            return
+        if self.cancel.is_set():
+            p.send_signal(signal.SIGTERM)     # it cancels what it is doing and resumes us
+        try:
+            send(p.stdin.fileno(), ("bye", {}))
+        except Exception:
+            pass
+        for f in (p.stdin,):
+            try:
+                f.close()
+            except Exception:
+                pass
+        try:
+            p.wait(timeout=self.stop_timeout + 5)
+        except subprocess.TimeoutExpired:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()          # the kernel detaches what it traced
+                p.wait()
+        for f in (p.stdout, p.stderr):
+            try:
+                f.close()
+            except Exception:
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def snapshot_self(path, *, force=False, stop_timeout=5.0, coredump_filter=None,
+                  writer_thread=True, buffer_size=16 << 20):
+    """snapshot(os.getpid(), path): the helper dumps us while this thread waits."""
+    t0 = time.monotonic()
+    cancel = CancelToken()
+
+    def job():
+        with HelperSession(cancel, stop_timeout).start() as helper:
+            return helper.dump(path, force=force, coredump_filter=coredump_filter,
+                               writer_thread=writer_thread, buffer_size=buffer_size)
+
+    snap = run_traced(job, cancel, name="snapcore-self")
+    snap.wall_time = time.monotonic() - t0
+    return snap
