@@ -403,3 +403,59 @@ def blocked_syscall(pid, tid):
         return None
     first = text.split(" ", 1)[0].strip()
     return int(first) if first.lstrip("-").isdigit() and int(first) >= 0 else None
+
+
+def child_pids(pid):
+    """Children of pid from /proc/PID/task/*/children (CONFIG_PROC_CHILDREN).
+
+    Much cheaper than parent_map() when a process has few descendants.
+    Returns None if the kernel does not provide the file.
+    """
+    out = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out.extend(int(c) for c in f.read().split())
+        except FileNotFoundError:
+            if not os.path.exists(f"/proc/{pid}/task/{tid}"):
+                continue                          # the thread exited
+            return None
+        except OSError:
+            continue
+    return sorted(set(out))
+
+
+def descendants_with_start(pid):
+    """{pid: starttime} of every living (non-zombie) descendant of pid."""
+    found = []
+    queue = [pid]
+    while queue:
+        p = queue.pop()
+        kids = child_pids(p)
+        if kids is None:                          # no children files: scan /proc
+            found = descendants(pid)
+            break
+        found.extend(kids)
+        queue.extend(kids)
+    out = {}
+    for p in found:
+        try:
+            st = read_stat(p)
+        except Exception:
+            continue
+        if st.state not in ("Z", "X"):
+            out[p] = st.starttime
+    return out
+
+
+def same_process_alive(pid, starttime):
+    """True if pid still is the process that started at starttime, and not a zombie."""
+    try:
+        st = read_stat(pid)
+    except Exception:
+        return False
+    return st.starttime == starttime and st.state not in ("Z", "X")

@@ -94,6 +94,7 @@ def _frame(func, where, line):
 
 
 # the standard library and installed packages: collapsed in summaries
+_SNAPCORE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _LIBRARY = re.compile(r"/lib/python\d\.\d+/|/site-packages/|/dist-packages/|^<frozen ")
 
 
@@ -106,7 +107,8 @@ def _pick(frames, max_frames):
     if not frames:
         return []
     picked = [frames[0]]
-    own = [f for f in frames[1:] if f[2] is None or not _LIBRARY.search(f[1])]
+    own = [f for f in frames[1:]
+           if f[2] is None or not (_LIBRARY.search(f[1]) or f[1].startswith(_SNAPCORE))]
     if not own:
         own = frames[1:]
     for f in own[:max_frames - 1]:

@@ -29,12 +29,12 @@ import time
 from .. import _sys, procfs
 from ..cli import PROG, EXIT_USAGE, _fail, _Parser, _seconds, _UsageError
 from ..errors import SnapcoreError
+from ..kill import KILL_WAIT, reap_children, terminate
 
 EXIT_TIMEOUT = 124
 EXIT_CANNOT_EXEC = 126
 EXIT_NOT_FOUND = 127
 DEFAULT_GRACE = 5.0
-REAP_TIMEOUT = 10.0
 
 _FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGINT)
 
@@ -119,7 +119,7 @@ class _Runner:
                 except subprocess.TimeoutExpired:
                     if time.monotonic() >= deadline:
                         return self._timed_out()
-            _reap_zombies()
+            reap_children()
             return rc if rc >= 0 else 128 - rc
         finally:
             for sig, h in self.old.items():
@@ -197,24 +197,19 @@ def _terminal_sent_it():
 # ending a process tree
 
 
-def _alive(pid, starttime):
-    """Running or stopped (not a zombie), and still the same process."""
-    try:
-        st = procfs.read_stat(pid)
-    except SnapcoreError:
-        return False
-    return st.starttime == starttime and st.state not in ("Z", "X")
-
-
 def _members(root):
-    """{pid: starttime} of root and its descendants, and of our own children."""
+    """{pid: starttime} of root, its descendants, and our other children with theirs.
+
+    Descendants orphaned by a parent that died were re-parented to us (we are
+    a child subreaper), so they are found among our children.
+    """
     parents = procfs.parent_map()
-    pids = ([root] if root in parents else []) + procfs.descendants(root, parents)
     me = os.getpid()
-    # descendants orphaned by a parent that died were re-parented to us (subreaper)
-    pids += [p for p, pp in parents.items() if pp == me and p not in pids]
-    pids += [d for p in list(pids) if p != root for d in procfs.descendants(p, parents)
-             if d not in pids]
+    tops = [root] + [p for p, pp in parents.items() if pp == me and p != root]
+    pids = []
+    for t in tops:
+        if t in parents:
+            pids += [t] + procfs.descendants(t, parents)
     out = {}
     for p in pids:
         try:
@@ -226,68 +221,20 @@ def _members(root):
     return out
 
 
-def _signal_all(members, sig):
-    for pid, start in members.items():
-        if _alive(pid, start):
-            try:
-                os.kill(pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
+def terminate_tree(root, grace, child):
+    """SIGTERM every process of root's tree, SIGKILL after grace, reap; returns how many."""
+    def reap():
+        child.poll()
+        reap_children()
 
-
-def _reap_zombies():
-    """Reap every child of ours that has exited (orphans re-parented to us)."""
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
-
-def _ours_left():
+    seen = terminate(lambda: _members(root), grace, reap)
     try:
-        return any(pp == os.getpid() for pp in procfs.parent_map().values())
-    except OSError:
-        return False
-
-
-def terminate_tree(root, grace, child=None):
-    """SIGTERM (+SIGCONT) every process of root's tree, SIGKILL after grace, reap.
-
-    Returns how many processes were signalled.  child is root's Popen, reaped here.
-    """
-    seen = {}
-    deadline = time.monotonic() + grace
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        members = _members(root)
-        seen.update(members)
-        _signal_all(members, sig)
-        if sig == signal.SIGTERM:
-            _signal_all(members, signal.SIGCONT)       # a stopped process must see it
-        limit = deadline if sig == signal.SIGTERM else time.monotonic() + REAP_TIMEOUT
-        while True:
-            if child is not None:
-                child.poll()
-            _reap_zombies()
-            members = _members(root)
-            if sig == signal.SIGTERM and members:
-                new = {p: s for p, s in members.items() if p not in seen}
-                seen.update(new)
-                _signal_all(new, signal.SIGTERM)       # forked meanwhile
-            if not members or time.monotonic() >= limit:
-                break
-            time.sleep(0.02)
-        if not members:
-            break
-    if child is not None:
-        try:
-            child.wait(timeout=REAP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            pass
-    end = time.monotonic() + REAP_TIMEOUT
-    while _ours_left() and time.monotonic() < end:
-        _reap_zombies()
+        child.wait(timeout=KILL_WAIT)
+    except subprocess.TimeoutExpired:
+        pass
+    end = time.monotonic() + KILL_WAIT
+    while time.monotonic() < end and any(pp == os.getpid()
+                                         for pp in procfs.parent_map().values()):
+        reap_children()                       # zombies re-parented to us as their parents died
         time.sleep(0.02)
     return len(seen)
