@@ -208,5 +208,6 @@ def snapshot_self(path, *, force=False, stop_timeout=5.0, coredump_filter=None,
                                writer_thread=writer_thread, buffer_size=buffer_size)
 
     snap = run_traced(job, cancel, name="snapcore-self")
+    snap.path = path                       # as given (the helper was handed an absolute one)
     snap.wall_time = time.monotonic() - t0
     return snap
