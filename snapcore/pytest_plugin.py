@@ -277,21 +277,11 @@ class _Watch:
             error = exc
         except Exception as exc:                    # never let the watchdog die silently
             error = exc
-        started = [p for p in tree.processes if p.pid != me and self._started_by_test(p.pid)] \
-            if tree else []
-        ok = tree.ok if tree else []
         if tree is not None:
             item.user_properties.append(("snapcore_dir", folder))
-            for p in ok:
+            for p in tree.ok:
                 item.user_properties.append((f"snapcore_core_{p.pid}", p.core))
-            msg = (f"snapcore: test still running after {self.timeout:g}s: cores of "
-                   f"{len(ok)} process{'es' if len(ok) != 1 else ''} (pytest pid {me}"
-                   f"{f', {len(started)} started by the test' if started else ''}) in "
-                   f"{folder}/ (see manifest.json; 'pystack core {folder}/core.{me}')")
-            bad = [p for p in tree.failed]
-            if bad:
-                msg += "; no core of " + ", ".join(f"{p.pid} ({p.error})" for p in bad)
-            msg += _stack_lines(started)
+            msg = _message(self.timeout, folder, tree, me, self._started_by_test)
         else:
             msg = (f"snapcore: test still running after {self.timeout:g}s; taking cores "
                    f"failed: {error}")
@@ -345,18 +335,34 @@ class _Watch:
             pass
 
 
-def _stack_lines(processes, limit=8):
-    """Where the processes the test started were (pytest shows its own traceback)."""
-    from .stacks import summarize
-    out = []
-    for p in processes[:limit]:
+def _message(timeout, folder, tree, me, started_by_test, limit=8):
+    """The failure message: the folder, each process and, for those the test
+    started, where their threads were (pytest prints the test's own traceback).
+
+        snapcore: test still running after 2s; cores of 2 processes in DIR/
+          pid 100 (pytest): core.100
+          pid 123 (python -c ...), started by the test: core.123; stacks by pystack:
+            thread 123: child_hangs_here (<string>:4) <- <module> (<string>:5)
+    """
+    from .stacks import shown_cmdline, summarize
+    n = len(tree.ok)
+    lines = [f"snapcore: test still running after {timeout:g}s; cores of {n} "
+             f"process{'es' if n != 1 else ''} in {folder}/"]
+    for i, p in enumerate(tree.processes):
+        if i >= 2 * limit:
+            lines.append(f"  ... {len(tree.processes) - i} more in manifest.json")
+            break
+        what = "pytest" if p.pid == me else shown_cmdline(p.cmdline, 60) or p.comm
+        started = p.pid != me and started_by_test(p.pid)
+        head = f"  pid {p.pid} ({what}){', started by the test' if started else ''}: "
         if not p.ok:
+            lines.append(head + f"no core: {p.error}")
             continue
-        tool, lines = summarize(p.core, p.exe, p.python)
-        cmd = " ".join(p.cmdline)[:60].replace("\n", " ") or p.comm
-        out.append(f"\n  pid {p.pid} ({cmd}){f', {tool}' if tool else ''}:")
-        out.extend(f"\n    {line}" for line in lines[:8])
-    return "".join(out)
+        tool, stack = summarize(p.core, p.exe, p.python) if started and i <= limit \
+            else (None, [])
+        lines.append(head + os.path.basename(p.core) + (f"; stacks by {tool}:" if stack else ""))
+        lines.extend(f"    {line}" for line in stack[:8])
+    return "\n".join(lines)
 
 
 def _emergency_exit(item, msg):

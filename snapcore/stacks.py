@@ -7,6 +7,7 @@ hung tree was.  Nothing here is required: without the tools, no summary.
 """
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,12 @@ _PYSTACK_THREAD = re.compile(r"^Traceback for thread (\d+)")
 _PYSTACK_FRAME = re.compile(r'^\s+\(Python\) File "([^"]*)", line (\d+), in (.+)$')
 _GDB_THREAD = re.compile(r"^Thread \d+ \(.*?(?:LWP|process) (\d+)")
 _GDB_FRAME = re.compile(r"^#\d+\s+(?:0x[0-9a-f]+ in )?(\S+) \(.*?\)(?: (?:at|from) (\S+))?")
+
+
+def shown_cmdline(argv, limit=80):
+    """argv as a shell would take it, on one line, cut to limit characters."""
+    text = " ".join(shlex.quote(a) for a in argv).replace("\n", "\\n")
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def pystack_path():

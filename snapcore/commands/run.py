@@ -20,7 +20,6 @@ not found; 2 usage error.  Messages go to stderr, never to CMD's stdout.
 """
 import argparse
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from .. import _sys, procfs
 from ..cli import PROG, EXIT_USAGE, _fail, _Parser, _seconds, _UsageError
 from ..errors import SnapcoreError
 from ..kill import KILL_WAIT, reap_children, terminate
+from ..stacks import shown_cmdline
 
 EXIT_TIMEOUT = 124
 EXIT_CANNOT_EXEC = 126
@@ -139,7 +139,7 @@ class _Runner:
         from ..tree import default_outdir, snapshot_tree
         pid = self.child.pid
         args = self.args
-        _say(f"timeout: '{_shown(self.cmd)}' (pid {pid}) still running after "
+        _say(f"timeout: '{shown_cmdline(self.cmd)}' (pid {pid}) still running after "
              f"{args.timeout:g}s; taking cores of its process tree")
         outdir = args.out or default_outdir(pid)
         tree = None
@@ -167,7 +167,7 @@ class _Runner:
             from ..stacks import summarize_tree
             summaries = summarize_tree(tree.processes)
         for p in tree.processes:
-            cmd = _shown(p.cmdline) or p.comm
+            cmd = shown_cmdline(p.cmdline) or p.comm
             if not p.ok:
                 print(f"  pid {p.pid} {cmd}: no core: {p.error}", file=sys.stderr)
                 continue
@@ -178,11 +178,6 @@ class _Runner:
             for line in lines:
                 print(f"    {line}", file=sys.stderr)
         sys.stderr.flush()
-
-
-def _shown(argv, limit=80):
-    text = " ".join(shlex.quote(a) for a in argv).replace("\n", "\\n")
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _terminal_sent_it():

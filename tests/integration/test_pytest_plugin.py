@@ -104,9 +104,12 @@ def test_hung_test_fails_with_cores_of_pytest_and_its_child(suite, workers):
     worker = re.search(r"\[(gw\d+)\]", out).group(1) if workers else None
     assert folder.name == "test_hang_suite.py--test_hangs" + (f"-{worker}" if worker else "")
     # the failure names the folder, and shows where the child was
-    assert f"Failed: snapcore: test still running after 2s: cores of 2 processes" in out
-    assert f"in {folder}/" in out
-    assert "child_hangs_here (<string>:" in out
+    assert f"Failed: snapcore: test still running after 2s; cores of 2 processes in {folder}/" \
+        in out
+    assert re.search(r"pid \d+ \(pytest\): core\.\d+\n", out), out
+    assert re.search(rf"pid {s.pids[0]} \(.*\), started by the test: core\.{s.pids[0]}; "
+                     r"stacks by pystack:\n.*thread \d+: child_hangs_here \(<string>:",
+                     out), out
     # the terminal summary line
     assert "snapcore: 1 hung test" in out
     assert (f"test_hang_suite.py::test_hangs: timed out after 2s, 2 cores in "
@@ -199,7 +202,7 @@ def test_beside_pytest_timeout(suite):
     # snapcore's timeout is the shorter: it fires first
     p = s.run("--timeout=60", "--snapcore-timeout=1", "-k", "marked and not unmarked")
     assert p.returncode == 1, s.out
-    assert "Failed: snapcore: test still running after 1s" in s.out
+    assert "Failed: snapcore: test still running after 1s; cores of 1 process in" in s.out
     assert "Timeout (>" not in s.out
     assert len(s.folders()) == 1
     # pytest-timeout's is the shorter: it fires, snapcore stays out of the way

@@ -9,8 +9,7 @@ import time
 import pytest
 
 import snapcore
-from helpers import (TARGETS, Target, assert_untraced, gdb_batch, raw_notes, run, snapcore_cli,
-                     task_states)
+from helpers import TARGETS, Target, assert_untraced, gdb_batch, raw_notes, run, snapcore_cli
 
 TREE = os.path.join(TARGETS, "tree.py")
 PYSTACK = os.path.join(os.path.dirname(sys.executable), "pystack")
