@@ -292,25 +292,31 @@ def run_traced(fn, cancel, poll=None, name="snapcore-tracer"):
     clean up, then re-raises.  ``poll()`` is called about ten times a second.
     """
     box = {}
+    # Wait on an Event, not Thread.join(): on Python 3.11 an exception raised
+    # by a signal handler inside join() can mark a running thread as stopped
+    # (Thread._wait_for_tstate_lock releases the lock the thread still holds,
+    # CPython gh-90882), and is_alive() then lies while the tracer still works.
+    done = threading.Event()
 
     def body():
         try:
             box["value"] = fn()
         except BaseException as exc:  # handed to the caller
             box["error"] = exc
+        finally:
+            done.set()
 
     t = threading.Thread(target=body, name=name, daemon=True)
     t.start()
     try:
-        while t.is_alive():
-            t.join(0.1)
+        while not done.wait(0.1):
             if poll is not None:
                 poll()
     except BaseException:
         cancel.set()
-        while t.is_alive():
+        while not done.is_set():
             try:
-                t.join(0.1)
+                done.wait(0.1)
             except BaseException:
                 cancel.set()              # a second Ctrl-C: keep waiting for cleanup
         raise

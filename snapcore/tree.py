@@ -128,23 +128,40 @@ def snapshot_tree(pid, outdir=None, *, force=False, stop_timeout=5.0, coredump_f
     t0 = time.monotonic()
     check_target(pid)
     outdir = os.fspath(outdir) if outdir is not None else default_outdir(pid)
+    created = not os.path.isdir(outdir)
+    job = None
     try:
-        os.makedirs(outdir, mode=0o700, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(outdir, f"cannot create directory {outdir}: {exc.strerror}",
-                          exc.errno) from exc
-    manifest = os.path.join(outdir, MANIFEST)
-    if not force and os.path.lexists(manifest):
-        raise OutputExists(manifest)
-    cancel = CancelToken()
-    job = _TreeJob(pid, outdir, force, stop_timeout, coredump_filter, writer_thread,
-                   buffer_size, cancel)
-    processes = run_traced(job.run, cancel, name="snapcore-tree")
-    result = TreeSnapshot(root=pid, outdir=outdir, manifest=manifest, processes=processes,
-                          wall_time=time.monotonic() - t0,
-                          pause_time=max((p.snapshot.pause_time for p in processes
-                                          if p.snapshot), default=0.0))
-    _write_manifest(result, force)
+        try:
+            os.makedirs(outdir, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(outdir, f"cannot create directory {outdir}: {exc.strerror}",
+                              exc.errno) from exc
+        manifest = os.path.join(outdir, MANIFEST)
+        if not force and os.path.lexists(manifest):
+            raise OutputExists(manifest)
+        cancel = CancelToken()
+        job = _TreeJob(pid, outdir, force, stop_timeout, coredump_filter, writer_thread,
+                       buffer_size, cancel)
+        processes = run_traced(job.run, cancel, name="snapcore-tree")
+        result = TreeSnapshot(root=pid, outdir=outdir, manifest=manifest, processes=processes,
+                              wall_time=time.monotonic() - t0,
+                              pause_time=max((p.snapshot.pause_time for p in processes
+                                              if p.snapshot), default=0.0))
+        _write_manifest(result, force)
+    except BaseException:
+        # cancelled (or failed) midway: without a manifest, take back the cores written
+        for res in (job.results.values() if job is not None else ()):
+            if res.core:
+                try:
+                    os.unlink(res.core)
+                except OSError:
+                    pass
+        if created:
+            try:
+                os.rmdir(outdir)
+            except OSError:
+                pass
+        raise
     return result
 
 

@@ -253,3 +253,49 @@ def test_cli_tree_no_such_process(tmp_path):
     assert p.returncode == 1 and p.stdout == ""
     assert p.stderr.startswith("snapcore: error: no process with pid")
     assert p.stderr.count("\n") == 1
+
+
+BIG = """
+import os, subprocess, sys, time
+data = os.urandom(300 << 20)             # 300 MiB that cannot be holes: the copy takes a while
+kid = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+print("READY {\\"pids\\": [%d, %d]}" % (os.getpid(), kid.pid), flush=True)
+sys.stdin.read()
+kid.kill()
+"""
+
+
+def test_cli_tree_terminated_midway_resumes_everything(tmp_path):
+    t = Target([sys.executable, "-c", BIG], ready_timeout=60)
+    try:
+        pids = t.info["pids"]
+        codes = []
+        for i, delay in enumerate((0, 0.05, 0.1, 0.2, 0.4)):
+            out = tmp_path / f"t{i}"
+            p = subprocess.Popen([sys.executable, "-m", "snapcore", str(t.pid), "--tree",
+                                  "-q", "-o", str(out)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            deadline = time.monotonic() + 30
+            while not out.exists() and p.poll() is None:      # it is about to freeze
+                assert time.monotonic() < deadline
+                time.sleep(0.002)
+            time.sleep(delay)
+            p.send_signal(signal.SIGTERM)
+            _, err = p.communicate(timeout=60)
+            # -15: the signal came after the work was done and the handler restored
+            assert p.returncode in (0, 143, -15), err
+            codes.append(p.returncode)
+            if p.returncode == 143:
+                assert err == "snapcore: error: terminated; every process was resumed\n"
+                assert not out.exists(), os.listdir(out)      # no core, no directory
+            else:
+                assert sorted(os.listdir(out)) == sorted(
+                    ["manifest.json"] + [f"core.{pid}" for pid in pids])
+            for pid in pids:
+                assert_untraced(pid)
+        assert t.proc.poll() is None
+        assert 143 in codes, codes                 # at least one was stopped midway
+    finally:
+        kill_all(t.info.get("pids", []))
+        t.close()
+
