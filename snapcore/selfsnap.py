@@ -61,32 +61,37 @@ def send(fd, obj):
         data = data[n:]
 
 
-def recv(fd, timeout=None, cancel=None, alive=None):
-    """Read one message; None at EOF.  Raises SnapshotCancelled / HelperError on timeout."""
+def recv(fd, timeout=None, cancel=None):
+    """Read one message; None at EOF.
+
+    Reads exactly one frame, so nothing of a later message is consumed.  A
+    cancel request or the timeout is honoured only between messages, never
+    with half a frame read (SnapshotCancelled, HelperError).
+    """
     deadline = None if timeout is None else time.monotonic() + timeout
     buf = b""
     need = _LEN.size
     length = None
     while True:
         while len(buf) < need:
-            if cancel is not None and cancel.is_set():
-                raise SnapshotCancelled()
-            left = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
-            if left <= 0:
-                raise HelperError("the snapcore helper did not answer in time")
-            r, _, _ = select.select([fd], [], [], left)
-            if not r:
+            r, _, _ = select.select([fd], [], [], 0.1)
+            if r:
+                chunk = os.read(fd, need - len(buf))
+                if not chunk:
+                    return None
+                buf += chunk
                 continue
-            chunk = os.read(fd, max(need - len(buf), 65536))
-            if not chunk:
-                return None
-            buf += chunk
+            if not buf and length is None:
+                if cancel is not None and cancel.is_set():
+                    raise SnapshotCancelled()
+                if deadline is not None and time.monotonic() > deadline:
+                    raise HelperError("the snapcore helper did not answer in time")
         if length is None:
             length = _LEN.unpack_from(buf)[0]
-            buf = buf[_LEN.size:]
+            buf = b""
             need = length
             continue
-        return pickle.loads(buf[:length])
+        return pickle.loads(buf)
 
 
 class HelperSession:
@@ -137,10 +142,36 @@ class HelperSession:
             send(self.proc.stdin.fileno(), request)
         except OSError as exc:
             raise HelperError(f"the snapcore helper is gone ({exc.strerror})") from exc
-        kind, value = self._recv(timeout)
+        try:
+            kind, value = self._recv(timeout)
+        except SnapshotCancelled:
+            self._cancel_call()
+            raise
         if kind == "error":
             raise value
         return value
+
+    def _cancel_call(self):
+        """Cancelled while the helper works: make it stop, and undo what it finished.
+
+        While the helper dumps us, our own threads are stopped, so a Ctrl-C or
+        SIGTERM reaches us only once the dump is over: the helper may well
+        have written the core by then.  A cancelled snapshot leaves no core.
+        """
+        p = self.proc
+        try:
+            p.send_signal(signal.SIGTERM)
+        except OSError:
+            pass
+        try:
+            reply = recv(p.stdout.fileno(), STARTUP_TIMEOUT)
+        except (HelperError, OSError, EOFError, pickle.UnpicklingError):
+            return
+        if reply and reply[0] == "ok" and hasattr(reply[1], "path"):
+            try:
+                os.unlink(reply[1].path)
+            except OSError:
+                pass
 
     def hold_waiters(self, skip=()):
         """Hold our threads that are blocked in wait4()/waitid(); returns their tids."""
@@ -202,12 +233,29 @@ def snapshot_self(path, *, force=False, stop_timeout=5.0, coredump_filter=None,
     t0 = time.monotonic()
     cancel = CancelToken()
 
-    def job():
-        with HelperSession(cancel, stop_timeout).start() as helper:
-            return helper.dump(path, force=force, coredump_filter=coredump_filter,
-                               writer_thread=writer_thread, buffer_size=buffer_size)
+    done = {}
 
-    snap = run_traced(job, cancel, name="snapcore-self")
+    def job():
+        helper = HelperSession(cancel, stop_timeout)
+        try:
+            helper.start()
+            done["snap"] = helper.dump(path, force=force, coredump_filter=coredump_filter,
+                                       writer_thread=writer_thread, buffer_size=buffer_size)
+            return done["snap"]
+        finally:
+            helper.close()
+
+    try:
+        snap = run_traced(job, cancel, name="snapcore-self")
+    except BaseException:
+        # interrupted: our threads were stopped during the dump, so the signal
+        # may have been handled only after the helper finished: take it back
+        if "snap" in done:
+            try:
+                os.unlink(done["snap"].path)
+            except OSError:
+                pass
+        raise
     snap.path = path                       # as given (the helper was handed an absolute one)
     snap.wall_time = time.monotonic() - t0
     return snap

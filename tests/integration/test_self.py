@@ -160,3 +160,39 @@ def test_snapshot_of_a_child_a_thread_waits_for_does_not_time_out(child, tmp_pat
     w.join(10)
     if child.returncode == -signal.SIGTRAP:
         os.waitpid(child.pid, 0)
+
+
+def test_interrupted_self_snapshot_leaves_nothing(tmp_path):
+    """Ctrl-C during a self snapshot: no core, nothing traced, the helper reaped.
+
+    Our threads are stopped while the helper dumps us, so the signal may only be
+    handled once the dump is over; the finished core must be taken back then.
+    """
+    data = os.urandom(200 << 20)             # makes the dump take a while
+    before = set(our_children())
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt()
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    outcomes = []
+    try:
+        for i, delay in enumerate((0.02, 0.15, 0.3, 0.6)):
+            path = tmp_path / f"core{i}"
+            signal.setitimer(signal.ITIMER_REAL, delay)
+            try:
+                snapcore.snapshot(os.getpid(), path)
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                outcomes.append("done")
+                assert path.exists()
+            except KeyboardInterrupt:
+                outcomes.append("interrupted")
+                assert not path.exists()
+            assert [f for f in os.listdir(tmp_path) if f.startswith(".")] == []
+            assert_untraced(os.getpid())
+            assert set(our_children()) == before
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    del data
+    assert "interrupted" in outcomes, outcomes
