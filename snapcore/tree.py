@@ -207,16 +207,18 @@ class _TreeJob:
         return list(self.results.values())
 
     def _start_helper(self, hold):
-        from .selfsnap import HelperError, HelperSession
+        from .selfsnap import HelperSession
+        self.helper = HelperSession(self.cancel, self.stop_timeout)
         try:
-            self.helper = HelperSession(self.cancel, self.stop_timeout).start()
+            self.helper.start()
             if hold:
                 self.helper.hold_waiters(skip=[threading.get_native_id()])
-        except HelperError as exc:
+        except SnapshotCancelled:
+            raise
+        except SnapcoreError as exc:            # HelperError, or ptrace refused to it
             # without the helper: the caller's own core is lost (reported in
             # the manifest) and waitpid() in other threads may see the stops
-            if self.helper is not None:
-                self.helper.close()
+            self.helper.close()
             self.helper = None
             self.helper_error = exc
 
