@@ -328,7 +328,8 @@ class _Watch:
                "message": self.message}
         tmp = os.path.join(folder, f".{TEST_JSON}.tmp")
         try:
-            with open(tmp, "w") as f:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w") as f:
                 json.dump(doc, f, indent=2)
             os.replace(tmp, os.path.join(folder, TEST_JSON))
         except OSError:
