@@ -12,12 +12,14 @@ setup(
     cffi_modules=["csrc/build_shim.py:ffibuilder"],
     install_requires=["cffi>=1.15", "pyelftools>=0.29"],
     extras_require={
-        "test": ["pytest>=7", "pytest-xdist>=3", "pystack>=1.3", "drgn>=0.0.25",
-                 "zstandard>=0.21"],
+        "test": ["pytest>=7", "pytest-xdist>=3", "pytest-timeout>=2", "pystack>=1.3",
+                 "drgn>=0.0.25", "zstandard>=0.21"],
         "zstd": ["zstandard>=0.21"],
     },
     entry_points={
         "console_scripts": ["snapcore = snapcore.cli:main"],
+        # inactive unless --snapcore-timeout / snapcore_timeout / the marker is used
+        "pytest11": ["snapcore = snapcore.pytest_plugin"],
     },
     zip_safe=False,
 )

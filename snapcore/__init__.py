@@ -3,6 +3,7 @@
     >>> import snapcore
     >>> snap = snapcore.snapshot(pid)            # writes core.PID, pid runs on
     >>> snap.path, snap.pause_time
+    >>> tree = snapcore.snapshot_tree(pid, "hang/")  # pid and its descendants, + manifest.json
 
 The core is the one the kernel would write if the process crashed now (same
 segments, notes and bytes), minus the signal; gdb, lldb, elfutils, pystack and
@@ -14,11 +15,13 @@ from .errors import (AccessDenied, AlreadyTraced, CoreTooLarge, KernelThread, Mi
                      SyscallError, TargetError, TargetExited, ThreadStopTimeout,
                      UnsupportedTarget, ZombieProcess)
 from .snapshot import Snapshot, snapshot
+from .tree import ProcessResult, TreeSnapshot, snapshot_tree
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "snapshot", "Snapshot", "SnapcoreError", "TargetError", "NoSuchProcess", "TargetExited",
+    "snapshot", "Snapshot", "snapshot_tree", "TreeSnapshot", "ProcessResult",
+    "SnapcoreError", "TargetError", "NoSuchProcess", "TargetExited",
     "ZombieProcess", "KernelThread", "AccessDenied", "AlreadyTraced", "UnsupportedTarget",
     "ThreadStopTimeout", "OutputError", "OutputExists", "SnapshotCancelled", "SyscallError",
     "ShimUnavailable", "CoreTooLarge", "MissingDependency", "__version__",

@@ -74,9 +74,10 @@ def main():
     stdout = sys.stdout.buffer
     spec = recv(stdin)
 
-    from . import snapshot as _unused  # noqa: F401  (the module, for _Job)
+    import importlib
+
     from .tracer import CancelToken, run_traced
-    job_mod = sys.modules["snapcore.snapshot"]
+    job_mod = importlib.import_module("snapcore.snapshot")   # the module, not the function
     cancel = CancelToken()
 
     def control():

@@ -4,8 +4,10 @@ the subcommand modules it dispatches to (snapcore/commands/).
     snapcore PID [-o PATH|DIR|TEMPLATE] [--force] [--stop-timeout SECS] [--filter MASK]
                  [--all | --mini] [--max-size SIZE] [--compress zstd] [--metadata]
                  [--reason TEXT] [-q] [--json]
+    snapcore PID --tree [-o DIR] ...   PID and all its descendants into DIR
     snapcore info CORE [--json]
     snapcore decompress CORE.zst [-o CORE] [--force]
+    snapcore run --timeout SECS [--out DIR] [--grace SECS] -- CMD [ARGS...]
     snapcore SUBCOMMAND ...        (see SUBCOMMANDS)
 
 Exit status: 0 core written; 1 snapshot failed (the target was resumed, no
@@ -139,6 +141,10 @@ def build_parser():
                    help="print the result as one JSON object on stdout")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="print nothing on success (no progress bar either)")
+    p.add_argument("--tree", action="store_true",
+                   help="also snapshot every descendant of PID: -o names a directory "
+                        "(default snapcore-PID-TIME) that gets core.P per process and "
+                        "manifest.json; exit 0 when PID's own core was written")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
@@ -153,6 +159,7 @@ def _fail(message, code):
 SUBCOMMANDS = {
     "info": "info",
     "decompress": "decompress",
+    "run": "run",
 }
 
 
@@ -181,6 +188,11 @@ def main(argv=None):
         raise _Terminated()
 
     old_term = signal.signal(signal.SIGTERM, on_term)
+    if args.tree:
+        try:
+            return _tree(args)
+        finally:
+            signal.signal(signal.SIGTERM, old_term)
     try:
         snap = snapshot(args.pid, output, force=args.force, live=args.live,
                         stop_timeout=args.stop_timeout, coredump_filter=args.filter,
@@ -208,3 +220,30 @@ def main(argv=None):
     elif not args.quiet:
         print(snap.summary())
     return EXIT_OK
+
+
+def _tree(args):
+    """snapcore PID --tree: cores of PID and its descendants, manifest.json."""
+    from .tree import snapshot_tree
+    try:
+        tree = snapshot_tree(args.pid, args.output, force=args.force,
+                             stop_timeout=args.stop_timeout, coredump_filter=args.filter)
+    except KeyboardInterrupt:
+        return _fail("interrupted; every process was resumed", EXIT_SIGINT)
+    except _Terminated:
+        return _fail("terminated; every process was resumed", EXIT_SIGTERM)
+    except SnapcoreError as exc:
+        return _fail(str(exc), EXIT_FAILED)
+    except OSError as exc:
+        return _fail(f"{exc.strerror or exc}", EXIT_FAILED)
+    for p in tree.processes:
+        if p.ok:
+            if not args.quiet:
+                print(f"{p.core}: pid {p.pid} ({p.comm}), {len(p.threads)} thread"
+                      f"{'s' if len(p.threads) != 1 else ''}")
+        else:
+            print(f"{PROG}: warning: pid {p.pid} ({p.comm}): {p.error}", file=sys.stderr)
+    if not args.quiet:
+        print(tree.summary())
+    root = tree.get(args.pid)
+    return EXIT_OK if root is not None and root.ok else EXIT_FAILED

@@ -334,6 +334,9 @@ def tracer_process(tracer_tid):
     except Exception:
         tgid = tracer_tid
     return tgid, comm_of(tgid)
+def is_own_thread(tid):
+    """True if tid is a thread of the calling process (TracerPid names a thread)."""
+    return os.path.exists(f"/proc/self/task/{tid}")
 
 
 def comm_of(pid):
@@ -341,3 +344,138 @@ def comm_of(pid):
         return read_text(pid, "comm").strip()
     except Exception:
         return ""
+
+
+# ---------------------------------------------------------------------------
+# process trees
+
+
+def read_cmdline(pid):
+    """argv as a list of str (empty for zombies and kernel threads)."""
+    raw = read_bytes(pid, "cmdline")
+    if raw.endswith(b"\0"):
+        raw = raw[:-1]
+    return [a.decode("utf-8", "surrogateescape") for a in raw.split(b"\0")] if raw else []
+
+
+def read_exe(pid):
+    """The executable's path, or None when it cannot be read."""
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+
+
+def list_pids():
+    return [int(n) for n in os.listdir("/proc") if n.isdigit()]
+
+
+def parent_map():
+    """{pid: ppid} of every process visible in /proc (those that vanish are skipped)."""
+    out = {}
+    for pid in list_pids():
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                text = f.read().decode("utf-8", "surrogateescape")
+        except OSError:
+            continue
+        rest = text[text.rindex(")") + 2:].split()
+        out[pid] = int(rest[1])
+    return out
+
+
+def descendants(pid, parents=None):
+    """The descendants of pid, parents before their children (breadth first)."""
+    parents = parent_map() if parents is None else parents
+    children = {}
+    for p, pp in parents.items():
+        children.setdefault(pp, []).append(p)
+    out, seen, queue = [], {pid}, [pid]
+    while queue:
+        nxt = []
+        for p in queue:
+            for c in sorted(children.get(p, ())):
+                if c not in seen:
+                    seen.add(c)
+                    out.append(c)
+                    nxt.append(c)
+        queue = nxt
+    return out
+
+
+def is_descendant(pid, ancestor, parents=None):
+    """True if ancestor is pid's parent, grandparent, ..."""
+    parents = parent_map() if parents is None else parents
+    seen = set()
+    while pid in parents and pid not in seen:
+        seen.add(pid)
+        pid = parents[pid]
+        if pid == ancestor:
+            return True
+    return False
+
+
+def blocked_syscall(pid, tid):
+    """The number of the syscall thread tid is blocked in, or None (running / unknown)."""
+    try:
+        text = read_text(pid, "syscall", tid)
+    except Exception:
+        return None
+    first = text.split(" ", 1)[0].strip()
+    return int(first) if first.lstrip("-").isdigit() and int(first) >= 0 else None
+
+
+def child_pids(pid):
+    """Children of pid from /proc/PID/task/*/children (CONFIG_PROC_CHILDREN).
+
+    Much cheaper than parent_map() when a process has few descendants.
+    Returns None if the kernel does not provide the file.
+    """
+    out = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out.extend(int(c) for c in f.read().split())
+        except FileNotFoundError:
+            if not os.path.exists(f"/proc/{pid}/task/{tid}"):
+                continue                          # the thread exited
+            return None
+        except OSError:
+            continue
+    return sorted(set(out))
+
+
+def descendants_with_start(pid):
+    """{pid: starttime} of every living (non-zombie) descendant of pid."""
+    found = []
+    queue = [pid]
+    while queue:
+        p = queue.pop()
+        kids = child_pids(p)
+        if kids is None:                          # no children files: scan /proc
+            found = descendants(pid)
+            break
+        found.extend(kids)
+        queue.extend(kids)
+    out = {}
+    for p in found:
+        try:
+            st = read_stat(p)
+        except Exception:
+            continue
+        if st.state not in ("Z", "X"):
+            out[p] = st.starttime
+    return out
+
+
+def same_process_alive(pid, starttime):
+    """True if pid still is the process that started at starttime, and not a zombie."""
+    try:
+        st = read_stat(pid)
+    except Exception:
+        return False
+    return st.starttime == starttime and st.state not in ("Z", "X")

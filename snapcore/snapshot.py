@@ -28,7 +28,7 @@ from .arch import arch_for_regs_size
 from .elf import notes as elfnotes
 from .elf.layout import CoreLayout
 from .elf.structs import NT_PRSTATUS
-from .errors import (AccessDenied, CoreTooLarge, KernelThread, MissingDependency, NoSuchProcess,
+from .errors import (CoreTooLarge, KernelThread, MissingDependency, NoSuchProcess,
                      OutputError, OutputExists, SnapcoreError, SnapshotCancelled, TargetExited,
                      UnsupportedTarget, ZombieProcess)
 from .memory import (NONE, PRELOADED, READ, BackingFiles, Copier, Selection, essential_ranges,
@@ -124,12 +124,10 @@ def check_target(pid):
         raise KernelThread(pid, st.name)
     if st.state in ("Z", "X") and not _has_live_task(pid):
         raise ZombieProcess(pid)     # a zombie leader with live threads is still a process
-    if st.tracer_pid:
+    if st.tracer_pid and not procfs.is_own_thread(st.tracer_pid):
+        # (a snapcore helper process holds threads of its caller before dumping it)
         from .errors import AlreadyTraced
         raise AlreadyTraced(pid, *procfs.tracer_process(st.tracer_pid))
-    if pid == os.getpid():
-        raise UnsupportedTarget(pid, "a process cannot trace itself; snapshot it from "
-                                     "another process (e.g. 'python -m snapcore PID')")
     return st
 
 
@@ -193,6 +191,10 @@ def snapshot(pid, path=None, *, force=False, live=False, stop_timeout=5.0,
 
     Returns a Snapshot; raises a SnapcoreError subclass on failure, after the
     target has been resumed and any partial file removed.
+
+    ``pid`` may be the caller's own pid: a helper process then does the
+    tracing (see selfsnap.py) and the calling thread appears in the core,
+    stopped in this call.  ``progress`` is not called in that case.
     """
     t0 = time.monotonic()
     started = time.time()
@@ -204,6 +206,12 @@ def snapshot(pid, path=None, *, force=False, live=False, stop_timeout=5.0,
         raise ValueError("max_size must be positive")
     zstd = _zstandard() if compress == "zstd" else None
     status = check_target(pid)
+    if pid == os.getpid():
+        from .selfsnap import snapshot_self
+        path = os.fspath(path) if path is not None else f"core.{pid}"
+        return snapshot_self(path, force=force, stop_timeout=stop_timeout,
+                             coredump_filter=coredump_filter, writer_thread=writer_thread,
+                             buffer_size=buffer_size)
     if path is None:
         path = f"core.{pid}.zst" if compress else f"core.{pid}"
     path = os.fspath(path)
@@ -338,6 +346,44 @@ def _run_guardian(spec, progress):
     return result[1], result[2], result[3]
 
 
+def write_frozen(pid, path, freezer, frozen, status, *, force=False, coredump_filter=None,
+                 cancel=None, writer_thread=True, buffer_size=4 << 20, trigger="tree"):
+    """Write the core of a process that ``freezer`` holds stopped; leave it stopped.
+
+    For callers that freeze several processes before writing any (trees, the
+    self-snapshot helper).  Runs on the freezer's tracer thread.  ``status``
+    is the process's /proc status read before the freeze (its state letter
+    goes into NT_PRPSINFO).  The caller resumes the process and fills in
+    ``pause_time``.
+    """
+    t0 = time.monotonic()
+    out = CoreFile(path, force=force)
+    opts = _Options(freezer.stop_timeout, coredump_filter, writer_thread, buffer_size,
+                    trigger=trigger)
+    job = _Job(pid, out, status, opts, metadata.process_facts(pid), time.time(),
+               cancel if cancel is not None else CancelToken())
+    try:
+        job.states = metadata.thread_states(pid)
+        try:
+            threads, arch = job._collect_threads(frozen)
+        except Unstable as exc:
+            raise UnsupportedTarget(pid, f"process {pid} changed while it was frozen "
+                                         f"({exc})") from None
+        snap = job._write(threads, arch)
+        file_size, record = job.finish(snap, t0)
+        out.finish(file_size)
+    except BaseException:
+        out.abort()
+        raise
+    snap.metadata = record
+    snap.wall_time = time.monotonic() - t0
+    try:
+        snap.bytes_on_disk = os.stat(out.path).st_blocks * 512
+    except OSError:
+        snap.bytes_on_disk = 0
+    return snap
+
+
 class _Job:
     """The part of a snapshot that runs on the tracer thread."""
 
@@ -418,37 +464,6 @@ class _Job:
             snap.pause_time = pause
             snap.fallback = self.fallback
             return snap
-
-    def _fork_image(self, freezer, frozen, threads, arch, nofork):
-        """While frozen: copy what fork won't, inject the clone.  None means fall back."""
-        from . import live
-        try:
-            live.check_live_possible(self.pid, procfs.read_status(self.pid), arch, frozen)
-            tid = live.choose_thread(self.pid, arch, threads, frozen)
-        except live.LiveUnavailable as exc:
-            self.fallback = str(exc).split("; ")[0]
-            return None
-        image = _Image(self.pid)
-        try:
-            image.preload(nofork, arch, self.opts.coredump_filter, self.opts.buffer_size)
-            saved = next(t for t in threads if t.tid == tid).regset(NT_PRSTATUS)
-            try:
-                child, held = live.inject_clone(arch, tid, saved)
-            except live.LiveUnavailable as exc:
-                freezer.threads[tid].held = getattr(exc, "held", [])
-                self.fallback = str(exc).split("; ")[0]
-                image.dispose()
-                return None
-            freezer.threads[tid].held = held
-            image.first = child
-            image.inject_tid = tid
-            image.arch = arch
-            live.adopt_child(child)
-            image.born = time.monotonic()
-        except BaseException:
-            image.dispose()
-            raise
-        return image
 
     def _fork_image(self, freezer, frozen, threads, arch, nofork):
         """While frozen: copy what fork won't, inject the clone.  None means fall back."""

@@ -19,6 +19,7 @@ freeze; the signal is handed back on detach.  A thread in a job-control stop
 import errno
 import os
 import signal
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from . import _native
 from .errors import (AccessDenied, AlreadyTraced, NoSuchProcess, SnapcoreError, TargetExited,
                      ThreadStopTimeout, UnsupportedTarget)
-from .procfs import list_tids, read_status, tracer_process
+from .procfs import is_own_thread, list_tids, read_status, tracer_process
 
 _JOB_CONTROL = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
 MAX_SCANS = 64
@@ -79,8 +80,9 @@ class Freezer:
     # -- freeze ------------------------------------------------------------
     def freeze(self):
         deadline = time.monotonic() + self.stop_timeout
-        self.frozen_at = time.monotonic()
-        seen = set()
+        if self.frozen_at is None:
+            self.frozen_at = time.monotonic()
+        seen = set(self.seized)               # threads held before (see hold())
         for _ in range(MAX_SCANS):
             try:
                 tids = list_tids(self.pid)
@@ -101,6 +103,33 @@ class Freezer:
                 raise Unstable("no thread could be stopped, yet the process lives (exec?)")
             raise TargetExited(self.pid)
         return [self.threads[t] for t in sorted(self.threads)]
+
+    def hold(self, tids, keep=None):
+        """Stop just these threads of the process, before (maybe) freeze().
+
+        ``keep(tid)`` is asked about each stopped thread; those it refuses are
+        let go again at once.  Returns the tids held.  freeze() later stops
+        the remaining threads and leaves these as they are.
+        """
+        deadline = time.monotonic() + self.stop_timeout
+        if self.frozen_at is None:
+            self.frozen_at = time.monotonic()
+        batch = [t for t in tids if t not in self.seized and self._seize(t)]
+        self._wait_stopped(batch, deadline)
+        held = []
+        for tid in batch:
+            ft = self.threads.get(tid)
+            if ft is None:
+                continue
+            if keep is None or keep(tid):
+                held.append(tid)
+                continue
+            try:
+                _native.detach(tid, ft.deliver_sig)
+            except _native.SyscallError:
+                pass
+            self._forget(tid)
+        return held
 
     def _check_cancel(self):
         if self.cancel is not None and self.cancel.is_set():
@@ -142,10 +171,9 @@ class Freezer:
             return False                          # gone
         if st.state in ("Z", "X"):
             return False
-        if st.tracer_pid:
+        if st.tracer_pid and not is_own_thread(st.tracer_pid):
             tracer, comm = tracer_process(st.tracer_pid)
-            if tracer != os.getpid():
-                raise AlreadyTraced(self.pid, tracer, comm)
+            raise AlreadyTraced(self.pid, tracer, comm)
         return True
 
     def _wait_stopped(self, tids, deadline):
@@ -157,6 +185,7 @@ class Freezer:
             pending = _native.wait_many(tids, statuses, max(0.0, min(remaining, 0.05)),
                                         self._noreap)
             if pending:
+                pending -= self._probe_stolen(tids, statuses)
                 # Threads frozen in earlier rounds report nothing more unless
                 # they die (SIGKILL): reap those, or the dead traced threads
                 # keep a dying leader from ever reporting its exit.
@@ -189,6 +218,34 @@ class Freezer:
             if status == _native.WAIT_GONE or (
                     status != _native.WAIT_PENDING and describe_stop(status)[0] == "exited"):
                 self._forget(tid)
+
+    def _probe_stolen(self, tids, statuses):
+        """Find threads that stopped but whose stop someone else collected.
+
+        Any thread of the tracer's process may collect a tracee's ptrace stop
+        with waitpid(): a thread of ours blocked in waitpid() on a child we
+        trace (subprocess.Popen.wait()) takes it first, and the stop never
+        reaches us.  PTRACE_GETSIGINFO succeeds only on a stopped tracee, and
+        its siginfo tells which stop it is.  Returns how many were found.
+        """
+        found = 0
+        for i, tid in enumerate(tids):
+            if statuses[i] != _native.WAIT_PENDING:
+                continue
+            try:
+                info = _native.getsiginfo(tid)
+            except _native.SyscallError as exc:
+                if exc.errno == errno.EINVAL:          # a group-stop without siginfo
+                    statuses[i] = (signal.SIGSTOP << 8) | 0x7f | (_native.PTRACE_EVENT_STOP << 16)
+                    found += 1
+                continue                               # ESRCH: running, keep waiting
+            signo, _errno, code = struct.unpack_from("<iii", info)
+            if code >> 8 == _native.PTRACE_EVENT_STOP:
+                statuses[i] = ((code & 0xffff) << 8) | 0x7f
+            else:
+                statuses[i] = (signo << 8) | 0x7f      # a signal-delivery-stop
+            found += 1
+        return found
 
     def _forget(self, tid):
         if tid in self.seized:
@@ -304,25 +361,31 @@ def run_traced(fn, cancel, poll=None, name="snapcore-tracer"):
     clean up, then re-raises.  ``poll()`` is called about ten times a second.
     """
     box = {}
+    # Wait on an Event, not Thread.join(): on Python 3.11 an exception raised
+    # by a signal handler inside join() can mark a running thread as stopped
+    # (Thread._wait_for_tstate_lock releases the lock the thread still holds,
+    # CPython gh-90882), and is_alive() then lies while the tracer still works.
+    done = threading.Event()
 
     def body():
         try:
             box["value"] = fn()
         except BaseException as exc:  # handed to the caller
             box["error"] = exc
+        finally:
+            done.set()
 
     t = threading.Thread(target=body, name=name, daemon=True)
     t.start()
     try:
-        while t.is_alive():
-            t.join(0.1)
+        while not done.wait(0.1):
             if poll is not None:
                 poll()
     except BaseException:
         cancel.set()
-        while t.is_alive():
+        while not done.is_set():
             try:
-                t.join(0.1)
+                done.wait(0.1)
             except BaseException:
                 cancel.set()              # a second Ctrl-C: keep waiting for cleanup
         _wait_thread_gone(t.native_id)

@@ -10,7 +10,6 @@ output cannot be written (nothing is left at its name); 2 usage error;
 130 interrupted.
 """
 import argparse
-import os
 import sys
 
 from ..errors import MissingDependency, SnapcoreError

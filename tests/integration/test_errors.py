@@ -146,11 +146,6 @@ def test_kernel_thread(tmp_path):
     assert_one_line_error(p, 1, "kernel thread")
 
 
-def test_own_pid_is_refused_clearly(tmp_path):
-    with pytest.raises(snapcore.UnsupportedTarget, match="cannot trace itself"):
-        snapcore.snapshot(os.getpid(), tmp_path / "core")
-
-
 # --- permissions and tracers -----------------------------------------------------------
 
 

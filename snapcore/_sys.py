@@ -1,0 +1,55 @@
+"""prctl(2) calls snapcore needs outside the ptrace shim (through libc, via ctypes).
+
+    set_ptracer(pid)        PR_SET_PTRACER: let pid trace us under Yama ptrace_scope=1
+    set_pdeathsig(sig)      PR_SET_PDEATHSIG: get sig when our parent thread exits
+    set_child_subreaper()   PR_SET_CHILD_SUBREAPER: orphaned descendants become our children
+"""
+import ctypes
+import os
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_PTRACER = 0x59616D61          # "Yama"
+
+_libc = None
+
+
+def _prctl(option, arg):
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), ctypes.c_ulong(0),
+                   ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl({option:#x}): {os.strerror(err)}")
+
+
+def yama_scope():
+    """kernel.yama.ptrace_scope, or None without Yama."""
+    try:
+        with open("/proc/sys/kernel/yama/ptrace_scope") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def set_ptracer(pid):
+    """Allow pid (and its descendants) to ptrace this process under Yama scope 1.
+
+    Returns True if the call was made.  It is only needed, and only made, when
+    Yama is in scope 1 ("restricted": only ancestors may trace).  It replaces
+    any ptracer this process declared before; the kernel forgets it when
+    ``pid`` exits.
+    """
+    if yama_scope() != 1:
+        return False
+    _prctl(PR_SET_PTRACER, pid)
+    return True
+
+
+def set_pdeathsig(sig):
+    _prctl(PR_SET_PDEATHSIG, sig)
+
+
+def set_child_subreaper():
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
