@@ -542,8 +542,10 @@ class _Job:
                     threads=thread_meta, selection=sel, started=self.started)
                 desc = metadata.note_desc(self.record)
                 self.note_size = len(desc)
-                return elfnotes.build_notes(arch, proc, threads, _native.cpuid,
-                                            _file_note_limit(), snapcore_desc=desc)
+                # the kernel's notes do not change with the selection: only the
+                # SNAPCORE record (last) does
+                return kernel_notes + elfnotes.note(metadata.SNAPCORE_OWNER,
+                                                    metadata.NT_SNAPCORE_METADATA, desc)
 
             plans, sel, blob, layout = self._select(plans, arch, proc, threads, notes_for,
                                                     len(kernel_notes))
@@ -724,14 +726,15 @@ class _Job:
                 raise Unstable(f"thread {tid} appeared")
         for ft in frozen:
             try:
-                tst = procfs.read_status(pid, ft.tid)
+                state, sig_pnd, sig_blk = procfs.parse_thread_status(
+                    procfs.read_text(pid, "status", ft.tid))
                 tstat = procfs.read_stat(pid, ft.tid)
             except NoSuchProcess:
                 continue                          # killed while stopped (SIGKILL)
-            if tst.state in ("Z", "X"):
+            if state in ("Z", "X"):
                 continue
-            if tst.state != "t":
-                raise Unstable(f"thread {ft.tid} is not stopped ({tst.state})")
+            if state != "t":
+                raise Unstable(f"thread {ft.tid} is not stopped ({state})")
             try:
                 regs = _native.getregset(ft.tid, NT_PRSTATUS)
             except _native.SyscallError as exc:
@@ -751,8 +754,8 @@ class _Job:
                     continue                      # not active for this thread (ENODEV, ENXIO)
                 if arch.regset_active(ntype, data):
                     regsets.append((ntype, owner, data))
-            out.append(elfnotes.ThreadNotes(ft.tid, regsets, sigpend=tst.sig_pnd,
-                                            sighold=tst.sig_blk, utime=tstat.utime,
+            out.append(elfnotes.ThreadNotes(ft.tid, regsets, sigpend=sig_pnd,
+                                            sighold=sig_blk, utime=tstat.utime,
                                             stime=tstat.stime))
         if not out:
             raise TargetExited(pid)

@@ -131,11 +131,11 @@ def desc_offset(owner):
     return 12 + ((len(owner) + 1 + 3) & ~3)
 
 
-def build_notes(arch, proc, threads, cpuid, file_note_limit=4 << 20, snapcore_desc=None):
-    """Return the PT_NOTE blob.  threads[0] is the current thread.
+def build_notes(arch, proc, threads, cpuid, file_note_limit=4 << 20):
+    """Return the kernel's PT_NOTE blob.  threads[0] is the current thread.
 
-    snapcore_desc, when given, becomes the last record: owner "SNAPCORE",
-    type NT_SNAPCORE_METADATA (see snapcore/metadata.py), after the kernel's notes.
+    snapcore's own SNAPCORE record (snapcore/metadata.py) is appended after it
+    by the caller.
     """
     ps_index, sname = state_index(proc.state)
     prpsinfo = arch.build_prpsinfo(
@@ -167,7 +167,4 @@ def build_notes(arch, proc, threads, cpuid, file_note_limit=4 << 20, snapcore_de
     layout = build_xsave_layout(threads[0].regset(NT_X86_XSTATE) if threads else None, cpuid)
     if layout is not None:
         out.append(note("LINUX", NT_X86_XSAVE_LAYOUT, layout))
-    if snapcore_desc is not None:
-        from ..metadata import NT_SNAPCORE_METADATA, SNAPCORE_OWNER
-        out.append(note(SNAPCORE_OWNER, NT_SNAPCORE_METADATA, snapcore_desc))
     return b"".join(out)

@@ -91,6 +91,15 @@ def test_parse_status():
     assert st.sig_blk == 0x10000 and st.threads == 4 and not st.kthread and st.state == "S"
 
 
+def test_parse_thread_status():
+    text = ("Name:\tmt\nUmask:\t0022\nState:\tt (tracing stop)\nTgid:\t10\n"
+            "SigQ:\t0/100\nSigPnd:\t0000000000000200\nShdPnd:\t0000000000000000\n"
+            "SigBlk:\t0000000000010000\nSigIgn:\t0000000000000000\n")
+    assert procfs.parse_thread_status(text) == ("t", 0x200, 0x10000)
+    with pytest.raises(ValueError):
+        procfs.parse_thread_status("Name:\tmt\n")
+
+
 def test_unescape_maps_name():
     assert procfs.unescape_maps_name("/tmp/a\\012b") == "/tmp/a\nb"
 
