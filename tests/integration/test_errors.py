@@ -9,7 +9,20 @@ import time
 import pytest
 
 import snapcore
-import snapcore.cli  # imported before forking children that cannot read the tree
+import snapcore.cli
+
+
+def _import_everything():
+    """Import every snapcore module now: children that drop to nobody may not be able
+    to read the source tree (a clean clone in a 0700 temporary directory)."""
+    import importlib
+    import pkgutil
+    for m in pkgutil.walk_packages(snapcore.__path__, "snapcore."):
+        if m.name != "snapcore.__main__":
+            importlib.import_module(m.name)
+
+
+_import_everything()
 from helpers import assert_runs_on, have, snapcore_cli, task_states, target_path
 
 NOBODY = 65534
