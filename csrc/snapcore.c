@@ -393,28 +393,11 @@ static int page_is_zero(const char *p)
     return acc == 0;
 }
 
-static int pwrite_all(int fd, const char *p, uint64_t n, uint64_t off)
+/* Write all n bytes: at file offset off, or at the stream position when off < 0. */
+static int write_out(int fd, const char *p, uint64_t n, int64_t off)
 {
     while (n > 0) {
-        ssize_t w = pwrite(fd, p, n, (off_t)off);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        if (w == 0)
-            return -EIO;
-        p += w; n -= (uint64_t)w; off += (uint64_t)w;
-    }
-    return 0;
-}
-
-static char zero_page_buf[65536];
-
-static int write_all(int fd, const char *p, uint64_t n)
-{
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
+        ssize_t w = off < 0 ? write(fd, p, n) : pwrite(fd, p, n, (off_t)off);
         if (w < 0) {
             if (errno == EINTR)
                 continue;
@@ -423,15 +406,19 @@ static int write_all(int fd, const char *p, uint64_t n)
         if (w == 0)
             return -EIO;
         p += w; n -= (uint64_t)w;
+        if (off >= 0)
+            off += w;
     }
     return 0;
 }
+
+static char zero_page_buf[65536];
 
 long sc_write_zeros(int fd, uint64_t n)
 {
     while (n > 0) {
         uint64_t k = n < sizeof zero_page_buf ? n : sizeof zero_page_buf;
-        int r = write_all(fd, zero_page_buf, k);
+        int r = write_out(fd, zero_page_buf, k, -1);
         if (r < 0)
             return r;
         n -= k;
@@ -448,7 +435,7 @@ static int flush_job_stream(struct copier *c, struct job *j)
     long r = sc_write_zeros(ctx->out_fd, j->file_off - ctx->stream_pos);
     if (r < 0)
         return (int)r;
-    r = write_all(ctx->out_fd, j->buf, j->len);
+    r = write_out(ctx->out_fd, j->buf, j->len, -1);
     if (r < 0)
         return (int)r;
     ctx->stream_pos = j->file_off + j->len;
@@ -477,7 +464,7 @@ static int flush_job(struct copier *c, struct job *j)
                 break;
             i += m;
         }
-        int r = pwrite_all(c->ctx->out_fd, j->buf + s, i - s, j->file_off + s);
+        int r = write_out(c->ctx->out_fd, j->buf + s, i - s, (int64_t)(j->file_off + s));
         if (r < 0)
             return r;
         written += i - s;

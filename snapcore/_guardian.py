@@ -44,25 +44,6 @@ def recv(f):
     return pickle.loads(data)
 
 
-class _FdOutput:
-    """The slice of output.CoreFile that a job writes through."""
-
-    def __init__(self, fd, path):
-        self.fd = fd
-        self.path = path
-
-    def write_at(self, data, offset):
-        from .output import pwrite_all
-        try:
-            pwrite_all(self.fd, data, offset)
-        except OSError as exc:
-            raise self.write_error(exc) from exc
-
-    def write_error(self, exc):
-        from .errors import OutputError
-        return OutputError(self.path, f"writing {self.path} failed: {exc.strerror}", exc.errno)
-
-
 def main():
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_IGN)
@@ -91,7 +72,8 @@ def main():
         cancel.set()
 
     threading.Thread(target=control, daemon=True, name="snapcore-control").start()
-    out = _FdOutput(spec["fd"], spec["path"])
+    from .output import CoreSink
+    out = CoreSink(spec["fd"], spec["path"])
     opts = spec["opts"]
     zstd = job_mod._zstandard() if opts.compress == "zstd" else None
     job = job_mod._Job(spec["pid"], out, spec["status"], opts, spec["facts"], spec["started"],

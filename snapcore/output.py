@@ -35,7 +35,24 @@ def pwrite_all(fd, data, offset):
         offset += n
 
 
-class CoreFile:
+class CoreSink:
+    """Writes into an already open core file descriptor (what a job needs)."""
+
+    def __init__(self, fd, path):
+        self.fd = fd
+        self.path = path
+
+    def write_at(self, data, offset):
+        try:
+            pwrite_all(self.fd, data, offset)
+        except OSError as exc:
+            raise self.write_error(exc) from exc
+
+    def write_error(self, exc):
+        return OutputError(self.path, f"writing {self.path} failed: {exc.strerror}", exc.errno)
+
+
+class CoreFile(CoreSink):
     def __init__(self, path, force=False):
         self.path = os.fspath(path)
         self.force = force
@@ -76,15 +93,6 @@ class CoreFile:
         if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
             raise OutputError(self.path, f"{self.path} exists and is not a regular file; "
                               "refusing to replace it", errno.EEXIST)
-
-    def write_at(self, data, offset):
-        try:
-            pwrite_all(self.fd, data, offset)
-        except OSError as exc:
-            raise self.write_error(exc) from exc
-
-    def write_error(self, exc):
-        return OutputError(self.path, f"writing {self.path} failed: {exc.strerror}", exc.errno)
 
     def finish(self, size=None):
         """Set the final size (the tail may be a hole; None: keep the size written)

@@ -663,14 +663,10 @@ class _Job:
         except SnapcoreError:
             raise
         except OSError as exc:
-            os.close(w)
+            os.close(w)                   # the compressor sees EOF and reports its own error
             w = -1
             t.join()
-            err = box.get("error")
-            if isinstance(err, OSError):
-                raise out.write_error(err) from err
-            if err is not None:
-                raise OutputError(out.path, f"compressing {out.path} failed: {err}") from err
+            self._raise_compressor_error(box)
             raise out.write_error(exc) from exc
         finally:
             if copier is not None:
@@ -678,12 +674,16 @@ class _Job:
             if w >= 0:
                 os.close(w)
             t.join()
+        self._raise_compressor_error(box)
+        return result
+
+    def _raise_compressor_error(self, box):
         err = box.get("error")
         if isinstance(err, OSError):
-            raise out.write_error(err) from err
+            raise self.out.write_error(err) from err
         if err is not None:
-            raise OutputError(out.path, f"compressing {out.path} failed: {err}") from err
-        return result
+            raise OutputError(self.out.path, f"compressing {self.out.path} failed: {err}") \
+                from err
 
     def final_record(self, snap, wall):
         return metadata.finalize(self.record, pause=snap.pause_time, wall=wall,
