@@ -23,7 +23,7 @@ def _import_everything():
 
 
 _import_everything()
-from helpers import assert_runs_on, have, snapcore_cli, task_states, target_path
+from helpers import assert_runs_on, have, snapcore_cli, task_states
 
 NOBODY = 65534
 

@@ -6,7 +6,7 @@ import signal
 import pytest
 
 import snapcore
-from helpers import (assert_runs_on, assert_untraced, core_loads, gdb_batch, gdb_live_registers,
+from helpers import (assert_runs_on, core_loads, gdb_batch, gdb_live_registers,
                      have, pattern_buf, pattern_half, prstatus_regs, raw_notes, read_core_memory,
                      run, target_path, wait_all_stopped)
 

@@ -3,7 +3,6 @@ import os
 import re
 import struct
 
-import pytest
 
 import snapcore
 from helpers import (assert_runs_on, assert_untraced, eu_stack_tids, gdb_batch, have,
