@@ -3,7 +3,6 @@ import os
 import re
 import struct
 
-
 import snapcore
 from helpers import (assert_runs_on, assert_untraced, eu_stack_tids, gdb_batch, have,
                      pattern_buf, pattern_half, read_core_memory, snapcore_cli, target_path)
