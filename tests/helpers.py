@@ -99,7 +99,7 @@ class Target:
                     nr = f.read().split()[0]
                 with open(f"/proc/{self.pid}/task/{tid}/stat") as f:
                     state = f.read().rsplit(")", 1)[1].split()[0]
-            except (FileNotFoundError, IndexError):
+            except (FileNotFoundError, ProcessLookupError, IndexError):
                 nr, state = "", ""
             if nr.lstrip("-").isdigit() and int(nr) in syscalls and state == "S":
                 return
@@ -141,7 +141,7 @@ def task_states(pid):
         try:
             with open(f"/proc/{pid}/task/{t}/status") as f:
                 text = f.read()
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):
             continue
         state = re.search(r"^State:\s+(\S)", text, re.M).group(1)
         tracer = int(re.search(r"^TracerPid:\s+(\d+)", text, re.M).group(1))
@@ -184,7 +184,7 @@ def thread_blocked_at(pid, tid):
             state = f.read().rsplit(")", 1)[1].split()[0]
         with open(f"/proc/{pid}/task/{tid}/wchan") as f:
             wchan = f.read()
-    except (FileNotFoundError, IndexError):
+    except (FileNotFoundError, ProcessLookupError, IndexError):
         return None
     if state != "S" or not sc[:1].isdigit():
         return None
@@ -244,7 +244,7 @@ def _require_comparable_kernel_core():
     try:
         with open("/proc/sys/kernel/core_sort_vma") as f:
             sort_vma = f.read().strip()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         sort_vma = "0"                        # kernels before 6.14 do not have it
     if sort_vma != "0":
         pytest.skip("kernel.core_sort_vma is on: the kernel orders its PT_LOADs by dump size "

@@ -16,7 +16,7 @@ def children_of(pid):
         try:
             with open(f"/proc/{pid}/task/{tid}/children") as f:
                 kids += [int(x) for x in f.read().split()]
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):
             pass
     return kids
 

@@ -18,7 +18,7 @@ def tracer_of(pid):
             for line in f:
                 if line.startswith("TracerPid:"):
                     return int(line.split()[1])
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return -1
     return 0
 
@@ -31,13 +31,13 @@ def wait_traced(pid, timeout=20.0, proc=None):
             return False
         try:
             tids = os.listdir(f"/proc/{pid}/task")
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):
             return False
         for t in tids:
             try:
                 with open(f"/proc/{pid}/task/{t}/status") as f:
                     text = f.read()
-            except FileNotFoundError:
+            except (FileNotFoundError, ProcessLookupError):
                 continue
             if "\nTracerPid:\t0\n" not in text:
                 return True

@@ -50,13 +50,13 @@ def _image_children(pid):
         try:
             with open(f"/proc/{pid}/task/{tid}/children") as f:
                 kids = [int(x) for x in f.read().split()]
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):
             continue
         for k in kids:
             try:
                 with open(f"/proc/{k}/stat") as f:
                     state = f.read().rsplit(")", 1)[1].split()[0]
-            except FileNotFoundError:
+            except (FileNotFoundError, ProcessLookupError):
                 continue
             (zombies if state in "ZX" else alive).append(k)
     return alive, zombies
