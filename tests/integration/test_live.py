@@ -3,6 +3,8 @@ import os
 import re
 import struct
 
+import pytest
+
 import snapcore
 from helpers import (assert_runs_on, assert_untraced, eu_stack_tids, gdb_batch, have,
                      pattern_buf, pattern_half, read_core_memory, snapcore_cli, target_path)
@@ -166,3 +168,20 @@ def test_cli_live_line(mt, tmp_path):
     assert ", live" in p.stdout
     assert_runs_on(mt)
     assert_image_gone(mt.pid)
+
+
+def test_live_compressed_core_keeps_the_nofork_regions(spawn, tmp_path):
+    """The regions copied aside before the fork go through the ordered (zstd) stream too."""
+    pytest.importorskip("zstandard")
+    t = spawn("gen")
+    info = t.info
+    s = snapcore.snapshot(t.pid, tmp_path / "core.zst", live=True, compress="zstd")
+    assert s.live and s.compressed == "zstd"
+    p = snapcore_cli("decompress", tmp_path / "core.zst", "-o", tmp_path / "core")
+    assert p.returncode == 0, p.stderr
+    n = info["nofork_len"]
+    assert read_core_memory(tmp_path / "core", info["dontfork"], n) == b"\xd0" * n
+    assert read_core_memory(tmp_path / "core", info["wipe"], n) == b"\xe1" * n
+    assert_untraced(t.pid)
+    t.ping()
+    assert_image_gone(t.pid)
