@@ -28,7 +28,7 @@ from .arch import arch_for_regs_size
 from .elf import notes as elfnotes
 from .elf.layout import CoreLayout
 from .elf.structs import NT_PRSTATUS
-from .errors import (CoreTooLarge, KernelThread, MissingDependency, NoSuchProcess,
+from .errors import (AccessDenied, CoreTooLarge, KernelThread, MissingDependency, NoSuchProcess,
                      OutputError, OutputExists, SnapcoreError, SnapshotCancelled, TargetExited,
                      UnsupportedTarget, ZombieProcess)
 from .memory import (NONE, PRELOADED, READ, BackingFiles, Copier, Selection, essential_ranges,
@@ -228,11 +228,22 @@ def snapshot(pid, path=None, *, force=False, live=False, stop_timeout=5.0,
     try:
         if metadata_path is not None:
             side = CoreFile(metadata_path, force=force)
-        if live:
+        # Live snapshots, and snapshots of our own children, are traced from a
+        # guardian process: an injection must survive snapcore's death, and any
+        # thread of a tracer's process may collect its tracees' ptrace stops (a
+        # Popen.wait() in another thread of ours would take them and report the
+        # child dead).  Under Yama (ptrace_scope 1) only we may trace our child.
+        guarded = live or status.ppid == os.getpid()
+        if guarded:
             spec = dict(pid=pid, fd=out.fd, path=out.path, status=status, opts=opts,
                         facts=facts, started=started, t0=t0)
-            snap, file_size, record = _run_guardian(spec, progress)
-        else:
+            try:
+                snap, file_size, record = _run_guardian(spec, progress)
+            except AccessDenied:
+                if live or _yama_scope() < 1:
+                    raise
+                guarded = False
+        if not guarded:
             job = _Job(pid, out, status, opts, facts, started, cancel, zstd)
 
             def poll():
@@ -263,6 +274,14 @@ def snapshot(pid, path=None, *, force=False, live=False, stop_timeout=5.0,
     except OSError:
         snap.bytes_on_disk = 0
     return snap
+
+
+def _yama_scope():
+    try:
+        with open("/proc/sys/kernel/yama/ptrace_scope") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 0
 
 
 def _run_guardian(spec, progress):

@@ -51,3 +51,29 @@ def test_traced_by_strace(spawn, tmp_path):
         st.wait(timeout=20)
     assert not (tmp_path / "core").exists()
     assert_runs_on(t)
+
+
+def test_snapshot_of_our_child_while_another_thread_waits_for_it(spawn, tmp_path):
+    """Any thread of a tracer's process can collect its tracees' ptrace stops; a
+    Popen.wait() in another thread must neither see them nor lose the child."""
+    import threading
+    t = spawn("mt")
+    t.wait_blocked()
+    waited = {}
+
+    def waiter():
+        waited["rc"] = t.proc.wait()
+
+    w = threading.Thread(target=waiter, daemon=True)
+    w.start()
+    time.sleep(0.1)                                   # blocked in waitpid()
+    for i in range(3):
+        snapcore.snapshot(t.pid, tmp_path / f"core.{i}")
+        snapcore.snapshot(t.pid, tmp_path / f"live.{i}", live=True)
+    time.sleep(0.2)
+    assert "rc" not in waited, f"Popen.wait() returned {waited.get('rc')} for a live child"
+    assert t.proc.returncode is None
+    assert_runs_on(t)
+    t.proc.kill()
+    w.join(10)
+    assert waited.get("rc") == -9
