@@ -36,6 +36,7 @@ import time
 from . import _native, procfs
 from .elf.structs import NT_PRSTATUS
 from .errors import SnapcoreError, TargetExited
+from .memory import read_memory
 from .tracer import detach_with
 
 CLONE_FILES = 0x400
@@ -47,21 +48,6 @@ INJECT_TIMEOUT = 60.0            # the clone of a huge process can take a while
 
 class LiveUnavailable(SnapcoreError):
     """Live mode cannot be used on this target; the snapshot falls back to normal mode."""
-
-
-def _read_mem(pid, addr, n):
-    try:
-        data = _native.readv(pid, addr, n)
-        if len(data) == n:
-            return data
-    except _native.SyscallError:
-        pass
-    try:
-        with open(f"/proc/{pid}/mem", "rb", buffering=0) as f:
-            f.seek(addr)
-            return f.read(n)
-    except OSError:
-        return b""
 
 
 def check_live_possible(pid, status, arch, frozen):
@@ -96,7 +82,7 @@ def choose_thread(pid, arch, threads, frozen):
         except SnapcoreError:
             continue
         rip = regs["rip"]
-        if _read_mem(pid, rip - len(arch.syscall_insn), len(arch.syscall_insn)) != \
+        if read_memory(pid, rip - len(arch.syscall_insn), len(arch.syscall_insn)) != \
                 arch.syscall_insn:
             continue
         candidates.append(t.tid)
@@ -278,7 +264,7 @@ def reap_in_target(pid, arch, child, prefer_tid=None):
                 continue
             saved = _native.getregset(tid, NT_PRSTATUS)
             regs = arch.regs(saved)
-            if regs["orig_rax"] >= 1 << 63 or _read_mem(
+            if regs["orig_rax"] >= 1 << 63 or read_memory(
                     pid, regs["rip"] - len(arch.syscall_insn),
                     len(arch.syscall_insn)) != arch.syscall_insn:
                 continue

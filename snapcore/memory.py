@@ -131,22 +131,38 @@ class BackingFiles:
         self.close()
 
 
+def read_memory(pid, addr, length):
+    """A few bytes of the target's memory (b"" or fewer bytes where unreadable).
+
+    Through /proc/PID/mem, which never unshares a copy-on-write page (see
+    Vma.cow_shared), with process_vm_readv as the fallback.
+    """
+    if addr <= 0 or length <= 0:
+        return b""
+    try:
+        fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        fd = -1
+    if fd >= 0:
+        try:
+            return os.pread(fd, length, addr)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    try:
+        return _native.readv(pid, addr, length)
+    except _native.SyscallError:
+        return b""
+
+
 def _starts_with_elf_magic(pid, vma, fd):
     if fd >= 0:
         try:
             return os.pread(fd, 4, vma.offset) == ELFMAG
         except OSError:
             pass
-    try:
-        return _native.readv(pid, vma.start, 4) == ELFMAG
-    except _native.SyscallError:
-        pass
-    try:
-        with open(f"/proc/{pid}/mem", "rb", buffering=0) as f:
-            f.seek(vma.start)
-            return f.read(4) == ELFMAG
-    except OSError:
-        return False
+    return read_memory(pid, vma.start, 4) == ELFMAG
 
 
 def plan_vma(pid, vma, filt, has_file, files, page_size):
@@ -314,14 +330,7 @@ class _VmaIndex:
 
 
 def _reader(pid):
-    def read(addr, length):
-        if addr <= 0 or length <= 0:
-            return b""
-        try:
-            return _native.readv(pid, addr, length)
-        except _native.SyscallError:
-            return b""
-    return read
+    return lambda addr, length: read_memory(pid, addr, length)
 
 
 def _read_cstring(read, addr, limit=4096):
@@ -573,9 +582,13 @@ class Copier:
     BAD_CAP = 4096
 
     def __init__(self, pid, out_fd, bufsize=4 << 20, writer_thread=True, sequential=False,
-                 stream_pos=0):
+                 stream_pos=0, use_readv=True):
         """sequential: out_fd is a stream (e.g. a pipe to a compressor); every byte is
-        written in order, holes as zeros, starting at file offset stream_pos."""
+        written in order, holes as zeros, starting at file offset stream_pos.
+
+        use_readv=False reads everything through /proc/PID/mem: for a forked
+        live image, every page of which is copy-on-write shared with the
+        target (see Vma.cow_shared)."""
         lib = _native.require()
         self.ffi = _native.ffi
         self.lib = lib
@@ -585,7 +598,7 @@ class Copier:
         self.ctx.pid = pid
         self.ctx.out_fd = out_fd
         self.ctx.bufsize = bufsize
-        self.ctx.readv_ok = 1
+        self.ctx.readv_ok = 1 if use_readv else 0
         self.ctx.writer_thread = 1 if writer_thread else 0
         self.ctx.sequential = 1 if sequential else 0
         self.ctx.stream_pos = stream_pos
@@ -638,7 +651,7 @@ class Copier:
                 fl |= self.lib.SC_SEG_BACKING_ONLY
             elif not p.vma.special:
                 fl |= self.lib.SC_SEG_RESIDENT_ONLY
-            if not p.vma.readable:
+            if not p.vma.readable or p.vma.cow_shared:
                 fl |= self.lib.SC_SEG_FORCE_MEM
             if p.fault_absent:
                 fl |= self.lib.SC_SEG_FAULT_ABSENT

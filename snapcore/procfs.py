@@ -143,6 +143,8 @@ class Vma:
     rss: int = 0        # bytes
     anonymous: int = 0
     swap: int = 0
+    shared_rss: int = 0  # Shared_Clean + Shared_Dirty: pages other processes map too
+    ksm: int = 0
     vmflags: frozenset = frozenset()
 
     @property
@@ -164,6 +166,16 @@ class Vma:
     @property
     def shared(self):
         return "sh" in self.vmflags if self.vmflags else self.perms[3] == "s"
+
+    @property
+    def cow_shared(self):
+        """Private memory with pages another process maps too (after a fork, KSM).
+
+        process_vm_readv pins pages (FOLL_PIN), and pinning a copy-on-write
+        shared anonymous page makes the kernel unshare it: copy it into the
+        process read from.  /proc/PID/mem reads such pages without copying.
+        """
+        return not self.shared and (self.shared_rss > 0 or self.ksm > 0)
 
     @property
     def special(self):
@@ -235,10 +247,12 @@ def parse_smaps(text):
         header = block if nl < 0 else block[:nl]
         fields = parse_maps_line(header)
         for key, attr in (("\nRss:", "rss"), ("\nAnonymous:", "anonymous"),
-                          ("\nSwap:", "swap")):
+                          ("\nSwap:", "swap"), ("\nKSM:", "ksm")):
             v = _kb_field(block, key, header)
             if v is not None:
                 fields[attr] = v
+        fields["shared_rss"] = ((_kb_field(block, "\nShared_Clean:", header) or 0)
+                                + (_kb_field(block, "\nShared_Dirty:", header) or 0))
         k = block.find("\nVmFlags:")
         if k >= 0:
             e = block.find("\n", k + 1)

@@ -32,7 +32,7 @@ from .errors import (AccessDenied, CoreTooLarge, KernelThread, MissingDependency
                      OutputError, OutputExists, SnapcoreError, SnapshotCancelled, TargetExited,
                      UnsupportedTarget, ZombieProcess)
 from .memory import (NONE, PRELOADED, READ, BackingFiles, Copier, Selection, essential_ranges,
-                     plan_dump, select_max_size, select_mini, stack_vmas)
+                     plan_dump, read_memory, select_max_size, select_mini, stack_vmas)
 from .output import CoreFile
 from .tracer import CancelToken, Freezer, Unstable, _has_live_task, run_traced
 
@@ -627,7 +627,8 @@ class _Job:
         out = self.out
         out.write_at(layout.header_block(), 0)
         self.copier = copier = Copier(self.src, out.fd, self.opts.buffer_size,
-                                      self.opts.writer_thread)
+                                      self.opts.writer_thread,
+                                      use_readv=self.src == self.pid)
         self.cancel.on_set(copier.cancel)
         try:
             self._check_cancel()
@@ -671,7 +672,8 @@ class _Job:
             _write_all(w, header)
             self.copier = copier = Copier(self.src, w, self.opts.buffer_size,
                                           self.opts.writer_thread, sequential=True,
-                                          stream_pos=len(header))
+                                          stream_pos=len(header),
+                                          use_readv=self.src == self.pid)
             self.cancel.on_set(copier.cancel)
             self._check_cancel()
             result = copier.run(plans, layout.offsets)
@@ -794,11 +796,7 @@ class _Job:
         auxv = procfs.auxv_through_null(procfs.read_bytes(pid, "auxv"), arch.word_size)
         psargs = b""
         if st.arg_end > st.arg_start:
-            try:
-                psargs = _native.readv(mem_pid, st.arg_start,
-                                       min(st.arg_end - st.arg_start, 80))
-            except _native.SyscallError:
-                psargs = b""
+            psargs = read_memory(mem_pid, st.arg_start, min(st.arg_end - st.arg_start, 80))
         if not psargs:
             try:
                 psargs = procfs.read_bytes(pid, "cmdline")

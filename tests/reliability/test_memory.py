@@ -3,8 +3,10 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 import snapcore
-from helpers import assert_runs_on
+from helpers import assert_runs_on, assert_untraced, read_core_memory
 
 # VmHWM is the high-water RSS of this process's own address space.  getrusage's
 # ru_maxrss is not: it keeps the RSS the parent had when it forked us (the kernel
@@ -46,3 +48,31 @@ def test_snapcore_peak_rss_is_bounded(spawn, tmp_path):
     peak_kb = int(re.search(r"MAXRSS (\d+)", p.stdout).group(1))
     assert peak_kb < 64 * 1024, f"snapcore peaked at {peak_kb} KiB for a 384 MiB target"
     assert_runs_on(t)
+
+
+def _region(pid, start):
+    from snapcore import procfs
+    for v in procfs.read_smaps(pid):
+        if v.start == start:
+            return v
+    raise AssertionError(f"no mapping at {start:#x}")
+
+
+@pytest.mark.parametrize("live", [False, True], ids=["normal", "live"])
+def test_copy_on_write_shared_pages_stay_shared(spawn, tmp_path, live):
+    """Pages a prefork-style target shares with its child must not be copied by a read.
+
+    process_vm_readv pins pages, and the kernel answers a pin of a shared anonymous
+    page by copying it into the process read from; /proc/PID/mem does not.
+    """
+    t = spawn("cowshare", "64")
+    before = _region(t.pid, t.info["buf"])
+    assert before.shared_rss >= 60 << 20, before          # shared with the child
+    s = snapcore.snapshot(t.pid, tmp_path / "core", live=live)
+    assert s.live == live
+    after = _region(t.pid, t.info["buf"])
+    assert after.shared_rss == before.shared_rss, (before.shared_rss, after.shared_rss)
+    assert after.anonymous == before.anonymous
+    assert read_core_memory(s.path, t.info["buf"], 4096) != b"\0" * 4096
+    t.ping()
+    assert_untraced(t.pid)
