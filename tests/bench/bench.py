@@ -7,9 +7,11 @@
 For each target (tests/bench/benchtarget.c, started here and killed and reaped
 in ``finally``) the tools run in turn, rep after rep:
 
-    gcore, snapcore, snapcore --live, [ceiling r+w, ceiling r], gcore, snapcore, ...
+    gcore, snapcore, snapcore --live, [ceiling r+w, ceiling r], then the same
+    cycle started one tool later (snapcore, snapcore --live, ..., gcore), ...
 
-so that drift (the machine is shared) affects them all alike.  Before each run
+so that drift (the machine is shared) affects them all alike, and no tool
+always runs right after the same other one.  Before each run
 the dirty pages are synced and the page cache is dropped (as root; otherwise
 only synced, and the report says so); after it the core is measured and deleted.
 
@@ -59,6 +61,7 @@ GCORE, SNAP, LIVE, CEIL_RW, CEIL_R = "gcore", "snapcore", "snapcore --live", \
 TOOL_ORDER = (GCORE, SNAP, LIVE, CEIL_RW, CEIL_R)
 RUN_TIMEOUT = 600.0           # one tool run; gcore of 4 GiB takes a few seconds
 READY_TIMEOUT = 180.0         # filling 4 GiB on a busy machine
+SETTLE_MAX = 20.0             # the longest wait for free page reporting to go quiet
 
 
 # --------------------------------------------------------------------------
@@ -408,6 +411,9 @@ class Bench:
                            "before every run: sync only (page cache not dropped"
                            + (": --no-drop-caches)" if self.args.no_drop_caches
                               else ": not root)"))
+        if self.args.settle > 0:
+            self.cache_note += (f", then a wait until free page reporting was idle for "
+                                f"{self.args.settle:g} s")
 
     def _gdb_wrapper(self, gcore, gdb):
         """OUT/tools/gcore runs the real gcore script, which runs "$(dirname $0)/gdb":
@@ -435,10 +441,24 @@ exec {gdb} "${{args[@]}}"
         os.chmod(wrapper, 0o755)
 
     def settle(self):
+        """Sync, drop the page cache, and let the guest finish handing the memory
+        freed so far back to its host (free page reporting), so that a run does not
+        share the machine with the clean-up after the one before.  Returns seconds."""
+        t0 = time.monotonic()
         os.sync()
         if self.drop:
             with open("/proc/sys/vm/drop_caches", "w") as f:
                 f.write("1\n")
+        if self.args.settle > 0:
+            last, still = _page_reporting_kib(), t0
+            while last is not None and time.monotonic() - t0 < SETTLE_MAX:
+                time.sleep(0.25)
+                now = _page_reporting_kib()
+                if now != last:
+                    last, still = now, time.monotonic()
+                elif time.monotonic() - still >= self.args.settle:
+                    break
+        return time.monotonic() - t0
 
     def disk_free(self):
         st = os.statvfs(self.work)
@@ -455,7 +475,7 @@ exec {gdb} "${{args[@]}}"
             rec["error"] = f"skipped: {human(self.disk_free())} free on disk, need " \
                            f"{human(need + 4 * GiB)}"
             return rec
-        self.settle()
+        rec["settle"] = self.settle()
         target.gap()                                    # reset the heartbeat's maximum
         target.wait_in_read()
         rec["loadavg"] = os.getloadavg()[0]
@@ -581,7 +601,10 @@ exec {gdb} "${{args[@]}}"
             time.sleep(1.0)
             facts["idle_gap"] = target.gap()          # the heartbeat's noise, nothing running
             for rep in range(1, reps + 1):
-                for tool in tools:
+                # the order turns each rep (g s l, s l g, l g s...): still alternating,
+                # and no tool always runs right after the same other one
+                k = (rep - 1) % len(tools)
+                for tool in tools[k:] + tools[:k]:
                     rec = self.run_tool(target, tool, rep)
                     self.runs.append(rec)
                     print(f"[bench]   {_run_line(rec)}", flush=True)
@@ -882,7 +905,8 @@ def markdown(bench, summ, goal_list):
              f"`{env['thp_enabled']}` (defrag `{env['thp_defrag']}`), {env['gdb']}, "
              f"snapcore {env['commit']}.")
     L.append(f"{bench.reps} rep(s) per tool, runs alternating within each target "
-             f"({' → '.join(TOOL_ORDER)}, as present); {bench.cache_note}; cores deleted "
+             f"({' → '.join(TOOL_ORDER)}, as present, the cycle starting one tool later each "
+             f"rep); {bench.cache_note}; cores deleted "
              f"after each run. Load average {bench.load_start[0]:.2f} at the start, "
              f"{bench.load_end[0]:.2f} at the end (the machine is shared: "
              f"{'numbers may be noisy' if max(bench.load_start[0], bench.load_end[0]) > 1.0 else 'it was quiet'}). "
@@ -943,6 +967,12 @@ def markdown(bench, summ, goal_list):
         b = data_bytes(bench.targets[ceil.name])
         L.append(f"## Ceiling ({bench.targets[ceil.name]['title']}, same run)")
         L.append("")
+        rw = per.get(CEIL_RW, {}).get("gbps")
+        if rw and rw["n"] > 1:
+            L.append(f"The same read+write copy ran at {rw['min']:.2f} to {rw['max']:.2f} GB/s "
+                     f"in this run ({rw['max'] / rw['min']:.1f}× apart): that is how much the "
+                     f"machine itself varies between identical runs.")
+            L.append("")
         L.append("| what | GB/s (median) | % of read+write |")
         L.append("|---|---|---|")
         crw = per.get(CEIL_RW, {}).get("gbps")
@@ -1079,6 +1109,10 @@ def main(argv=None):
                    help="where results.md/results.json go (default bench-out/)")
     p.add_argument("--no-drop-caches", action="store_true",
                    help="sync before each run but leave the page cache alone")
+    p.add_argument("--settle", type=float, default=0.0, metavar="SECS",
+                   help="before each run, also wait until the guest's free page reporting "
+                        "has been idle this long (at most 20 s; default 0: do not wait; "
+                        "tried, it cost ~8 s a run and did not make runs steadier here)")
     p.add_argument("--list", action="store_true", help="list the targets and exit")
     args = p.parse_args(argv)
     if args.reps is not None and args.reps < 1:
