@@ -187,12 +187,15 @@ class BenchTarget:
         return self.readline(timeout)
 
     def gap(self):
-        """The largest heartbeat gap (seconds) since the last call; resets it."""
+        """(largest heartbeat gap, [(start, length)] of the gaps >= 1.5 ms), in
+        seconds (start: CLOCK_REALTIME), since the last call; resets them."""
         reply = self.command("gap")
-        m = re.match(r"GAP (\d+) (\d+)$", reply)
-        if not m:
-            raise RuntimeError(f"benchtarget: bad gap reply {reply!r}")
-        return int(m.group(1)) / 1e9
+        m = re.match(r"GAP (\d+) (\d+) (\d+)((?: \d+:\d+)*)$", reply)
+        if not m or len(m.group(4).split()) != int(m.group(3)):
+            raise RuntimeError(f"benchtarget: bad gap reply {reply[:200]!r}")
+        gaps = sorted((int(a) / 1e9, int(b) / 1e9)
+                      for a, b in (g.split(":") for g in m.group(4).split()))
+        return int(m.group(1)) / 1e9, gaps
 
     def fork_cost(self):
         reply = self.command("fork", timeout=60.0)
@@ -487,7 +490,16 @@ exec {gdb} "${{args[@]}}"
             else:
                 self._ceiling(target, rec, core if tool == CEIL_RW else "-")
             time.sleep(0.05)                           # the heartbeat ticks after the resume
-            rec["pause"] = target.gap()
+            rec["max_gap"], rec["gaps"] = target.gap()
+            rec["pause"] = rec["max_gap"]
+            window = rec.pop("freeze_window", None)
+            if window:
+                # snapcore: the gap at the freeze, and the largest stall at other times
+                w0, w1 = window[0] - 0.001, window[1] + 0.001
+                at = [n for a, n in rec["gaps"] if a < w1 and a + n > w0]
+                rec["pause"] = max(at) if at else 0.0015     # < 1.5 ms: not logged
+                rec["other_stall"] = max([n for a, n in rec["gaps"]
+                                          if not (a < w1 and a + n > w0)], default=0.0)
             if core and os.path.exists(core):
                 st = os.stat(core)
                 rec["file_size"], rec["disk"] = st.st_size, st.st_blocks * 512
@@ -551,6 +563,7 @@ exec {gdb} "${{args[@]}}"
             with open(hwm) as f:
                 h = json.load(f)
             os.unlink(hwm)
+            rec["freeze_window"] = h.get("freeze_window")
             rec["rss_main"] = h["main_hwm_kb"] * 1024
             rec["rss_guardian"] = (h.get("guardian_hwm_kb") or 0) * 1024 or None
             rec["rss"] = rec["rss_main"] + (rec["rss_guardian"] or 0)
@@ -599,7 +612,7 @@ exec {gdb} "${{args[@]}}"
             facts["smaps_start"] = target.smaps_rollup()
             target.gap()
             time.sleep(1.0)
-            facts["idle_gap"] = target.gap()          # the heartbeat's noise, nothing running
+            facts["idle_gap"] = target.gap()[0]       # the heartbeat's noise, nothing running
             for rep in range(1, reps + 1):
                 # the order turns each rep (g s l, s l g, l g s...): still alternating,
                 # and no tool always runs right after the same other one
@@ -651,6 +664,8 @@ def _run_line(r):
         parts.append(f"wall {r['wall']:.3f}s")
     if r.get("pause") is not None:
         parts.append(f"pause {fmt_t(r['pause'])}")
+    if r.get("other_stall", 0) >= 0.005:
+        parts.append(f"other stall {fmt_t(r['other_stall'])}")
     if r.get("rss"):
         parts.append(f"rss {r['rss'] / 1e6:.1f} MB")
     if r.get("disk") is not None:
@@ -757,7 +772,7 @@ def summarize(bench):
                  "errors": sorted({r["error"] for r in runs if r.get("error")})}
             for key in ("wall", "pause", "self_pause", "in_call_wall", "rss", "rss_main",
                         "rss_guardian", "file_size", "disk", "cow", "gbps", "copy_seconds",
-                        "bytes_dumped", "anon_growth"):
+                        "bytes_dumped", "anon_growth", "max_gap", "other_stall"):
                 m[key] = stat(r.get(key) for r in ok)
             per[tool] = m
         out[name] = per
@@ -884,7 +899,8 @@ def goals(bench, summ):
         add(None if fork is None else lp <= fork + 0.010,
             f"{facts['title']}: live pause {fmt_t(lp)} (goal ≤ the target's fork() "
             f"{fmt_t(fork)} + 10 ms = {fmt_t(fork + 0.010) if fork is not None else 'n/a'}) "
-            f"(snapcore's own count {fmt_t(get(s.name, LIVE, 'self_pause'))}; "
+            f"(snapcore's own count {fmt_t(get(s.name, LIVE, 'self_pause'))}; largest stall "
+            f"the target saw outside the freeze {fmt_t(get(s.name, LIVE, 'other_stall'))}; "
             f"copy-on-write window {fmt_t(get(s.name, LIVE, 'cow'))}{thp_note})")
         r = ratio(gp, lp)
         add(None if r is None else r >= 40,
@@ -912,9 +928,13 @@ def markdown(bench, summ, goal_list):
              f"{'numbers may be noisy' if max(bench.load_start[0], bench.load_end[0]) > 1.0 else 'it was quiet'}). "
              f"Took {bench.elapsed / 60:.1f} min.")
     L.append("")
-    L.append("Wall: the command from exec to exit, median (min–max). Pause: the target's own "
-             "heartbeat (largest gap between 1 ms ticks). Peak RSS: VmHWM (snapcore live: CLI "
-             "process + guardian). Ratios: median ÷ gcore's median on the same target.")
+    L.append("Wall: the command from exec to exit, median (min–max). Pause: measured by the "
+             "target's own heartbeat thread (gaps between its 1 ms ticks): for snapcore the gap "
+             "that spans the freeze (snapwrap.py records when Freezer froze and resumed the "
+             "target), for gcore the largest gap of the run (gdb holds the target from attach "
+             "to detach). Stalls the target saw at other times during a snapcore run are in "
+             "the notes. Peak RSS: VmHWM (snapcore live: CLI process + guardian). "
+             "Ratios: median ÷ gcore's median on the same target.")
     L.append("")
     L.append("| target | tool | wall | pause | peak RSS | file size | disk | "
              "wall ×gcore | pause ×gcore | disk ×gcore | notes |")
@@ -931,6 +951,8 @@ def markdown(bench, summ, goal_list):
             notes = []
             if m.get("cow"):
                 notes.append(f"cow window {fmt_range(m['cow'])}")
+            if m.get("other_stall") and m["other_stall"]["max"] >= 0.005:
+                notes.append(f"largest stall outside the freeze {fmt_range(m['other_stall'])}")
             if tool in (SNAP, LIVE) and m.get("self_pause"):
                 notes.append(f"self-reported pause {fmt_t(m['self_pause']['median'])}")
             if tool in (SNAP, LIVE) and m.get("in_call_wall"):
@@ -1002,10 +1024,10 @@ def markdown(bench, summ, goal_list):
                  "during a run, sampled every 10 ms: memory that was allocated while the tool "
                  "ran (system-wide, so other work on the machine shows up too).")
         L.append("")
-        L.append("| target | fork() in the target | live pause | normal pause | gcore pause | "
-                 "gcore ÷ live | copy-on-write window | AnonPages growth, live | "
-                 "AnonPages growth, normal | AnonHugePages |")
-        L.append("|---|---|---|---|---|---|---|---|---|---|")
+        L.append("| target | fork() in the target | live pause | live: largest other stall | "
+                 "normal pause | gcore pause | gcore ÷ live | copy-on-write window | "
+                 "AnonPages growth, live | AnonPages growth, normal | AnonHugePages |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|---|")
         for s in live_rows:
             facts = bench.targets[s.name]
             per = summ[s.name]
@@ -1013,6 +1035,7 @@ def markdown(bench, summ, goal_list):
             lp, np_, gp = (per.get(t, {}).get("pause") for t in (LIVE, SNAP, GCORE))
             huge, _ = thp_granted(facts)
             L.append(f"| {facts['title']} | {fmt_range(fork)} | {fmt_range(lp)} | "
+                     f"{fmt_range(per[LIVE].get('other_stall'))} | "
                      f"{fmt_range(np_)} | {fmt_range(gp)} | "
                      f"{fmt_ratio(ratio(gp['median'] if gp else None, lp['median'] if lp else None))} | "
                      f"{fmt_range(per[LIVE].get('cow'))} | "

@@ -19,7 +19,10 @@
  *
  * When ready it prints one line, READY {json}, then answers commands on stdin,
  * one line each:
- *     gap     -> GAP <max gap ns> <ticks>   and the maximum starts again from 0
+ *     gap     -> GAP <max gap ns> <ticks> <n> <start>:<len> ...
+ *                the largest gap since the last `gap`, the ticks so far, and the n
+ *                gaps of 1.5 ms or more (start: CLOCK_REALTIME ns, len: ns; the
+ *                largest 128 if there were more); then all of it starts again
  *     fork    -> FORK <ns>   how long fork() took here (the page-table copy); the
  *                            child exits at once and is reaped
  *     quit    -> exits
@@ -43,8 +46,21 @@
 #define HUGE (2ULL * MIB)
 #define TICK_NS 1000000L
 
-static _Atomic uint64_t max_gap_ns;
+#define LOG_MIN_NS 1500000ULL
+#define LOG_MAX 128
+
+static pthread_mutex_t gap_mu = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t max_gap_ns;
+static struct { uint64_t start, len; } gap_log[LOG_MAX];
+static int gap_n;
 static _Atomic uint64_t ticks;
+
+static uint64_t real_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
 
 static uint64_t now_ns(void)
 {
@@ -63,9 +79,28 @@ static void *heartbeat(void *arg)
         uint64_t t = now_ns();
         uint64_t gap = t - last;
         last = t;
-        uint64_t cur = atomic_load(&max_gap_ns);
-        while (gap > cur && !atomic_compare_exchange_weak(&max_gap_ns, &cur, gap))
-            ;
+        if (gap > max_gap_ns || gap >= LOG_MIN_NS) {
+            uint64_t start = real_ns() - gap;
+            pthread_mutex_lock(&gap_mu);
+            if (gap > max_gap_ns)
+                max_gap_ns = gap;
+            if (gap >= LOG_MIN_NS) {
+                int slot = gap_n < LOG_MAX ? gap_n++ : -1;
+                if (slot < 0) {                 /* full: replace the smallest */
+                    slot = 0;
+                    for (int i = 1; i < LOG_MAX; i++)
+                        if (gap_log[i].len < gap_log[slot].len)
+                            slot = i;
+                    if (gap_log[slot].len >= gap)
+                        slot = -1;
+                }
+                if (slot >= 0) {
+                    gap_log[slot].start = start;
+                    gap_log[slot].len = gap;
+                }
+            }
+            pthread_mutex_unlock(&gap_mu);
+        }
         atomic_fetch_add(&ticks, 1);
     }
     return NULL;
@@ -189,9 +224,20 @@ int main(int argc, char **argv)
     char line[256];
     while (fgets(line, sizeof line, stdin)) {
         if (!strncmp(line, "gap", 3)) {
-            uint64_t g = atomic_exchange(&max_gap_ns, 0);
-            printf("GAP %llu %llu\n", (unsigned long long)g,
-                   (unsigned long long)atomic_load(&ticks));
+            static struct { uint64_t start, len; } copy[LOG_MAX];
+            pthread_mutex_lock(&gap_mu);        /* copy and reset; print unlocked */
+            uint64_t g = max_gap_ns;
+            int n = gap_n;
+            memcpy(copy, gap_log, sizeof copy);
+            max_gap_ns = 0;
+            gap_n = 0;
+            pthread_mutex_unlock(&gap_mu);
+            printf("GAP %llu %llu %d", (unsigned long long)g,
+                   (unsigned long long)atomic_load(&ticks), n);
+            for (int i = 0; i < n; i++)
+                printf(" %llu:%llu", (unsigned long long)copy[i].start,
+                       (unsigned long long)copy[i].len);
+            printf("\n");
         } else if (!strncmp(line, "fork", 4)) {
             uint64_t t0 = now_ns();
             pid_t child = fork();
