@@ -8,6 +8,7 @@ PYTHON      ?= python3
 VENV        ?= .venv
 PY          := $(VENV)/bin/python
 PYTEST_ARGS ?=
+BENCH_ARGS  ?=
 STAMP       := $(VENV)/.snapcore-installed
 
 .PHONY: all build deps test unit demo bench soak clean
@@ -39,7 +40,7 @@ demo: build
 	$(PY) tests/targets/demo.py
 
 bench: deps build
-	$(PY) tests/bench/bench.py
+	$(PY) tests/bench/bench.py $(BENCH_ARGS)
 
 soak: deps build
 	SNAPCORE_SOAK=1 $(PY) -m pytest -n auto tests/reliability
@@ -47,3 +48,4 @@ soak: deps build
 clean:
 	rm -rf build $(VENV) snapcore/_shim*.so *.egg-info demo-out
 	$(MAKE) -s -C tests/targets clean
+	$(MAKE) -s -C tests/bench clean
