@@ -6,6 +6,7 @@ deals in Python values and exceptions only.  Callers that expect a particular
 errno (ESRCH while threads come and go) catch SyscallError and test .errno.
 """
 import errno
+import threading
 
 from .errors import ShimUnavailable, SyscallError
 
@@ -84,11 +85,14 @@ def geteventmsg(tid):
 
 
 _REGSET_BUF = 64 * 1024
+_local = threading.local()
 
 
 def getregset(tid, note_type):
     """Return the bytes PTRACE_GETREGSET filled for note_type."""
-    buf = ffi.new("char[]", _REGSET_BUF)
+    buf = getattr(_local, "regset_buf", None)        # one per thread, reused: 5 calls
+    if buf is None:                                  # per target thread add up
+        buf = _local.regset_buf = ffi.new("char[]", _REGSET_BUF)
     n = _check(require().sc_getregset(tid, note_type, buf, _REGSET_BUF),
                f"ptrace(PTRACE_GETREGSET, {note_type:#x})", tid)
     return ffi.buffer(buf, n)[:]

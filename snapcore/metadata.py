@@ -104,7 +104,7 @@ def process_facts(pid):
 
 
 def thread_states(pid):
-    """{tid: state letter} of every thread, sampled before the freeze."""
+    """{tid: (state letter, name)} of every thread, sampled before the freeze."""
     out = {}
     try:
         tids = os.listdir(f"/proc/{pid}/task")
@@ -113,7 +113,8 @@ def thread_states(pid):
     for t in tids:
         text = _read(f"/proc/{pid}/task/{t}/stat")
         if text and ")" in text:
-            out[int(t)] = text.rsplit(")", 1)[1].split()[0]
+            head, _, tail = text.rpartition(")")
+            out[int(t)] = (tail.split()[0], head.partition("(")[2])
     return out
 
 

@@ -550,8 +550,10 @@ class _Job:
             proc.file_entries = _file_entries(src, plans, arch.page_size)
             kernel_notes = elfnotes.build_notes(arch, proc, threads, _native.cpuid,
                                                 _file_note_limit())
-            thread_meta = [{"tid": t.tid, "name": metadata.thread_name(pid, t.tid),
-                            "state": self.states.get(t.tid)} for t in threads]
+            thread_meta = []
+            for t in threads:                     # names and states read before the freeze
+                state, name = self.states.get(t.tid) or (None, metadata.thread_name(pid, t.tid))
+                thread_meta.append({"tid": t.tid, "name": name, "state": state})
 
             def notes_for(sel):
                 self.record = metadata.new_record(
