@@ -21,7 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static volatile sig_atomic_t counts[8];
+static int counts[8];
 static volatile unsigned long ticks;
 static volatile int tids[4];
 static volatile int started;
@@ -35,7 +35,8 @@ static int slot(int sig)
     return 7;
 }
 
-static void on_signal(int sig) { counts[slot(sig)]++; }
+/* atomic: after a freeze, pending signals land on several threads at once */
+static void on_signal(int sig) { __atomic_add_fetch(&counts[slot(sig)], 1, __ATOMIC_SEQ_CST); }
 
 static void *worker(void *arg)
 {
