@@ -43,7 +43,7 @@ bench: deps build
 	$(PY) tests/bench/bench.py $(BENCH_ARGS)
 
 soak: deps build
-	SNAPCORE_SOAK=1 $(PY) -m pytest -n auto tests/reliability
+	SNAPCORE_SOAK=1 $(PY) -m pytest -n auto -rP tests/reliability
 
 clean:
 	rm -rf build $(VENV) snapcore/_shim*.so *.egg-info demo-out
