@@ -236,50 +236,61 @@ def kill_child(child):
         _native.wait_many([child], statuses, 0.25)
 
 
-def reap_in_target(pid, arch, child, prefer_tid=None):
+def reap_in_target(pid, arch, child, prefer_tid=None, timeout=3.0):
     """Have the target wait4() its dead exit-signal-0 child.  Returns True if reaped.
 
     Stops one thread at a time (the others keep running) until one sits at a
     `syscall`; the pause is that of one injected wait4, well under a millisecond.
+    Retries for a few seconds when no thread can be had (e.g. another snapshot
+    holds the target right now).
     """
-    try:
-        tids = procfs.list_tids(pid)
-    except SnapcoreError:
-        return True                               # target gone: init reaps the child
-    order = sorted(tids, key=lambda t: t != prefer_tid)
-    for tid in order[:16]:
+    deadline = time.monotonic() + timeout
+    while True:
         try:
-            _native.seize(tid)
-        except _native.SyscallError:
-            continue
-        try:
-            _native.interrupt(tid)
-            statuses = [_native.WAIT_PENDING]
-            _native.wait_many([tid], statuses, 2.0)
-            if statuses[0] in (_native.WAIT_PENDING, _native.WAIT_GONE):
-                continue
-            if (statuses[0] >> 16) != _native.PTRACE_EVENT_STOP:
-                held = os.WSTOPSIG(statuses[0])       # a signal: give it back untouched
-                _native.detach(tid, held)
-                continue
-            saved = _native.getregset(tid, NT_PRSTATUS)
-            regs = arch.regs(saved)
-            if regs["orig_rax"] >= 1 << 63 or read_memory(
-                    pid, regs["rip"] - len(arch.syscall_insn),
-                    len(arch.syscall_insn)) != arch.syscall_insn:
-                continue
-            inj = Injection(tid, arch, saved)
-            rc = inj.run(arch.nr_wait4, (child, 0, WNOHANG | __WALL, 0))
-            detach_with(tid, inj.held)
-            tid = None
-            if rc == child or rc == -errno.ECHILD:
+            tids = procfs.list_tids(pid)
+        except SnapcoreError:
+            return True                           # target gone: init reaps the child
+        for tid in sorted(tids, key=lambda t: t != prefer_tid)[:16]:
+            if _reap_from(pid, arch, child, tid):
                 return True
-        except _native.SyscallError:
-            continue
-        finally:
-            if tid is not None:
-                try:
-                    _native.detach(tid, 0)
-                except _native.SyscallError:
-                    pass
-    return False
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+
+
+def _reap_from(pid, arch, child, tid):
+    """Inject wait4(child) through thread tid if it can be stopped at a syscall."""
+    try:
+        _native.seize(tid)
+    except _native.SyscallError:
+        return False                              # gone, or traced by someone else
+    attached = True
+    try:
+        _native.interrupt(tid)
+        statuses = [_native.WAIT_PENDING]
+        _native.wait_many([tid], statuses, 2.0)
+        if statuses[0] in (_native.WAIT_PENDING, _native.WAIT_GONE):
+            return False
+        if (statuses[0] >> 16) != _native.PTRACE_EVENT_STOP:
+            _native.detach(tid, os.WSTOPSIG(statuses[0]))   # a signal: give it back
+            attached = False
+            return False
+        saved = _native.getregset(tid, NT_PRSTATUS)
+        regs = arch.regs(saved)
+        if regs["orig_rax"] >= 1 << 63 or read_memory(
+                pid, regs["rip"] - len(arch.syscall_insn),
+                len(arch.syscall_insn)) != arch.syscall_insn:
+            return False
+        inj = Injection(tid, arch, saved)
+        rc = inj.run(arch.nr_wait4, (child, 0, WNOHANG | __WALL, 0))
+        detach_with(tid, inj.held)
+        attached = False
+        return rc == child or rc == -errno.ECHILD
+    except SnapcoreError:                         # SyscallError, TargetExited, LiveUnavailable
+        return False
+    finally:
+        if attached:
+            try:
+                _native.detach(tid, 0)
+            except _native.SyscallError:
+                pass                              # never stopped: detached when we exit
