@@ -9,11 +9,11 @@ Exit status: 0 written; 1 the input cannot be read or is not zstd, or the
 output cannot be written (nothing is left at its name); 2 usage error;
 130 interrupted.
 """
-import argparse
 import sys
 
 from ..errors import MissingDependency, SnapcoreError
 from ..coreinfo import ZSTD_MAGIC
+from ..cli import _Parser, _UsageError
 from ..output import CoreFile
 
 PROG = "snapcore decompress"
@@ -21,15 +21,6 @@ PAGE = 4096
 CHUNK = 1 << 20
 _ZERO_PAGE = bytes(PAGE)
 _ZERO_CHUNK = bytes(CHUNK)
-
-
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise _UsageError(message)
 
 
 def build_parser():

@@ -7,25 +7,16 @@ and README.md ("schema": "snapcore-info/1").
 Exit status: 0 described; 1 the file cannot be read or is not a core;
 2 usage error.
 """
-import argparse
 import json
 import sys
 import time
 
 from ..errors import SnapcoreError
 from ..coreinfo import inspect_core
+from ..cli import _Parser, _UsageError
 from ._progress import human
 
 PROG = "snapcore info"
-
-
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise _UsageError(message)
 
 
 def build_parser():
