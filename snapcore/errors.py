@@ -26,6 +26,8 @@ They subclass the matching builtin too, so ``except ProcessLookupError`` or
 import errno as _errno
 import os
 
+from .units import human as _human
+
 
 class SnapcoreError(Exception):
     """Base class of every snapcore error."""
@@ -155,11 +157,6 @@ class MissingDependency(SnapcoreError, ImportError):
         self.advice = f"install it with: pip install 'snapcore[{extra}]'"
 
 
-def _human(n):
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
 
 
 class SyscallError(SnapcoreError, OSError):

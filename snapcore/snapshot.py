@@ -35,6 +35,7 @@ from .memory import (NONE, PRELOADED, READ, BackingFiles, Copier, Selection, ess
                      plan_dump, read_memory, select_max_size, select_mini, stack_vmas)
 from .output import CoreFile
 from .tracer import CancelToken, Freezer, Unstable, _has_live_task, run_traced
+from .units import human as _human
 
 
 @dataclass
@@ -99,11 +100,6 @@ class Snapshot:
         }
 
 
-def _human(n):
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
 
 
 def check_target(pid):

@@ -269,9 +269,8 @@ class _TreeJob:
         except SnapcoreError as exc:
             _set_error(res, exc)
             return
-        res.snapshot = snap
-        res.core = snap.path = path
-        res.threads = list(snap.tids)
+        snap.path = path
+        _set_result(res, snap)
 
     def _write(self, pid, freezer, frozen, status):
         res = self.results[pid]
@@ -286,13 +285,17 @@ class _TreeJob:
         except SnapcoreError as exc:
             _set_error(res, exc)
             return
-        res.snapshot = snap
-        res.core = snap.path
-        res.threads = list(snap.tids)
+        _set_result(res, snap)
 
     def _check_cancel(self):
         if self.cancel.is_set():
             raise SnapshotCancelled()
+
+
+def _set_result(res, snap):
+    res.snapshot = snap
+    res.core = snap.path
+    res.threads = list(snap.tids)
 
 
 def _set_error(res, exc):

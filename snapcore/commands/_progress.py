@@ -8,14 +8,11 @@ import os
 import shutil
 import time
 
+from ..units import human
+
 DELAY_ENV = "SNAPCORE_PROGRESS_DELAY"
 
 
-def human(n):
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
 
 
 def _duration(seconds):

@@ -9,11 +9,10 @@ Exit status: 0 written; 1 the input cannot be read or is not zstd, or the
 output cannot be written (nothing is left at its name); 2 usage error;
 130 interrupted.
 """
-import sys
 
 from ..errors import MissingDependency, SnapcoreError
 from ..coreinfo import ZSTD_MAGIC
-from ..cli import _Parser, _UsageError
+from ..cli import _fail, _Parser, _UsageError
 from ..output import CoreFile
 
 PROG = "snapcore decompress"
@@ -33,11 +32,6 @@ def build_parser():
                    help="where to write (default: CORE.zst without .zst)")
     p.add_argument("-f", "--force", action="store_true", help="replace CORE if it exists")
     return p
-
-
-def _fail(message, code):
-    print(f"snapcore: error: {message}", file=sys.stderr)
-    return code
 
 
 def write_sparse(read, out):

@@ -13,8 +13,8 @@ import time
 
 from ..errors import SnapcoreError
 from ..coreinfo import inspect_core
-from ..cli import _Parser, _UsageError
-from ._progress import human
+from ..cli import _fail, _Parser, _UsageError
+from ..units import human
 
 PROG = "snapcore info"
 
@@ -32,11 +32,6 @@ def build_parser():
     p.add_argument("--no-symbols", action="store_true",
                    help="do not open the mapped ELF files to name the pcs")
     return p
-
-
-def _fail(message, code):
-    print(f"snapcore: error: {message}", file=sys.stderr)
-    return code
 
 
 def main(argv):
