@@ -99,6 +99,7 @@ class _Runner:
         self.args = args
         self.child = None
         self.old = {}
+        self.early = []             # signals that came before Popen() returned
 
     def run(self):
         for sig in _FORWARDED:
@@ -111,6 +112,9 @@ class _Runner:
             except OSError as exc:
                 return _fail(f"{self.cmd[0]}: cannot execute: {exc.strerror}",
                              EXIT_CANNOT_EXEC)
+            # CMD may already run (and be signalled for) before Popen() returns
+            while self.early:
+                self._forward(self.early.pop(0), None)
             deadline = time.monotonic() + self.args.timeout
             while True:
                 try:
@@ -126,7 +130,10 @@ class _Runner:
                 signal.signal(sig, h)
 
     def _forward(self, signum, frame):
-        if self.child is None or self.child.returncode is not None:
+        if self.child is None:
+            self.early.append(signum)
+            return
+        if self.child.returncode is not None:
             return
         if signum == signal.SIGINT and _terminal_sent_it():
             return
