@@ -19,13 +19,22 @@ They subclass the matching builtin too, so ``except ProcessLookupError`` or
      |    +-- OutputExists                FileExistsError
      +-- SnapshotCancelled
      +-- CoreTooLarge                     (limit, minimum)
+     +-- InvalidRequest                   ValueError: options that cannot be honoured
      +-- MissingDependency                ImportError (an optional package)
      +-- SyscallError                     OSError (syscall, tid, errno)
      +-- ShimUnavailable                  ImportError
+     +-- HelperError                      snapcore's helper process failed
+     +-- CoreFormatError                  a file given as a core is not one (path)
+     +-- ProcFormatError                  /proc said something snapcore cannot parse
+
+``exit_status(exc)`` is the one table from errors to the command line's exit
+statuses (documented in docs/cli.md): 2 for a request that cannot be honoured,
+130/143 for SIGINT/SIGTERM, 1 for every other failure.
 """
 import errno as _errno
 import os
 
+from ._sys import yama_scope
 from .units import human as _human
 
 
@@ -53,6 +62,13 @@ def _rebuild(cls, args, state):
     for k, v in state.items():
         setattr(obj, k, v)
     return obj
+
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
 
 
 class TargetError(SnapcoreError):
@@ -148,6 +164,13 @@ class CoreTooLarge(SnapcoreError):
         self.advice = f"raise --max-size to at least {_human(minimum)}"
 
 
+class InvalidRequest(SnapcoreError, ValueError):
+    """Options that cannot be honoured (alone, together, or on this path).
+
+    Raised before anything is touched: no process was stopped, no file created.
+    """
+
+
 class MissingDependency(SnapcoreError, ImportError):
     """An optional package a feature needs is not installed."""
 
@@ -155,8 +178,6 @@ class MissingDependency(SnapcoreError, ImportError):
         super().__init__(f"{feature} needs the Python package '{package}', which is "
                          "not installed")
         self.advice = f"install it with: pip install 'snapcore[{extra}]'"
-
-
 
 
 class SyscallError(SnapcoreError, OSError):
@@ -180,12 +201,41 @@ class ShimUnavailable(SnapcoreError, ImportError):
         self.advice = "reinstall snapcore with 'pip install .' so the C shim is built"
 
 
+class HelperError(SnapcoreError):
+    """snapcore's helper process failed (it crashed, or could not be started)."""
+
+
+class CoreFormatError(SnapcoreError):
+    """A file given as a core (or bundle) is not one snapcore can read."""
+
+    def __init__(self, path, detail):
+        super().__init__(f"{path}: {detail}")
+        self.path = path
+
+
+class ProcFormatError(TargetError):
+    """/proc/PID/... held text snapcore does not understand (a newer kernel?)."""
+
+    def __init__(self, pid, what, detail):
+        super().__init__(pid, f"cannot parse {what}: {detail}")
+        self.advice = "please report this with the file's contents and `uname -r`"
+
+
+class LiveUnavailable(SnapcoreError):
+    """Live mode cannot be used on this target; a normal snapshot is taken instead."""
+
+
+def exit_status(exc):
+    """The command line's exit status for an exception that ended a command."""
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_SIGINT
+    if isinstance(exc, InvalidRequest):
+        return EXIT_USAGE
+    return EXIT_FAILED
+
+
 def _ptrace_advice():
-    try:
-        with open("/proc/sys/kernel/yama/ptrace_scope") as f:
-            scope = int(f.read().strip())
-    except (OSError, ValueError):
-        scope = None
+    scope = yama_scope()
     if scope is not None and scope >= 1:
         return (
             f"kernel.yama.ptrace_scope is {scope}: run as root or with CAP_SYS_PTRACE, "

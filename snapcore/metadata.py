@@ -22,7 +22,11 @@ Keys of the JSON object (format 1); every key is always present:
     host            node name
     mode            "normal" | "all" | "mini" | "max-size"
     reason          free text given by the user (--reason), or null
-    trigger         what asked for the snapshot: "cli", "api", ...
+    trigger         what started the snapshot: "cli", "api", "self", "tree", "run", "pytest"
+    live            true when memory was copied from a live (forked) image
+    live_fallback   why live mode was asked for but not used, or null
+    compress        "zstd" when the core is a zstandard stream, else null
+    stop_timeout    seconds the freeze was allowed to take
     snapcore_argv   snapcore's own command line (null through the API)
     pid, comm, cmdline (list), cwd, exe, uid, gid
     limits          {name: [soft, hard]} from /proc/PID/limits ("unlimited" kept)
@@ -43,16 +47,17 @@ import os
 import re
 import socket
 
+from ._version import __version__
+from .procfs import parse_cmdline
+
 
 SNAPCORE_OWNER = "SNAPCORE"
 NT_SNAPCORE_METADATA = 0x4D455441
 FORMAT = 1
 RESERVE_EXTRA = 2048        # room left in the note for the post-copy keys
-
-
-def version():
-    from . import __version__
-    return __version__
+RESERVE_UNIT = 4096         # the reserved size is a multiple of this, so that cores that
+                            # differ only in short values (compressed or not) have the
+                            # same layout
 
 
 def _read(path, binary=False):
@@ -87,9 +92,7 @@ def parse_limits(text):
 
 def process_facts(pid):
     """What /proc says about the process, read before the freeze (no pause cost)."""
-    raw = _read(f"/proc/{pid}/cmdline", binary=True) or b""
-    cmdline = [a.decode("utf-8", "surrogateescape") for a in raw.split(b"\0")[:-1]] \
-        if raw.endswith(b"\0") else [raw.decode("utf-8", "surrogateescape")] if raw else []
+    cmdline = parse_cmdline(_read(f"/proc/{pid}/cmdline", binary=True) or b"")
     cgroup = _read(f"/proc/{pid}/cgroup")
     comm = _read(f"/proc/{pid}/comm")
     return {
@@ -103,48 +106,31 @@ def process_facts(pid):
     }
 
 
-def thread_states(pid):
-    """{tid: (state letter, name)} of every thread, sampled before the freeze."""
-    out = {}
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for t in tids:
-        text = _read(f"/proc/{pid}/task/{t}/stat")
-        if text and ")" in text:
-            head, _, tail = text.rpartition(")")
-            out[int(t)] = (tail.split()[0], head.partition("(")[2])
-    return out
-
-
-def thread_name(pid, tid):
-    name = _read(f"/proc/{pid}/task/{tid}/comm")
-    return name.rstrip("\n") if name is not None else None
-
-
-def new_record(*, facts, uid, gid, mode, reason, trigger, argv, filt, filter_source, threads,
-               selection, started):
+def new_record(*, facts, uid, gid, options, filt, threads, selection, started):
     """The pre-copy record (a dict in the documented key order)."""
     when = datetime.datetime.fromtimestamp(started, datetime.timezone.utc)
     rec = {
         "format": FORMAT,
-        "snapcore": version(),
+        "snapcore": __version__,
         "final": False,
         "time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "time_unix": int(started),
         "host": socket.gethostname(),
-        "mode": mode,
-        "reason": reason,
-        "trigger": trigger,
-        "snapcore_argv": list(argv) if argv is not None else None,
+        "mode": options.mode,
+        "reason": options.reason,
+        "trigger": options.trigger,
+        "snapcore_argv": list(options.argv) if options.argv is not None else None,
+        "live": options.live,
+        "live_fallback": None,
+        "compress": options.compress,
+        "stop_timeout": options.stop_timeout,
     }
     rec.update(facts)
     rec.update({
         "uid": uid,
         "gid": gid,
         "coredump_filter": f"{filt:#x}",
-        "filter_source": filter_source,
+        "filter_source": "option" if options.coredump_filter is not None else "target",
         "threads": threads,
         "max_size": selection.max_size,
         "truncated": selection.truncated,
@@ -157,8 +143,12 @@ def new_record(*, facts, uid, gid, mode, reason, trigger, argv, filt, filter_sou
     return rec
 
 
-def finalize(rec, *, pause, wall, unreadable, unreadable_omitted=0):
+def finalize(rec, *, pause, wall, unreadable, unreadable_omitted=0, live=None,
+             live_fallback=None):
     rec = dict(rec)
+    if live is not None:
+        rec["live"] = live
+        rec["live_fallback"] = live_fallback
     rec.update({
         "final": True,
         "pause_seconds": round(pause, 6),
@@ -177,7 +167,7 @@ def note_desc(rec, size=None):
     """The note's desc: JSON padded with spaces to size (default: reserve room)."""
     data = encode(rec)
     if size is None:
-        size = len(data) + RESERVE_EXTRA
+        size = -(-(len(data) + RESERVE_EXTRA) // RESERVE_UNIT) * RESERVE_UNIT
     if len(data) > size:
         raise ValueError("metadata does not fit the reserved note")
     return data + b" " * (size - len(data))

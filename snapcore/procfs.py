@@ -7,9 +7,10 @@ they do not understand: a silently skipped mapping is a silently wrong core.
 import errno
 import os
 import re
+import struct
 from dataclasses import dataclass
 
-from .errors import AccessDenied, NoSuchProcess
+from .errors import AccessDenied, NoSuchProcess, ProcFormatError
 
 PF_KTHREAD = 0x00200000
 
@@ -270,6 +271,19 @@ def unescape_maps_name(name):
 # small files
 
 
+def parse_cmdline(raw):
+    """/proc/PID/cmdline bytes -> argv as a list of str.
+
+    A process that rewrote its title (setproctitle, PostgreSQL's "postgres:
+    checkpointer") leaves the rest of its argument area as NUL padding: those
+    empty trailing entries are not arguments and are dropped.
+    """
+    args = raw.split(b"\0")
+    while args and not args[-1]:
+        args.pop()
+    return [a.decode("utf-8", "surrogateescape") for a in args]
+
+
 def parse_coredump_filter(text):
     return int(text.strip(), 16)
 
@@ -277,7 +291,6 @@ def parse_coredump_filter(text):
 def parse_auxv(data, word_size):
     """Return [(a_type, a_val)] up to and including AT_NULL."""
     fmt = "<QQ" if word_size == 8 else "<II"
-    import struct
     step = 2 * word_size
     out = []
     for off in range(0, len(data) - step + 1, step):
@@ -285,6 +298,14 @@ def parse_auxv(data, word_size):
         out.append((t, v))
         if t == 0:
             break
+    return out
+
+
+def auxv_map(data, word_size):
+    """{a_type: a_val}, the first value of each type (as readers take them)."""
+    out = {}
+    for t, v in parse_auxv(data, word_size):
+        out.setdefault(t, v)
     return out
 
 
@@ -326,12 +347,29 @@ def read_text(pid, rel, tid=None):
     return read_bytes(pid, rel, tid).decode("utf-8", "surrogateescape")
 
 
+def parsed(pid, parser, rel, tid=None):
+    """parser(text of /proc/PID[/task/TID]/rel), with its ValueError translated.
+
+    Text that does not parse is most often a process that vanished while it
+    was read (an empty file): that is NoSuchProcess; anything else is a
+    ProcFormatError naming the file.
+    """
+    text = read_text(pid, rel, tid)
+    try:
+        return parser(text)
+    except (ValueError, IndexError) as exc:
+        where = f"/proc/{pid}/task/{tid}/{rel}" if tid is not None else f"/proc/{pid}/{rel}"
+        if not text or not os.path.exists(where):
+            raise NoSuchProcess(pid) from None
+        raise ProcFormatError(pid, where, str(exc)) from None
+
+
 def read_stat(pid, tid=None):
-    return parse_stat(read_text(pid, "stat", tid))
+    return parsed(pid, parse_stat, "stat", tid)
 
 
 def read_status(pid, tid=None):
-    return parse_status(read_text(pid, "status", tid))
+    return parsed(pid, parse_status, "status", tid)
 
 
 def list_tids(pid):
@@ -342,7 +380,11 @@ def list_tids(pid):
 
 
 def read_smaps(pid):
-    return parse_smaps(read_text(pid, "smaps"))
+    return parsed(pid, parse_smaps, "smaps")
+
+
+def read_maps(pid):
+    return parsed(pid, parse_maps, "maps")
 
 
 def read_coredump_filter(pid):
@@ -381,6 +423,8 @@ def tracer_process(tracer_tid):
     except Exception:
         tgid = tracer_tid
     return tgid, comm_of(tgid)
+
+
 def is_own_thread(tid):
     """True if tid is a thread of the calling process (TracerPid names a thread)."""
     return os.path.exists(f"/proc/self/task/{tid}")
@@ -393,16 +437,11 @@ def comm_of(pid):
         return ""
 
 
-# ---------------------------------------------------------------------------
-# process trees
 
 
 def read_cmdline(pid):
     """argv as a list of str (empty for zombies and kernel threads)."""
-    raw = read_bytes(pid, "cmdline")
-    if raw.endswith(b"\0"):
-        raw = raw[:-1]
-    return [a.decode("utf-8", "surrogateescape") for a in raw.split(b"\0")] if raw else []
+    return parse_cmdline(read_bytes(pid, "cmdline"))
 
 
 def read_exe(pid):
@@ -413,55 +452,6 @@ def read_exe(pid):
         return None
 
 
-def list_pids():
-    return [int(n) for n in os.listdir("/proc") if n.isdigit()]
-
-
-def parent_map():
-    """{pid: ppid} of every process visible in /proc (those that vanish are skipped)."""
-    out = {}
-    for pid in list_pids():
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                text = f.read().decode("utf-8", "surrogateescape")
-        except OSError:
-            continue
-        rest = text[text.rindex(")") + 2:].split()
-        out[pid] = int(rest[1])
-    return out
-
-
-def descendants(pid, parents=None):
-    """The descendants of pid, parents before their children (breadth first)."""
-    parents = parent_map() if parents is None else parents
-    children = {}
-    for p, pp in parents.items():
-        children.setdefault(pp, []).append(p)
-    out, seen, queue = [], {pid}, [pid]
-    while queue:
-        nxt = []
-        for p in queue:
-            for c in sorted(children.get(p, ())):
-                if c not in seen:
-                    seen.add(c)
-                    out.append(c)
-                    nxt.append(c)
-        queue = nxt
-    return out
-
-
-def is_descendant(pid, ancestor, parents=None):
-    """True if ancestor is pid's parent, grandparent, ..."""
-    parents = parent_map() if parents is None else parents
-    seen = set()
-    while pid in parents and pid not in seen:
-        seen.add(pid)
-        pid = parents[pid]
-        if pid == ancestor:
-            return True
-    return False
-
-
 def blocked_syscall(pid, tid):
     """The number of the syscall thread tid is blocked in, or None (running / unknown)."""
     try:
@@ -470,59 +460,3 @@ def blocked_syscall(pid, tid):
         return None
     first = text.split(" ", 1)[0].strip()
     return int(first) if first.lstrip("-").isdigit() and int(first) >= 0 else None
-
-
-def child_pids(pid):
-    """Children of pid from /proc/PID/task/*/children (CONFIG_PROC_CHILDREN).
-
-    Much cheaper than parent_map() when a process has few descendants.
-    Returns None if the kernel does not provide the file.
-    """
-    out = []
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return []
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                out.extend(int(c) for c in f.read().split())
-        except FileNotFoundError:
-            if not os.path.exists(f"/proc/{pid}/task/{tid}"):
-                continue                          # the thread exited
-            return None
-        except OSError:
-            continue
-    return sorted(set(out))
-
-
-def descendants_with_start(pid):
-    """{pid: starttime} of every living (non-zombie) descendant of pid."""
-    found = []
-    queue = [pid]
-    while queue:
-        p = queue.pop()
-        kids = child_pids(p)
-        if kids is None:                          # no children files: scan /proc
-            found = descendants(pid)
-            break
-        found.extend(kids)
-        queue.extend(kids)
-    out = {}
-    for p in found:
-        try:
-            st = read_stat(p)
-        except Exception:
-            continue
-        if st.state not in ("Z", "X"):
-            out[p] = st.starttime
-    return out
-
-
-def same_process_alive(pid, starttime):
-    """True if pid still is the process that started at starttime, and not a zombie."""
-    try:
-        st = read_stat(pid)
-    except Exception:
-        return False
-    return st.starttime == starttime and st.state not in ("Z", "X")

@@ -6,6 +6,10 @@ timeout is set:
     --snapcore-timeout=SECS   ini: snapcore_timeout   marker: @pytest.mark.snapcore_timeout(SECS)
     --snapcore-dir=DIR        ini: snapcore_dir       (default: ./snapcore-hangs)
     --snapcore-grace=SECS     ini: snapcore_grace     (SIGTERM -> SIGKILL, default 2)
+    --snapcore-mini, --snapcore-compress=zstd, --snapcore-max-size=SIZE, ...
+                              every snapshot option of `snapcore PID`, prefixed
+                              (cli/common.py SNAPSHOT_OPTIONS); --snapcore-live is
+                              refused: a test's processes are snapshotted as a tree
 
 The timer covers the whole test (setup, call, teardown).  When it runs out,
 a watchdog thread:
@@ -37,6 +41,14 @@ import time
 
 import pytest
 
+from .capture.kill import terminate
+from .capture.tree import snapshot_tree
+from .cli.common import add_snapshot_options, options_from
+from .errors import InvalidRequest, SnapcoreError
+from .proctree import descendants_with_start
+from .procfs import read_stat
+from .read.stacks import shown_cmdline, summarize
+
 DEFAULT_DIR = "snapcore-hangs"
 DEFAULT_GRACE = 2.0
 INTERRUPT_WAIT = 1.0       # for the handler to run before the test's processes are ended
@@ -59,6 +71,7 @@ def pytest_addoption(parser):
     group.addoption("--snapcore-grace", type=float, default=None, metavar="SECS",
                     help="seconds between SIGTERM and SIGKILL for the processes of a "
                          f"timed-out test (default {DEFAULT_GRACE:g})")
+    add_snapshot_options(group.addoption, prefix="snapcore-")
     parser.addini("snapcore_timeout", "snapcore: per-test timeout in seconds (0: none)")
     parser.addini("snapcore_dir", f"snapcore: directory for cores (default {DEFAULT_DIR})")
     parser.addini("snapcore_grace", "snapcore: SIGTERM to SIGKILL delay for a timed-out "
@@ -92,7 +105,13 @@ def pytest_configure(config):
                     "snapcore grace")
     outdir = config.getoption("snapcore_dir") or config.getini("snapcore_dir") or DEFAULT_DIR
     outdir = os.path.join(str(config.invocation_params.dir), outdir)
+    try:
+        options = options_from(config.option, prefix="snapcore-", trigger="pytest")
+        options.check_path("pytest")
+    except InvalidRequest as exc:
+        raise pytest.UsageError(f"snapcore: {exc}") from None
     config.stash[_KEY_SETTINGS] = {
+        "options": options,
         "timeout": timeout or None,
         "dir": os.path.abspath(outdir),
         "grace": DEFAULT_GRACE if grace is None else grace,
@@ -195,7 +214,6 @@ class _Watch:
     """The timer of one test; fires on a watchdog thread."""
 
     def __init__(self, item, timeout, settings):
-        from .procfs import descendants_with_start
         self.item = item
         self.timeout = timeout
         self.settings = settings
@@ -265,14 +283,16 @@ class _Watch:
             self.state = "fired"
 
     def _snapshot_and_interrupt(self):
-        from .errors import SnapcoreError
-        from .tree import snapshot_tree
         item, s = self.item, self.settings
         me = os.getpid()
         folder, tree, error = None, None, None
         try:
             folder = _make_folder(s["dir"], item.nodeid)
-            tree = snapshot_tree(me, folder)
+            options = s["options"]
+            if options.reason is None:
+                options = options.replace(reason=f"pytest: {item.nodeid} still running "
+                                                 f"after {self.timeout:g}s")
+            tree = snapshot_tree(me, folder, options)
         except (SnapcoreError, OSError) as exc:
             error = exc
         except Exception as exc:                    # never let the watchdog die silently
@@ -301,7 +321,6 @@ class _Watch:
         _emergency_exit(item, msg)
 
     def _started_by_test(self, pid):
-        from .procfs import read_stat
         try:
             start = read_stat(pid).starttime
         except Exception:
@@ -309,8 +328,6 @@ class _Watch:
         return self.baseline.get(pid) != start
 
     def _end_test_processes(self):
-        from .kill import terminate
-        from .procfs import descendants_with_start
         me = os.getpid()
 
         def find():
@@ -345,7 +362,6 @@ def _message(timeout, folder, tree, me, started_by_test, limit=8):
           pid 123 (python -c ...), started by the test: core.123; stacks by pystack:
             thread 123: child_hangs_here (<string>:4) <- <module> (<string>:5)
     """
-    from .stacks import shown_cmdline, summarize
     n = len(tree.ok)
     lines = [f"snapcore: test still running after {timeout:g}s; cores of {n} "
              f"process{'es' if n != 1 else ''} in {folder}/"]

@@ -29,6 +29,7 @@ class Arch:
     syscall_insn: bytes = b""   # the instruction live mode re-executes (empty: no live mode)
     nr_clone: int = -1
     nr_wait4: int = -1
+    wait_syscalls: frozenset = frozenset()   # wait4, waitid (and waitpid): a parent's waits
     # note_type -> f(GETREGSET bytes) -> bool, for regsets whose kernel active() hook
     # looks at more than "GETREGSET worked" (fill_thread_core_info skips inactive ones)
     regset_in_use: dict = field(default_factory=dict, hash=False)

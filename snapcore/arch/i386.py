@@ -43,6 +43,7 @@ I386 = Arch(
     pc_reg="eip",
     sp_reg="esp",
     has_vsyscall=False,
+    wait_syscalls=frozenset({7, 114, 284}),         # waitpid, wait4, waitid
     regset_in_use={NT_386_TLS: tls_in_use},
 )
 

@@ -28,6 +28,7 @@ X86_64 = Arch(
     syscall_insn=b"\x0f\x05",          # syscall
     nr_clone=56,
     nr_wait4=61,
+    wait_syscalls=frozenset({61, 247}),             # wait4, waitid
 )
 
 assert X86_64.prstatus.size == 336 and X86_64.prpsinfo.size == 136

@@ -4,6 +4,7 @@ Field names follow the ELF specification; values come from
 include/uapi/linux/elf.h and the System V ABI.
 """
 import struct
+from collections import namedtuple
 from dataclasses import dataclass
 
 ELFCLASS32 = 1
@@ -13,7 +14,9 @@ EV_CURRENT = 1
 ET_CORE = 4
 
 PT_LOAD = 1
+PT_DYNAMIC = 2
 PT_NOTE = 4
+PT_PHDR = 6
 PF_X = 1
 PF_W = 2
 PF_R = 4
@@ -34,6 +37,22 @@ NT_X86_XSTATE = 0x202
 NT_X86_SHSTK = 0x204
 NT_X86_XSAVE_LAYOUT = 0x205
 NT_GNU_BUILD_ID = 3
+
+# auxiliary vector entries (include/uapi/linux/auxvec.h)
+AT_NULL = 0
+AT_PHDR = 3
+AT_PHNUM = 5
+AT_ENTRY = 9
+AT_EXECFN = 31
+AT_SYSINFO_EHDR = 33
+
+# dynamic section tags
+DT_NULL = 0
+DT_DEBUG = 21
+
+ELFMAG = b"\x7fELF"
+
+Phdr = namedtuple("Phdr", "p_type p_flags p_offset p_vaddr p_paddr p_filesz p_memsz p_align")
 
 
 @dataclass(frozen=True)
@@ -62,6 +81,21 @@ class ElfClass:
         return self.phdr.pack(p_type, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz,
                               p_flags, p_align)
 
+    def unpack_phdr(self, data, offset=0):
+        """A Phdr (the field order differs between the classes)."""
+        v = self.phdr.unpack_from(data, offset)
+        if self.elfclass == ELFCLASS64:
+            return Phdr(*v)
+        p_type, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_flags, p_align = v
+        return Phdr(p_type, p_flags, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_align)
+
+    def unpack_ehdr(self, data):
+        """{field: value} of an ELF header."""
+        names = ("e_ident", "e_type", "e_machine", "e_version", "e_entry", "e_phoff",
+                 "e_shoff", "e_flags", "e_ehsize", "e_phentsize", "e_phnum", "e_shentsize",
+                 "e_shnum", "e_shstrndx")
+        return dict(zip(names, self.ehdr.unpack_from(data)))
+
     def pack_shdr_xnum(self, real_phnum):
         """Section header 0 carrying the real segment count (PN_XNUM)."""
         # sh_name, sh_type, sh_flags, sh_addr, sh_offset, sh_size, sh_link, sh_info,
@@ -81,6 +115,8 @@ ELF32 = ElfClass(
     phdr=struct.Struct("<IIIIIIII"),
     shdr=struct.Struct("<IIIIIIIIII"),
 )
+
+ELF_BY_CLASS = {ELFCLASS32: ELF32, ELFCLASS64: ELF64}
 
 NHDR = struct.Struct("<III")
 

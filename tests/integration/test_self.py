@@ -39,7 +39,7 @@ def thread_section(out, tid):
 
 def our_children():
     me = os.getpid()
-    return [p for p, pp in snapcore.procfs.parent_map().items() if pp == me]
+    return [p for p, pp in snapcore.proctree.parent_map().items() if pp == me]
 
 
 @pytest.fixture

@@ -565,7 +565,7 @@ def test_help_names_every_option():
 @pytest.mark.parametrize("args,fragment", [
     (["--max-size", "lots"], "not a size"),
     (["--max-size", "0"], "positive"),
-    (["--mini", "--all"], "not allowed"),
+    (["--mini", "--all"], "exclude each other"),
     (["--compress", "lz4"], "invalid choice"),
     (["--filter", "xyz"], "coredump_filter"),
     (["--reason"], "expected one argument"),

@@ -171,7 +171,7 @@ def test_gdb_reads_a_tree_core_of_a_native_process(tmp_path):
     sh = subprocess.Popen(["sh", "-c", "sleep 300 & sleep 300 & wait"])
     try:
         deadline = time.monotonic() + 10
-        while len(snapcore.procfs.descendants(sh.pid)) < 2:
+        while len(snapcore.proctree.descendants(sh.pid)) < 2:
             assert time.monotonic() < deadline
             time.sleep(0.01)
         result = snapcore.snapshot_tree(sh.pid, tmp_path / "t")
@@ -183,7 +183,7 @@ def test_gdb_reads_a_tree_core_of_a_native_process(tmp_path):
         for q in result.processes:
             assert_untraced(q.pid)
     finally:
-        kill_all(snapcore.procfs.descendants(sh.pid))
+        kill_all(snapcore.proctree.descendants(sh.pid))
         sh.kill()
         sh.wait(timeout=10)
 

@@ -8,12 +8,13 @@ import subprocess
 import pytest
 
 from snapcore import metadata
-from snapcore.cli import _size
-from snapcore.commands.decompress import write_sparse
-from snapcore.coreinfo import build_id_from_image
-from snapcore.memory import (NONE, READ, Dropped, Selection, VmaPlan, _split, select_max_size,
-                             select_mini)
-from snapcore.output import CoreFile, expand_output
+from snapcore.cli.common import size as _size
+from snapcore.cli.decompress import write_sparse
+from snapcore.read.coreinfo import build_id_from_image
+from snapcore.capture.plan import NONE, READ, VmaPlan
+from snapcore.capture.request import SnapshotOptions
+from snapcore.capture.select import Dropped, Selection, _split, select_max_size, select_mini
+from snapcore.capture.publish import CoreFile, expand_output
 from snapcore.procfs import Vma
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -154,9 +155,10 @@ def test_note_reserves_room_and_final_fits():
                     dropped=[Dropped(0x1000, 0x3000, 8192, "max-size")])
     rec = metadata.new_record(facts={"pid": 1, "comm": "x", "cmdline": ["x"], "cwd": "/",
                                      "exe": "/x", "limits": {}, "cgroup": []},
-                              uid=0, gid=0, mode="max-size", reason="r", trigger="api",
-                              argv=None, filt=0x33, filter_source="target",
-                              threads=[{"tid": 1, "name": "x", "state": "S"}], selection=sel,
+                              uid=0, gid=0,
+                              options=SnapshotOptions(max_size=1 << 20, reason="r",
+                                                      trigger="api"),
+                              filt=0x33, threads=[{"tid": 1, "name": "x", "state": "S"}], selection=sel,
                               started=1700000000.5)
     desc = metadata.note_desc(rec)
     assert json.loads(desc)["final"] is False and desc.endswith(b" ")

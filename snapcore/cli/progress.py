@@ -13,8 +13,6 @@ from ..units import human
 DELAY_ENV = "SNAPCORE_PROGRESS_DELAY"
 
 
-
-
 def _duration(seconds):
     seconds = int(seconds + 0.5)
     if seconds >= 3600:

@@ -10,12 +10,13 @@ output cannot be written (nothing is left at its name); 2 usage error;
 130 interrupted.
 """
 
-from ..errors import MissingDependency, SnapcoreError
-from ..coreinfo import ZSTD_MAGIC
-from ..cli import _fail, _Parser, _UsageError
-from ..output import CoreFile
+from ..capture.publish import CoreFile
+from ..errors import CoreFormatError, MissingDependency
+from ..read.source import ZSTD_MAGIC
+from . import common
 
 PROG = "snapcore decompress"
+INTERRUPTED = "interrupted; nothing was written"
 PAGE = 4096
 CHUNK = 1 << 20
 _ZERO_PAGE = bytes(PAGE)
@@ -23,7 +24,7 @@ _ZERO_CHUNK = bytes(CHUNK)
 
 
 def build_parser():
-    p = _Parser(prog=PROG, description="Decompress a zstandard-compressed core "
+    p = common.Parser(prog=PROG, description="Decompress a zstandard-compressed core "
                 "(snapcore --compress zstd) into a sparse core file.",
                 epilog="exit status: 0 written, 1 failed (nothing left at the output "
                        "name), 2 usage error, 130 interrupted")
@@ -77,7 +78,7 @@ def decompress(src, dst, force=False):
     with open(src, "rb") as f:
         head = f.read(18)
         if head[:4] != ZSTD_MAGIC:
-            raise SnapcoreError(f"{src} is not a zstandard-compressed file")
+            raise CoreFormatError(src, "not a zstandard-compressed file")
         try:
             expected = zstandard.frame_content_size(head)
         except zstandard.ZstdError:
@@ -91,13 +92,13 @@ def decompress(src, dst, force=False):
                 try:
                     return reader.read(n)
                 except zstandard.ZstdError as exc:
-                    raise SnapcoreError(f"{src}: corrupt zstandard data ({exc})") from None
+                    raise CoreFormatError(src, f"corrupt zstandard data ({exc})") from None
             size = write_sparse(read, out)
             # the decoder stops quietly at the end of a cut file; snapcore's
             # streams record their size in the frame header
             if expected is not None and expected >= 0 and size < expected:
-                raise SnapcoreError(f"{src} is truncated: it holds {size} of the "
-                                    f"{expected} bytes its header announces")
+                raise CoreFormatError(src, f"truncated: it holds {size} of the {expected} "
+                                           f"bytes its header announces")
             out.finish(size)
         except BaseException:
             out.abort()
@@ -105,23 +106,12 @@ def decompress(src, dst, force=False):
     return size
 
 
-def main(argv):
-    try:
-        args = build_parser().parse_args(argv)
-    except _UsageError as exc:
-        return _fail(f"{exc} (see '{PROG} --help')", 2)
+def run(args, argv):
     dst = args.output
     if dst is None:
         if not args.core.endswith(".zst"):
-            return _fail(f"{args.core} does not end in .zst: name the output with -o "
-                         f"(see '{PROG} --help')", 2)
+            raise common.UsageError(f"{args.core} does not end in .zst: name the output "
+                                    "with -o")
         dst = args.core[:-4]
-    try:
-        decompress(args.core, dst, force=args.force)
-    except SnapcoreError as exc:
-        return _fail(str(exc), 1)
-    except OSError as exc:
-        return _fail(f"{exc.filename or args.core}: {exc.strerror or exc}", 1)
-    except KeyboardInterrupt:
-        return _fail("interrupted; nothing was written", 130)
+    decompress(args.core, dst, force=args.force)
     return 0

@@ -11,19 +11,25 @@ frozen until the last core is written:
     on one tracer thread:
         repeat until a scan finds no new process (bounded):
             list the descendants of pid (/proc/*/stat ppid links)
-            freeze each new one (a tracer.Freezer per process)
+            freeze each new one (a freeze.Freezer per process)
             -- frozen processes cannot fork, so this ends once all are caught
-        write core.P of every frozen process
+        write core.P of every frozen process (job.Job.write_frozen)
         resume every process (always, on every path)
+        finish each core (its real pause in the metadata) and publish it
     write manifest.json
+
+Every core is written with the same SnapshotOptions: --mini, --max-size
+(a bound per core), --compress (core.P.zst), --metadata (core.P.json), the
+filter and the rest apply to each process alike.  Live mode is refused: a
+tree is one frozen instant.
 
 A process that cannot be dumped (it exited, is a zombie, is traced by someone
 else, refused ptrace ...) gets its error in the manifest; the others are
 still dumped.  When the calling process is in the tree, its core is taken by
-a helper process (selfsnap.py) right after the others are frozen, and the
+the helper process (helper.py) right after the others are frozen, and the
 calling thread shows in it, stopped in this call.  When the caller is the
 parent of a process it freezes (itself in the tree, or pid its child), the
-helper first holds the caller's threads blocked in waitpid(): see selfsnap.py.
+helper first holds the caller's threads blocked in waitpid(): see helper.py.
 """
 import json
 import os
@@ -32,11 +38,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from . import procfs
-from .errors import OutputError, OutputExists, SnapcoreError, SnapshotCancelled
-from .output import CoreFile
-from .snapshot import Snapshot, check_target, write_frozen
-from .tracer import CancelToken, Freezer, run_traced
+from .. import metadata, procfs, proctree
+from .._version import __version__
+from ..errors import OutputError, OutputExists, SnapcoreError, SnapshotCancelled
+from .collect import check_target
+from .freeze import CancelToken, Freezer, run_traced
+from .helper import Helper, JobSpec
+from .job import Job
+from .publish import CoreFile, Outputs
+from .request import SnapshotOptions, default_core_name
+from .result import Snapshot
 
 MAX_SCANS = 32
 MANIFEST = "manifest.json"
@@ -63,16 +74,22 @@ class ProcessResult:
         return self.core is not None
 
     def manifest_entry(self):
+        snap = self.snapshot
         return {
             "pid": self.pid, "ppid": self.ppid, "comm": self.comm, "cmdline": self.cmdline,
             "exe": self.exe, "python": self.python,
             "core": os.path.basename(self.core) if self.core else None,
+            "metadata": os.path.basename(snap.metadata_path)
+            if snap is not None and snap.metadata_path else None,
             "threads": self.threads,
             "result": "ok" if self.ok else "error",
             "error": self.error, "error_type": self.error_type,
             "caller": self.is_caller,
-            "pause_ms": round(self.snapshot.pause_time * 1000, 1) if self.snapshot else None,
-            "file_size": self.snapshot.file_size if self.snapshot else None,
+            "mode": snap.mode if snap is not None else None,
+            "compressed": snap.compressed if snap is not None else None,
+            "truncated": snap.truncated if snap is not None else None,
+            "pause_ms": round(snap.pause_time * 1000, 1) if snap is not None else None,
+            "file_size": snap.file_size if snap is not None else None,
         }
 
 
@@ -112,13 +129,13 @@ def default_outdir(pid):
     return f"snapcore-{pid}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def snapshot_tree(pid, outdir=None, *, force=False, stop_timeout=5.0, coredump_filter=None,
-                  writer_thread=True, buffer_size=16 << 20):
+def snapshot_tree(pid, outdir=None, options=None, *, progress=None, **changes):
     """Write core.P into outdir for pid and each of its descendants, and manifest.json.
 
-    outdir          created if missing (default ``snapcore-PID-TIME`` in the cwd)
-    force           replace existing core.P / manifest.json files in outdir
-    stop_timeout, coredump_filter  as for snapshot(), per process
+    outdir      created if missing (default ``snapcore-PID-TIME`` in the cwd)
+    options     a SnapshotOptions (or its fields as keywords), applied to every
+                process; live mode is refused (InvalidRequest)
+    progress    callable(bytes_done, bytes_total) over the whole tree
 
     Every process of the tree runs on afterwards.  Raises a SnapcoreError only
     when nothing could be done (pid itself does not exist or cannot be traced,
@@ -126,6 +143,10 @@ def snapshot_tree(pid, outdir=None, *, force=False, stop_timeout=5.0, coredump_f
     cannot be dumped is listed in the manifest with its error instead.
     """
     t0 = time.monotonic()
+    options = SnapshotOptions.of(options, **changes)
+    if options.trigger is None:
+        options = options.replace(trigger="tree")
+    options.check_path("tree")
     check_target(pid)
     outdir = os.fspath(outdir) if outdir is not None else default_outdir(pid)
     created = not os.path.isdir(outdir)
@@ -137,25 +158,26 @@ def snapshot_tree(pid, outdir=None, *, force=False, stop_timeout=5.0, coredump_f
             raise OutputError(outdir, f"cannot create directory {outdir}: {exc.strerror}",
                               exc.errno) from exc
         manifest = os.path.join(outdir, MANIFEST)
-        if not force and os.path.lexists(manifest):
+        if not options.force and os.path.lexists(manifest):
             raise OutputExists(manifest)
         cancel = CancelToken()
-        job = _TreeJob(pid, outdir, force, stop_timeout, coredump_filter, writer_thread,
-                       buffer_size, cancel)
-        processes = run_traced(job.run, cancel, name="snapcore-tree")
+        job = _TreeJob(pid, outdir, options, cancel, t0)
+        processes = run_traced(job.run, cancel, lambda: job.report(progress))
+        job.report(progress)
         result = TreeSnapshot(root=pid, outdir=outdir, manifest=manifest, processes=processes,
                               wall_time=time.monotonic() - t0,
                               pause_time=max((p.snapshot.pause_time for p in processes
                                               if p.snapshot), default=0.0))
-        _write_manifest(result, force)
+        _write_manifest(result, options.force)
     except BaseException:
-        # cancelled (or failed) midway: without a manifest, take back the cores written
+        # cancelled (or failed) midway: without a manifest, take back what was written
         for res in (job.results.values() if job is not None else ()):
-            if res.core:
-                try:
-                    os.unlink(res.core)
-                except OSError:
-                    pass
+            for path in (res.core, res.snapshot.metadata_path if res.snapshot else None):
+                if path:
+                    try:
+                        os.unlink(path)
+                    except OSError:
+                        pass
         if created:
             try:
                 os.rmdir(outdir)
@@ -168,51 +190,64 @@ def snapshot_tree(pid, outdir=None, *, force=False, stop_timeout=5.0, coredump_f
 class _TreeJob:
     """The part of snapshot_tree that runs on the tracer thread."""
 
-    def __init__(self, root, outdir, force, stop_timeout, filt, writer_thread, buffer_size,
-                 cancel):
+    def __init__(self, root, outdir, options, cancel, t0):
         self.root = root
         self.outdir = outdir
-        self.force = force
-        self.stop_timeout = stop_timeout
-        self.filt = filt
-        self.writer_thread = writer_thread
-        self.buffer_size = buffer_size
+        self.options = options
         self.cancel = cancel
+        self.t0 = t0
         self.me = os.getpid()
         self.results = {}           # pid -> ProcessResult, in discovery order
         self.frozen = {}            # pid -> (Freezer, [FrozenThread], Status)
+        self.written = {}           # pid -> (Job, Outputs, Snapshot, t0): to publish
         self.helper = None
         self.helper_error = None
+        self.current = None         # the Job writing now (progress)
+        self.bytes_before = 0       # bytes of the cores finished before it
+
+    def report(self, progress):
+        """progress(done, total) over the cores written so far and the one being written."""
+        if progress is None:
+            return
+        job = self.current
+        if job is not None and job.total:
+            progress(self.bytes_before + job.done(), self.bytes_before + job.total)
+        elif job is None and self.bytes_before:
+            progress(self.bytes_before, self.bytes_before)
 
     def run(self):
         try:
-            parents = procfs.parent_map()
-            self_in_tree = self.root == self.me or procfs.is_descendant(self.me, self.root,
-                                                                        parents)
+            parents = proctree.parent_map()
+            self_in_tree = self.root == self.me or proctree.is_descendant(self.me, self.root,
+                                                                          parents)
             if self_in_tree or parents.get(self.root) == self.me:
-                self._start_helper(hold=True)
+                self._start_helper()
             self._freeze_tree()
             if self_in_tree:
                 self._dump_caller()
-            for pid, (freezer, frozen, status) in list(self.frozen.items()):
-                self._write(pid, freezer, frozen, status)
+            for pid, (_, frozen, status) in list(self.frozen.items()):
+                self._write(pid, frozen, status)
+        except BaseException:
+            for _, outputs, _, _ in self.written.values():
+                outputs.abort()
+            raise
         finally:
             for pid, (freezer, _, _) in self.frozen.items():
                 freezer.resume()
-                snap = self.results[pid].snapshot
-                if snap is not None:
-                    snap.pause_time = freezer.pause_seconds
+                if pid in self.written:
+                    self.written[pid][2].pause_time = freezer.pause_seconds
             if self.helper is not None:
                 self.helper.close()
+        for pid in list(self.written):
+            self._publish(pid)
         return list(self.results.values())
 
-    def _start_helper(self, hold):
-        from .selfsnap import HelperSession
-        self.helper = HelperSession(self.cancel, self.stop_timeout)
+    def _start_helper(self):
+        self.helper = Helper(self.cancel)
         try:
             self.helper.start()
-            if hold:
-                self.helper.hold_waiters(skip=[threading.get_native_id()])
+            self.helper.hold_waiters(self.options.stop_timeout,
+                                     skip=[threading.get_native_id()])
         except SnapshotCancelled:
             raise
         except SnapcoreError as exc:            # HelperError, or ptrace refused to it
@@ -226,8 +261,8 @@ class _TreeJob:
         skip = {self.helper.pid} if self.helper is not None else set()
         for _ in range(MAX_SCANS):
             self._check_cancel()
-            parents = procfs.parent_map()
-            members = [self.root] + procfs.descendants(self.root, parents)
+            parents = proctree.parent_map()
+            members = [self.root] + proctree.descendants(self.root, parents)
             new = [p for p in members if p not in self.results and p not in skip]
             if not new:
                 return
@@ -241,7 +276,7 @@ class _TreeJob:
     def _freeze(self, pid, res):
         try:
             status = check_target(pid)
-            freezer = Freezer(pid, self.stop_timeout, self.cancel)
+            freezer = Freezer(pid, self.options.stop_timeout, self.cancel)
             try:
                 frozen = freezer.freeze()
             except BaseException:
@@ -253,48 +288,98 @@ class _TreeJob:
         except SnapcoreError as exc:
             _set_error(res, exc)
 
+    def _outputs(self, pid, res):
+        path = os.path.join(self.outdir, default_core_name(pid, self.options))
+        try:
+            return Outputs(path, self.options)
+        except SnapcoreError as exc:
+            _set_error(res, exc)
+            return None
+
     def _dump_caller(self):
         res = self.results[self.me]
         if self.helper is None:
             _set_error(res, self.helper_error
-                       or SnapcoreError("the snapcore helper process is not available"))
+                       or SnapcoreError("snapcore's helper process is not available"))
             return
-        path = os.path.join(self.outdir, f"core.{self.me}")
+        outputs = self._outputs(self.me, res)
+        if outputs is None:
+            return
+        spec = JobSpec(pid=self.me, path=outputs.path, options=self.options, status=None,
+                       facts=metadata.process_facts(self.me), started=time.time(),
+                       t0=time.monotonic(), progress=False)
         try:
-            snap = self.helper.dump(path, force=self.force, coredump_filter=self.filt,
-                                    writer_thread=self.writer_thread,
-                                    buffer_size=self.buffer_size)
+            snap, file_size, record = self.helper.run_job(spec, outputs.core.fd)
+            outputs.publish(file_size, record)
         except SnapshotCancelled:
+            outputs.abort()
             raise
         except SnapcoreError as exc:
+            outputs.abort()
             _set_error(res, exc)
             return
-        snap.path = path
-        _set_result(res, snap)
+        except BaseException:
+            outputs.abort()
+            raise
+        _set_result(res, snap, outputs, record, spec.t0)
 
-    def _write(self, pid, freezer, frozen, status):
+    def _write(self, pid, frozen, status):
         res = self.results[pid]
-        path = os.path.join(self.outdir, f"core.{pid}")
+        outputs = self._outputs(pid, res)
+        if outputs is None:
+            return
+        t0 = time.monotonic()
+        job = Job(pid, outputs.core, status, self.options, metadata.process_facts(pid),
+                  time.time(), self.cancel)
+        self.current = job
         try:
-            snap = write_frozen(pid, path, freezer, frozen, status, force=self.force,
-                                coredump_filter=self.filt, cancel=self.cancel,
-                                writer_thread=self.writer_thread,
-                                buffer_size=self.buffer_size)
+            snap = job.write_frozen(frozen)
         except SnapshotCancelled:
+            outputs.abort()
             raise
         except SnapcoreError as exc:
+            outputs.abort()
             _set_error(res, exc)
             return
-        _set_result(res, snap)
+        except BaseException:
+            outputs.abort()
+            raise
+        finally:
+            self.bytes_before += job.total
+            self.current = None
+        self.written[pid] = (job, outputs, snap, t0)
+
+    def _publish(self, pid):
+        """After the tree resumed: the final record (with this process's pause), publish."""
+        job, outputs, snap, t0 = self.written.pop(pid)
+        res = self.results[pid]
+        try:
+            file_size, record = job.finish(snap, time.monotonic() - t0)
+            outputs.publish(file_size, record)
+        except SnapcoreError as exc:
+            outputs.abort()
+            _set_error(res, exc)
+            return
+        except BaseException:
+            outputs.abort()
+            raise
+        _set_result(res, snap, outputs, record, t0)
 
     def _check_cancel(self):
         if self.cancel.is_set():
             raise SnapshotCancelled()
 
 
-def _set_result(res, snap):
+def _set_result(res, snap, outputs, record, t0):
+    snap.path = outputs.path
+    snap.metadata = record
+    snap.metadata_path = outputs.sidecar_path
+    snap.wall_time = time.monotonic() - t0
+    size, snap.bytes_on_disk = outputs.disk_usage()
+    if snap.compressed:
+        snap.file_size = size
     res.snapshot = snap
-    res.core = snap.path
+    res.core = outputs.path
     res.threads = list(snap.tids)
 
 
@@ -329,7 +414,6 @@ def _describe(pid, ppid):
 
 
 def _write_manifest(result, force):
-    from . import __version__
     doc = {
         "snapcore": __version__,
         "root": result.root,

@@ -33,21 +33,18 @@ import os
 import signal
 import time
 
-from . import _native, procfs
-from .elf.structs import NT_PRSTATUS
-from .errors import SnapcoreError, TargetExited
-from .memory import read_memory
-from .tracer import detach_with
+from .. import _native, procfs
+from ..elf.structs import NT_PRSTATUS
+from ..errors import LiveUnavailable, NoSuchProcess, SnapcoreError, TargetExited
+from .copy import Copier
+from .freeze import detach_with
+from .plan import NONE, PRELOADED, READ, BackingFiles, plan_dump, read_memory
 
 CLONE_FILES = 0x400
 WNOHANG = 1
 __WALL = 0x40000000
 PF_IO_WORKER = 0x10
 INJECT_TIMEOUT = 60.0            # the clone of a huge process can take a while
-
-
-class LiveUnavailable(SnapcoreError):
-    """Live mode cannot be used on this target; the snapshot falls back to normal mode."""
 
 
 def check_live_possible(pid, status, arch, frozen):
@@ -294,3 +291,162 @@ def _reap_from(pid, arch, child, tid):
                 _native.detach(tid, 0)
             except _native.SyscallError:
                 pass                              # never stopped: detached when we exit
+
+
+# ---------------------------------------------------------------------------
+# the image, as a snapshot uses it
+
+
+def nofork_vmas(pid):
+    """Before the freeze: the VMAs a fork leaves out (MADV_DONTFORK, VmFlags dc) or
+    wipes (MADV_WIPEONFORK, wf).  Live mode copies them from the frozen target."""
+    try:
+        return {(v.start, v.end): v for v in procfs.read_smaps(pid)
+                if "dc" in v.vmflags or "wf" in v.vmflags}
+    except NoSuchProcess:
+        raise TargetExited(pid) from None
+
+
+def fork_image(pid, freezer, frozen, threads, arch, nofork, options):
+    """While frozen: copy what fork won't, inject the clone.
+
+    Returns the Image, or (None, why) when live mode cannot be used on this
+    target: the caller then takes a normal snapshot and records why.
+    """
+    try:
+        check_live_possible(pid, procfs.read_status(pid), arch, frozen)
+        tid = choose_thread(pid, arch, threads, frozen)
+    except LiveUnavailable as exc:
+        return None, str(exc).split("; ")[0]
+    image = Image(pid)
+    try:
+        image.preload(nofork, arch, options.coredump_filter, options.buffer_size)
+        saved = next(t for t in threads if t.tid == tid).regset(NT_PRSTATUS)
+        try:
+            child, held = inject_clone(arch, tid, saved)
+        except LiveUnavailable as exc:
+            freezer.threads[tid].held = getattr(exc, "held", [])
+            image.dispose()
+            return None, str(exc).split("; ")[0]
+        freezer.threads[tid].held = held
+        image.first = child
+        image.inject_tid = tid
+        image.arch = arch
+        adopt_child(child)
+        image.born = time.monotonic()
+    except BaseException:
+        image.dispose()
+        raise
+    return image, None
+
+
+class Image:
+    """A live snapshot's forked copy-on-write image of the target, and what
+    had to be taken from the target itself while it was frozen."""
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.first = None           # the target's own child: reaped as soon as possible
+        self.child = None           # the image memory is read from (the first's child)
+        self.inject_tid = None
+        self.arch = None
+        self.born = None
+        self.lifetime = 0.0
+        self.scratch = -1
+        self.preloaded = {}         # (start, end) -> (VmaPlan, scratch offset)
+        self.frozen = []            # the target's VMAs (maps) while frozen
+        self.missing = []
+
+    def preload(self, nofork, arch, filt, bufsize):
+        """While frozen: read /proc/PID/maps (cheap) and copy the nofork VMAs."""
+        pid = self.pid
+        self.frozen = procfs.read_maps(pid)
+        todo = [nofork[(v.start, v.end)] for v in self.frozen if (v.start, v.end) in nofork]
+        if not todo:
+            return
+        filt = filt if filt is not None else procfs.read_coredump_filter(pid)
+        self.scratch = os.open("/tmp", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        with BackingFiles(pid) as files:
+            plans = plan_dump(pid, todo, filt, procfs.map_files_ranges(pid), files,
+                              arch.page_size)
+            offsets, off = [], 0
+            for p in plans:
+                offsets.append(off)
+                off += p.filesz
+            copier = Copier(pid, self.scratch, bufsize, writer_thread=False)
+            try:
+                copier.run(plans, offsets)
+            finally:
+                copier.close()
+        for p, o in zip(plans, offsets):
+            if p.fill == READ:
+                # its bytes are in the scratch file now: the copy reads them from there
+                p.fill, p.backing_fd, p.backing_base = PRELOADED, self.scratch, o
+            self.preloaded[(p.vma.start, p.vma.end)] = (p, o)
+
+    def vmas(self):
+        try:
+            return procfs.read_smaps(self.child)
+        except NoSuchProcess:
+            raise TargetExited(self.pid) from None
+
+    def plan(self, filt, file_ranges, files, page_size, all_mappings=False):
+        """Plans for the image's VMAs, with the nofork VMAs put back in place."""
+        vmas = self.vmas()
+        in_child = {(v.start, v.end) for v in vmas}
+        plans = []
+        for v in vmas:
+            hit = self.preloaded.get((v.start, v.end))
+            if hit is not None:
+                plans.append(hit[0])
+            else:
+                if "wf" in v.vmflags:
+                    self.missing.append((v.start, v.end, "MADV_WIPEONFORK, set during the "
+                                                          "snapshot"))
+                plans.extend(plan_dump(self.child, [v], filt, file_ranges, files,
+                                       page_size, all_mappings=all_mappings))
+        for v in self.frozen:
+            key = (v.start, v.end)
+            if key in in_child:
+                continue
+            hit = self.preloaded.get(key)
+            if hit is not None:
+                plans.append(hit[0])
+            else:
+                # left out by fork and not known before the freeze: a PT_LOAD
+                # with no data, reported as missing
+                self.missing.append((v.start, v.end, "MADV_DONTFORK, set during the "
+                                                      "snapshot"))
+                p = plan_dump(self.pid, [v], 0, set(), files, page_size)[0]
+                p.filesz, p.fill, p.why = 0, NONE, "left out by fork"
+                plans.append(p)
+        plans.sort(key=lambda p: p.vma.start)        # address order; [vsyscall] is last
+        return plans
+
+    def hand_off(self):
+        """After the target resumed: move the image out of the target's children.
+
+        The first image forks the one we read from, then is killed and reaped
+        by the target (see fork_away).
+        """
+        self.child = fork_away(self.arch, self.first)
+        adopt_child(self.child)
+        self._drop_first()
+
+    def _drop_first(self):
+        if self.first is not None:
+            kill_child(self.first)
+            reap_in_target(self.pid, self.arch, self.first, self.inject_tid)
+            self.first = None
+
+    def dispose(self):
+        """Kill the images (the target reaps its own), drop the scratch file."""
+        self._drop_first()
+        if self.child is not None:
+            kill_child(self.child)       # orphaned: init reaps it
+            self.child = None
+        if self.born is not None:
+            self.lifetime = time.monotonic() - self.born
+        if self.scratch >= 0:
+            os.close(self.scratch)
+            self.scratch = -1

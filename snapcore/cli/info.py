@@ -11,16 +11,16 @@ import json
 import sys
 import time
 
-from ..errors import SnapcoreError
-from ..coreinfo import inspect_core
-from ..cli import _fail, _Parser, _UsageError
+from ..read.coreinfo import inspect_core
 from ..units import human
+from . import common
 
 PROG = "snapcore info"
+INTERRUPTED = "interrupted"
 
 
 def build_parser():
-    p = _Parser(prog=PROG, description="Describe a core file: process, threads (with the "
+    p = common.Parser(prog=PROG, description="Describe a core file: process, threads (with the "
                 "symbol at each pc when the mapped files are readable), mappings, "
                 "build-ids and snapcore's metadata.  Reads kernel and gcore cores too, "
                 "and .zst cores without decompressing them to disk.",
@@ -34,19 +34,8 @@ def build_parser():
     return p
 
 
-def main(argv):
-    try:
-        args = build_parser().parse_args(argv)
-    except _UsageError as exc:
-        return _fail(f"{exc} (see '{PROG} --help')", 2)
-    try:
-        report = inspect_core(args.core, symbols=not args.no_symbols)
-    except SnapcoreError as exc:
-        return _fail(str(exc), 1)
-    except OSError as exc:
-        return _fail(f"cannot read {args.core}: {exc.strerror or exc}", 1)
-    except KeyboardInterrupt:
-        return _fail("interrupted", 130)
+def run(args, argv):
+    report = inspect_core(args.core, symbols=not args.no_symbols)
     if args.json:
         print(json.dumps(report))
     else:

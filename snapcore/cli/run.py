@@ -25,11 +25,16 @@ import subprocess
 import sys
 import time
 
-from .. import _sys, procfs
-from ..cli import PROG, EXIT_USAGE, _fail, _Parser, _seconds, _UsageError
+from .. import _sys, procfs, proctree
+from ..capture.kill import KILL_WAIT, reap_children, terminate
+from ..capture.tree import default_outdir, snapshot_tree
 from ..errors import SnapcoreError
-from ..kill import KILL_WAIT, reap_children, terminate
-from ..stacks import shown_cmdline
+from ..read.stacks import shown_cmdline, summarize_tree
+from . import common
+
+PROG = f"{common.PROG} run"
+INTERRUPTED = "interrupted"
+TERM = False                    # SIGTERM is passed on to CMD (see _Runner)
 
 EXIT_TIMEOUT = 124
 EXIT_CANNOT_EXEC = 126
@@ -40,20 +45,20 @@ _FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGINT)
 
 
 def build_parser():
-    p = _Parser(
-        prog=f"{PROG} run",
+    p = common.Parser(
+        prog=PROG,
         description="Run CMD; if it is still running after SECS seconds, write a core of "
                     "every process of its tree into DIR, then terminate them.",
         epilog="exit status: CMD's status, 124 if it timed out, 126 if CMD cannot be "
                "executed, 127 if not found, 2 usage error")
-    p.add_argument("--timeout", type=_seconds, required=True, metavar="SECS",
+    p.add_argument("--timeout", type=common.seconds, required=True, metavar="SECS",
                    help="seconds CMD may run")
     p.add_argument("--out", metavar="DIR",
                    help="directory for the cores (default ./snapcore-PID-TIME)")
-    p.add_argument("--grace", type=_nonneg, default=DEFAULT_GRACE, metavar="SECS",
+    p.add_argument("--grace", type=common.nonneg_seconds, default=DEFAULT_GRACE,
+                   metavar="SECS",
                    help=f"after SIGTERM, wait SECS before SIGKILL (default {DEFAULT_GRACE:g})")
-    p.add_argument("--stop-timeout", type=_seconds, default=5.0, metavar="SECS",
-                   help="per process: give up if a thread does not stop within SECS")
+    common.add_snapshot_options(p.add_argument)
     p.add_argument("--no-stacks", action="store_true",
                    help="do not print a stack summary (pystack/gdb) of each process")
     p.add_argument("-q", "--quiet", action="store_true",
@@ -62,41 +67,29 @@ def build_parser():
     return p
 
 
-def _nonneg(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds")
-    if not value >= 0:
-        raise argparse.ArgumentTypeError("the grace period cannot be negative")
-    return value
-
-
 def _say(message):
-    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+    print(f"{common.PROG}: {message}", file=sys.stderr, flush=True)
 
 
-def main(argv):
-    try:
-        args = build_parser().parse_args(argv)
-    except _UsageError as exc:
-        return _fail(f"{exc} (see '{PROG} run --help')", EXIT_USAGE)
+def run(args, argv):
     cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not cmd:
-        return _fail("no command given (usage: snapcore run --timeout SECS -- CMD [ARGS...])",
-                     EXIT_USAGE)
+        raise common.UsageError("no command given (usage: snapcore run --timeout SECS -- "
+                                "CMD [ARGS...])")
+    options = common.options_from(args, trigger="run", argv=[common.PROG, "run", *argv])
+    options.check_path("run")                  # before CMD starts
     try:
         _sys.set_child_subreaper()
     except OSError:
         pass                                   # orphans then go to init: still killed
-    runner = _Runner(cmd, args)
-    return runner.run()
+    return _Runner(cmd, args, options).run()
 
 
 class _Runner:
-    def __init__(self, cmd, args):
+    def __init__(self, cmd, args, options):
         self.cmd = cmd
         self.args = args
+        self.options = options
         self.child = None
         self.old = {}
         self.early = []             # signals that came before Popen() returned
@@ -108,10 +101,10 @@ class _Runner:
             try:
                 self.child = subprocess.Popen(self.cmd)
             except FileNotFoundError:
-                return _fail(f"{self.cmd[0]}: command not found", EXIT_NOT_FOUND)
+                return common.fail(f"{self.cmd[0]}: command not found", EXIT_NOT_FOUND)
             except OSError as exc:
-                return _fail(f"{self.cmd[0]}: cannot execute: {exc.strerror}",
-                             EXIT_CANNOT_EXEC)
+                return common.fail(f"{self.cmd[0]}: cannot execute: {exc.strerror}",
+                                   EXIT_CANNOT_EXEC)
             # CMD may already run (and be signalled for) before Popen() returns
             while self.early:
                 self._forward(self.early.pop(0), None)
@@ -143,7 +136,6 @@ class _Runner:
             pass
 
     def _timed_out(self):
-        from ..tree import default_outdir, snapshot_tree
         pid = self.child.pid
         args = self.args
         _say(f"timeout: '{shown_cmdline(self.cmd)}' (pid {pid}) still running after "
@@ -151,7 +143,7 @@ class _Runner:
         outdir = args.out or default_outdir(pid)
         tree = None
         try:
-            tree = snapshot_tree(pid, outdir, stop_timeout=args.stop_timeout)
+            tree = snapshot_tree(pid, outdir, self.options)
         except SnapcoreError as exc:
             _say(f"error: no cores: {exc}")
         except OSError as exc:
@@ -171,7 +163,6 @@ class _Runner:
             return
         summaries = {}
         if not self.args.no_stacks:
-            from ..stacks import summarize_tree
             summaries = summarize_tree(tree.processes)
         for p in tree.processes:
             cmd = shown_cmdline(p.cmdline) or p.comm
@@ -205,13 +196,13 @@ def _members(root):
     Descendants orphaned by a parent that died were re-parented to us (we are
     a child subreaper), so they are found among our children.
     """
-    parents = procfs.parent_map()
+    parents = proctree.parent_map()
     me = os.getpid()
     tops = [root] + [p for p, pp in parents.items() if pp == me and p != root]
     pids = []
     for t in tops:
         if t in parents:
-            pids += [t] + procfs.descendants(t, parents)
+            pids += [t] + proctree.descendants(t, parents)
     out = {}
     for p in pids:
         try:
@@ -236,7 +227,7 @@ def terminate_tree(root, grace, child):
         pass
     end = time.monotonic() + KILL_WAIT
     while time.monotonic() < end and any(pp == os.getpid()
-                                         for pp in procfs.parent_map().values()):
+                                         for pp in proctree.parent_map().values()):
         reap_children()                       # zombies re-parented to us as their parents died
         time.sleep(0.02)
     return len(seen)

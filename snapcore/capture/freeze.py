@@ -24,10 +24,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from . import _native
-from .errors import (AccessDenied, AlreadyTraced, NoSuchProcess, SnapcoreError, TargetExited,
-                     ThreadStopTimeout, UnsupportedTarget)
-from .procfs import is_own_thread, list_tids, read_status, tracer_process
+from .. import _native
+from ..errors import (AccessDenied, AlreadyTraced, NoSuchProcess, SnapcoreError,
+                      SnapshotCancelled, TargetExited, ThreadStopTimeout, UnsupportedTarget)
+from ..procfs import is_own_thread, list_tids, read_status, tracer_process
 
 _JOB_CONTROL = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
 MAX_SCANS = 64
@@ -99,7 +99,7 @@ class Freezer:
             raise UnsupportedTarget(self.pid, f"process {self.pid} kept creating threads "
                                     f"through {MAX_SCANS} scans of its task list")
         if not self.threads:
-            if _has_live_task(self.pid):
+            if has_live_task(self.pid):
                 raise Unstable("no thread could be stopped, yet the process lives (exec?)")
             raise TargetExited(self.pid)
         return [self.threads[t] for t in sorted(self.threads)]
@@ -133,7 +133,6 @@ class Freezer:
 
     def _check_cancel(self):
         if self.cancel is not None and self.cancel.is_set():
-            from .errors import SnapshotCancelled
             raise SnapshotCancelled()
 
     def _seize(self, tid):
@@ -190,7 +189,7 @@ class Freezer:
                 # they die (SIGKILL): reap those, or the dead traced threads
                 # keep a dying leader from ever reporting its exit.
                 self._reap_frozen()
-                if not self.threads and not _has_live_task(self.pid):
+                if not self.threads and not has_live_task(self.pid):
                     break                         # the whole process is gone
             if pending and time.monotonic() >= deadline:
                 stuck = [t for t, s in zip(tids, statuses) if s == _native.WAIT_PENDING]
@@ -312,7 +311,7 @@ def detach_with(tid, held):
             pass
 
 
-def _has_live_task(pid):
+def has_live_task(pid):
     try:
         tids = list_tids(pid)
     except NoSuchProcess:

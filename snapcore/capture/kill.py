@@ -10,7 +10,7 @@ import os
 import signal
 import time
 
-from .procfs import same_process_alive
+from ..proctree import same_process_alive
 
 KILL_WAIT = 10.0
 

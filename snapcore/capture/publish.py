@@ -16,6 +16,7 @@ replaces the name itself (never a symlink's target), and only a regular file
 or a symlink is ever replaced (a device, fifo or directory never is).
 """
 import errno
+import json
 import os
 import re
 import secrets
@@ -23,7 +24,7 @@ import socket
 import stat
 import time
 
-from .errors import OutputError, OutputExists
+from ..errors import OutputError, OutputExists
 
 
 def pwrite_all(fd, data, offset):
@@ -171,6 +172,61 @@ class CoreFile(CoreSink):
                 os.unlink(self.tmp_path)
             except OSError:
                 pass
+
+
+class Outputs:
+    """A core file and, when the request asks for one, its metadata sidecar.
+
+    Both are created before anything is touched (so an existing name is refused
+    up front) and get their names together in publish(): never one without
+    the other, never a partial file under a final name.
+    """
+
+    def __init__(self, path, options):
+        self.sidecar_path = options.sidecar(path)
+        if self.sidecar_path is not None and not options.force \
+                and os.path.lexists(self.sidecar_path):
+            raise OutputExists(self.sidecar_path)
+        self.core = CoreFile(path, force=options.force)
+        self.sidecar = None
+        try:
+            if self.sidecar_path is not None:
+                self.sidecar = CoreFile(self.sidecar_path, force=options.force)
+        except BaseException:
+            self.core.abort()
+            raise
+
+    @property
+    def path(self):
+        return self.core.path
+
+    def publish(self, file_size, record):
+        """Size the core, write the sidecar, link both into place."""
+        if self.sidecar is not None:
+            self.sidecar.write_at(json.dumps(record, indent=2).encode() + b"\n", 0)
+        self.core.finish(file_size)
+        if self.sidecar is not None:
+            try:
+                self.sidecar.finish()
+            except BaseException:
+                try:
+                    os.unlink(self.core.path)
+                except OSError:
+                    pass
+                raise
+
+    def abort(self):
+        self.core.abort()
+        if self.sidecar is not None:
+            self.sidecar.abort()
+
+    def disk_usage(self):
+        """(st_size, st_blocks * 512) of the published core."""
+        try:
+            st = os.stat(self.core.path)
+        except OSError:
+            return 0, 0
+        return st.st_size, st.st_blocks * 512
 
 
 # ---------------------------------------------------------------------------

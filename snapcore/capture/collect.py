@@ -1,0 +1,197 @@
+"""What a snapshot records besides memory: the target check, threads, registers,
+process facts and the NT_FILE entries.
+
+    check_target(pid)              before anything: is pid a process we may dump?
+    collect_threads(pid, frozen)   while frozen: ThreadNotes (registers, signal
+                                   masks, times) of every stopped thread
+    collect_process(pid, ...)      ProcessNotes: ids, state, argv, auxv
+    file_entries(pid, plans)       NT_FILE: every file-backed VMA, exact path
+
+Everything here reads /proc or ptrace; nothing decides what memory is dumped
+(plan.py) or writes anything.
+"""
+import errno
+import os
+
+from .. import _native, procfs
+from ..arch import arch_for_regs_size
+from ..elf import notes as elfnotes
+from ..elf.structs import NT_PRSTATUS
+from ..errors import (AlreadyTraced, KernelThread, NoSuchProcess, ProcFormatError, SnapcoreError,
+                      TargetExited, UnsupportedTarget, ZombieProcess)
+from .freeze import Unstable, has_live_task
+from .plan import read_memory
+
+
+def check_target(pid):
+    """Raise the error that explains why pid cannot be snapshotted; else its Status."""
+    if isinstance(pid, bool) or not isinstance(pid, int):
+        raise TypeError(f"pid must be an int, not {type(pid).__name__}")
+    if pid <= 0:
+        raise NoSuchProcess(pid, f"invalid pid {pid}: a pid is a positive integer")
+    try:
+        st = procfs.read_status(pid)
+    except NoSuchProcess:
+        raise NoSuchProcess(pid) from None
+    if st.tgid != pid:
+        raise NoSuchProcess(pid, f"{pid} is a thread of process {st.tgid}, not a process; "
+                                 f"use {st.tgid}")
+    if st.kthread:
+        raise KernelThread(pid, st.name)
+    if st.state in ("Z", "X") and not has_live_task(pid):
+        raise ZombieProcess(pid)     # a zombie leader with live threads is still a process
+    if st.tracer_pid and not procfs.is_own_thread(st.tracer_pid):
+        # (a snapcore helper process holds threads of its caller before dumping it)
+        raise AlreadyTraced(pid, *procfs.tracer_process(st.tracer_pid))
+    return st
+
+
+def collect_threads(pid, frozen):
+    """ThreadNotes for every frozen thread, current thread first; and the Arch.
+
+    Raises Unstable unless every live thread of the process is in a ptrace
+    stop for us: an exec (which replaces the threads and their tids) or a
+    thread we never caught would make an inconsistent core.
+    """
+    arch = None
+    out = []
+    frozen_tids = {ft.tid for ft in frozen}
+    try:
+        listed = procfs.list_tids(pid)
+    except NoSuchProcess:
+        raise TargetExited(pid) from None
+    for tid in listed:
+        if tid in frozen_tids:
+            continue
+        try:
+            state = procfs.read_status(pid, tid).state
+        except NoSuchProcess:
+            continue
+        if state not in ("Z", "X"):
+            raise Unstable(f"thread {tid} appeared")
+    for ft in frozen:
+        try:
+            state, sig_pnd, sig_blk = procfs.parsed(pid, procfs.parse_thread_status, "status",
+                                                    ft.tid)
+            tstat = procfs.read_stat(pid, ft.tid)
+        except NoSuchProcess:
+            continue                          # killed while stopped (SIGKILL)
+        if state in ("Z", "X"):
+            continue
+        if state != "t":
+            raise Unstable(f"thread {ft.tid} is not stopped ({state})")
+        try:
+            regs = _native.getregset(ft.tid, NT_PRSTATUS)
+        except _native.SyscallError as exc:
+            if exc.errno == errno.ESRCH:
+                raise Unstable(f"thread {ft.tid} left its stop") from None
+            raise
+        a = arch_for_regs_size(len(regs))
+        if a is None:
+            raise UnsupportedTarget(pid, f"unknown register set size {len(regs)}")
+        if arch is None:
+            arch = a
+        regsets = [(NT_PRSTATUS, "CORE", regs)]
+        for ntype, owner in arch.regsets[1:]:
+            try:
+                data = _native.getregset(ft.tid, ntype)
+            except _native.SyscallError:
+                continue                      # not active for this thread (ENODEV, ENXIO)
+            if arch.regset_active(ntype, data):
+                regsets.append((ntype, owner, data))
+        out.append(elfnotes.ThreadNotes(ft.tid, regsets, sigpend=sig_pnd, sighold=sig_blk,
+                                        utime=tstat.utime, stime=tstat.stime))
+    if not out:
+        raise TargetExited(pid)
+    # the current thread first: the main thread when it is alive
+    out.sort(key=lambda t: (t.tid != pid, t.tid))
+    if out[0].tid == pid:
+        # fill_prstatus(): the group leader carries the whole group's times
+        st = procfs.read_stat(pid)
+        out[0].utime, out[0].stime = st.utime, st.stime
+    return out, arch
+
+
+def collect_process(pid, state, arch, mem_pid):
+    """Process-wide facts; argv is read from mem_pid (the target or its image).
+
+    ``state`` is the /proc state letter read before the freeze (a frozen
+    process reads "t"): it goes into NT_PRPSINFO.
+    """
+    st = procfs.read_stat(pid)
+    status = procfs.read_status(pid)
+    try:
+        auxv = procfs.auxv_through_null(procfs.read_bytes(pid, "auxv"), arch.word_size)
+    except ValueError as exc:
+        raise ProcFormatError(pid, f"/proc/{pid}/auxv", str(exc)) from None
+    psargs = b""
+    if st.arg_end > st.arg_start:
+        psargs = read_memory(mem_pid, st.arg_start, min(st.arg_end - st.arg_start, 80))
+    if not psargs:
+        try:
+            psargs = procfs.read_bytes(pid, "cmdline")
+        except SnapcoreError:
+            psargs = b""
+    return elfnotes.ProcessNotes(
+        pid=pid, ppid=st.ppid, pgrp=st.pgrp, sid=st.session, cutime=st.cutime,
+        cstime=st.cstime, state=state, nice=st.nice, flag=st.flags,
+        uid=status.uid[0], gid=status.gid[0],
+        comm=st.comm.encode("utf-8", "surrogateescape"), psargs=psargs, auxv=auxv)
+
+
+def file_entries(pid, plans, page_size):
+    """NT_FILE entries: every VMA with a file, its exact path from map_files."""
+    out = []
+    for p in plans:
+        if not p.has_file or not p.first_piece:
+            continue
+        v = p.vma
+        name = procfs.map_files_link(pid, v.start, v.end)
+        if name is None:
+            name = procfs.unescape_maps_name(v.name)
+        if not name:
+            continue
+        out.append((v.start, v.end, v.offset // page_size,
+                    name.encode("utf-8", "surrogateescape")))
+    return out
+
+
+def file_note_limit():
+    """kernel.core_file_note_size_limit (NT_FILE is left out above it)."""
+    try:
+        with open("/proc/sys/kernel/core_file_note_size_limit") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 4 << 20
+
+
+def thread_meta(pid, threads, states):
+    """[{tid, name, state}] for the metadata; names and states read before the freeze."""
+    out = []
+    for t in threads:
+        state, name = states.get(t.tid) or (None, _thread_name(pid, t.tid))
+        out.append({"tid": t.tid, "name": name, "state": state})
+    return out
+
+
+def thread_states(pid):
+    """{tid: (state letter, name)} of every thread, sampled before the freeze."""
+    out = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for t in tids:
+        try:
+            st = procfs.read_stat(pid, int(t))
+        except SnapcoreError:
+            continue
+        out[int(t)] = (st.state, st.comm)
+    return out
+
+
+def _thread_name(pid, tid):
+    try:
+        return procfs.read_text(pid, "comm", tid).rstrip("\n")
+    except SnapcoreError:
+        return None

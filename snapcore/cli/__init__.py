@@ -1,0 +1,4 @@
+"""snapcore's command line (see main.py); the only package that prints or exits."""
+from .main import main
+
+__all__ = ["main"]
