@@ -1,6 +1,7 @@
 # snapcore
 #   make demo    build, snapshot a bundled multi-threaded target, show gdb's backtraces
 #   make test    install test tools (apt) and a venv (pip), run the whole suite in parallel
+#   make lint    ruff check and ruff format --check
 #   make bench   snapcore against gcore on large targets (ratios, same run)
 #   make soak    the reliability suite with hundreds of trials
 
@@ -11,7 +12,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS  ?=
 STAMP       := $(VENV)/.snapcore-installed
 
-.PHONY: all build deps test unit demo bench soak clean
+.PHONY: all build deps test unit lint demo bench soak clean
 
 all: build
 
@@ -32,6 +33,10 @@ test: deps build
 	$(PY) -m pytest -n auto $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; \
 	exit $$rc
+
+lint: build
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 unit: build
 	$(PY) -m pytest -q tests/unit

@@ -12,8 +12,15 @@ setup(
     cffi_modules=["csrc/build_shim.py:ffibuilder"],
     install_requires=["cffi>=1.15", "pyelftools>=0.29"],
     extras_require={
-        "test": ["pytest>=7", "pytest-xdist>=3", "pytest-timeout>=2", "pystack>=1.3",
-                 "drgn>=0.0.25", "zstandard>=0.21"],
+        "test": [
+            "pytest>=7",
+            "pytest-xdist>=3",
+            "pytest-timeout>=2",
+            "pystack>=1.3",
+            "drgn>=0.0.25",
+            "zstandard>=0.21",
+            "ruff>=0.6",
+        ],
         "zstd": ["zstandard>=0.21"],
     },
     entry_points={

@@ -4,6 +4,7 @@ setup.py names it in ``cffi_modules``, so ``pip install .`` compiles
 ``snapcore._shim``.  The cdef is csrc/snapcore.h itself, minus preprocessor
 lines: the header is the one statement of the contract.
 """
+
 import os
 
 from cffi import FFI

@@ -1,2 +1,3 @@
 from snapcore.cli import main
+
 raise SystemExit(main())

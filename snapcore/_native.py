@@ -5,6 +5,7 @@ a SyscallError naming the syscall and the thread, so the rest of snapcore
 deals in Python values and exceptions only.  Callers that expect a particular
 errno (ESRCH while threads come and go) catch SyscallError and test .errno.
 """
+
 import errno
 import threading
 
@@ -90,17 +91,23 @@ _local = threading.local()
 
 def getregset(tid, note_type):
     """Return the bytes PTRACE_GETREGSET filled for note_type."""
-    buf = getattr(_local, "regset_buf", None)        # one per thread, reused: 5 calls
-    if buf is None:                                  # per target thread add up
+    buf = getattr(_local, "regset_buf", None)  # one per thread, reused: 5 calls
+    if buf is None:  # per target thread add up
         buf = _local.regset_buf = ffi.new("char[]", _REGSET_BUF)
-    n = _check(require().sc_getregset(tid, note_type, buf, _REGSET_BUF),
-               f"ptrace(PTRACE_GETREGSET, {note_type:#x})", tid)
+    n = _check(
+        require().sc_getregset(tid, note_type, buf, _REGSET_BUF),
+        f"ptrace(PTRACE_GETREGSET, {note_type:#x})",
+        tid,
+    )
     return ffi.buffer(buf, n)[:]
 
 
 def setregset(tid, note_type, data):
-    _check(require().sc_setregset(tid, note_type, data, len(data)),
-           f"ptrace(PTRACE_SETREGSET, {note_type:#x})", tid)
+    _check(
+        require().sc_setregset(tid, note_type, data, len(data)),
+        f"ptrace(PTRACE_SETREGSET, {note_type:#x})",
+        tid,
+    )
 
 
 def getsiginfo(tid):
@@ -123,8 +130,7 @@ def wait_many(tids, statuses, timeout, noreap_pid=0):
         return 0
     c_tids = ffi.new("int[]", list(tids))
     c_st = ffi.new("int[]", list(statuses))
-    r = _check(require().sc_wait_many(c_tids, c_st, n, int(timeout * 1000), noreap_pid),
-               "waitpid")
+    r = _check(require().sc_wait_many(c_tids, c_st, n, int(timeout * 1000), noreap_pid), "waitpid")
     statuses[:] = list(c_st)
     return r
 

@@ -1,15 +1,16 @@
 """prctl(2) calls snapcore needs outside the ptrace shim (through libc, via ctypes).
 
-    set_ptracer(pid)        PR_SET_PTRACER: let pid trace us under Yama ptrace_scope=1
-    set_pdeathsig(sig)      PR_SET_PDEATHSIG: get sig when our parent thread exits
-    set_child_subreaper()   PR_SET_CHILD_SUBREAPER: orphaned descendants become our children
+set_ptracer(pid)        PR_SET_PTRACER: let pid trace us under Yama ptrace_scope=1
+set_pdeathsig(sig)      PR_SET_PDEATHSIG: get sig when our parent thread exits
+set_child_subreaper()   PR_SET_CHILD_SUBREAPER: orphaned descendants become our children
 """
+
 import ctypes
 import os
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
-PR_SET_PTRACER = 0x59616D61          # "Yama"
+PR_SET_PTRACER = 0x59616D61  # "Yama"
 
 _libc = None
 
@@ -18,8 +19,16 @@ def _prctl(option, arg):
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
-    if _libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), ctypes.c_ulong(0),
-                   ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:
+    if (
+        _libc.prctl(
+            ctypes.c_int(option),
+            ctypes.c_ulong(arg),
+            ctypes.c_ulong(0),
+            ctypes.c_ulong(0),
+            ctypes.c_ulong(0),
+        )
+        != 0
+    ):
         err = ctypes.get_errno()
         raise OSError(err, f"prctl({option:#x}): {os.strerror(err)}")
 

@@ -31,6 +31,7 @@ They subclass the matching builtin too, so ``except ProcessLookupError`` or
 statuses (documented in docs/cli.md): 2 for a request that cannot be honoured,
 130/143 for SIGINT/SIGTERM, 1 for every other failure.
 """
+
 import errno as _errno
 import os
 
@@ -156,9 +157,11 @@ class CoreTooLarge(SnapcoreError):
     """max_size is below what the smallest useful core of the target needs."""
 
     def __init__(self, limit, minimum):
-        super().__init__(f"a core of at most {_human(limit)} cannot hold this process's "
-                         f"thread stacks, ELF headers and backtrace data "
-                         f"({_human(minimum)} needed); the target was resumed")
+        super().__init__(
+            f"a core of at most {_human(limit)} cannot hold this process's "
+            f"thread stacks, ELF headers and backtrace data "
+            f"({_human(minimum)} needed); the target was resumed"
+        )
         self.limit = limit
         self.minimum = minimum
         self.advice = f"raise --max-size to at least {_human(minimum)}"
@@ -175,8 +178,7 @@ class MissingDependency(SnapcoreError, ImportError):
     """An optional package a feature needs is not installed."""
 
     def __init__(self, feature, package, extra):
-        super().__init__(f"{feature} needs the Python package '{package}', which is "
-                         "not installed")
+        super().__init__(f"{feature} needs the Python package '{package}', which is not installed")
         self.advice = f"install it with: pip install 'snapcore[{extra}]'"
 
 

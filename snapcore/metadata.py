@@ -41,6 +41,7 @@ Keys of the JSON object (format 1); every key is always present:
     unreadable      [{start, len, errno}] ranges no reader could fetch (holes)
     unreadable_omitted   how many more were not listed (0)
 """
+
 import datetime
 import json
 import os
@@ -50,14 +51,13 @@ import socket
 from ._version import __version__
 from .procfs import parse_cmdline
 
-
 SNAPCORE_OWNER = "SNAPCORE"
 NT_SNAPCORE_METADATA = 0x4D455441
 FORMAT = 1
-RESERVE_EXTRA = 2048        # room left in the note for the post-copy keys
-RESERVE_UNIT = 4096         # the reserved size is a multiple of this, so that cores that
-                            # differ only in short values (compressed or not) have the
-                            # same layout
+RESERVE_EXTRA = 2048  # room left in the note for the post-copy keys
+RESERVE_UNIT = 4096  # the reserved size is a multiple of this, so that cores that
+# differ only in short values (compressed or not) have the
+# same layout
 
 
 def _read(path, binary=False):
@@ -126,36 +126,39 @@ def new_record(*, facts, uid, gid, options, filt, threads, selection, started):
         "stop_timeout": options.stop_timeout,
     }
     rec.update(facts)
-    rec.update({
-        "uid": uid,
-        "gid": gid,
-        "coredump_filter": f"{filt:#x}",
-        "filter_source": "option" if options.coredump_filter is not None else "target",
-        "threads": threads,
-        "max_size": selection.max_size,
-        "truncated": selection.truncated,
-        "dropped": [d.to_json() for d in selection.dropped],
-        "pause_seconds": None,
-        "wall_seconds": None,
-        "unreadable": [],
-        "unreadable_omitted": 0,
-    })
+    rec.update(
+        {
+            "uid": uid,
+            "gid": gid,
+            "coredump_filter": f"{filt:#x}",
+            "filter_source": "option" if options.coredump_filter is not None else "target",
+            "threads": threads,
+            "max_size": selection.max_size,
+            "truncated": selection.truncated,
+            "dropped": [d.to_json() for d in selection.dropped],
+            "pause_seconds": None,
+            "wall_seconds": None,
+            "unreadable": [],
+            "unreadable_omitted": 0,
+        }
+    )
     return rec
 
 
-def finalize(rec, *, pause, wall, unreadable, unreadable_omitted=0, live=None,
-             live_fallback=None):
+def finalize(rec, *, pause, wall, unreadable, unreadable_omitted=0, live=None, live_fallback=None):
     rec = dict(rec)
     if live is not None:
         rec["live"] = live
         rec["live_fallback"] = live_fallback
-    rec.update({
-        "final": True,
-        "pause_seconds": round(pause, 6),
-        "wall_seconds": round(wall, 6),
-        "unreadable": [{"start": a, "len": n, "errno": e} for a, n, e in unreadable],
-        "unreadable_omitted": unreadable_omitted,
-    })
+    rec.update(
+        {
+            "final": True,
+            "pause_seconds": round(pause, 6),
+            "wall_seconds": round(wall, 6),
+            "unreadable": [{"start": a, "len": n, "errno": e} for a, n, e in unreadable],
+            "unreadable_omitted": unreadable_omitted,
+        }
+    )
     return rec
 
 

@@ -4,6 +4,7 @@ The parsers take the text of one /proc file and raise ValueError on anything
 they do not understand: a silently skipped mapping is a silently wrong core.
 ``read_*`` helpers do the I/O and turn errno into snapcore's errors.
 """
+
 import errno
 import os
 import re
@@ -28,14 +29,14 @@ class Stat:
     pgrp: int
     session: int
     flags: int
-    utime: int          # clock ticks
+    utime: int  # clock ticks
     stime: int
     cutime: int
     cstime: int
     nice: int
     num_threads: int
     starttime: int
-    arg_start: int      # 0 unless we may read the target's memory
+    arg_start: int  # 0 unless we may read the target's memory
     arg_end: int
 
 
@@ -44,8 +45,8 @@ def parse_stat(text):
     lpar = text.index("(")
     rpar = text.rindex(")")
     pid = int(text[:lpar])
-    comm = text[lpar + 1:rpar]
-    rest = text[rpar + 2:].split()
+    comm = text[lpar + 1 : rpar]
+    rest = text[rpar + 2 :].split()
     # rest[0] is field 3 (state); field N is rest[N - 3]
     if len(rest) < 47:
         raise ValueError(f"short stat line ({len(rest) + 2} fields)")
@@ -54,9 +55,22 @@ def parse_stat(text):
         return int(rest[n - 3])
 
     return Stat(
-        pid=pid, comm=comm, state=rest[0], ppid=f(4), pgrp=f(5), session=f(6),
-        flags=f(9), utime=f(14), stime=f(15), cutime=f(16), cstime=f(17),
-        nice=f(19), num_threads=f(20), starttime=f(22), arg_start=f(48), arg_end=f(49),
+        pid=pid,
+        comm=comm,
+        state=rest[0],
+        ppid=f(4),
+        pgrp=f(5),
+        session=f(6),
+        flags=f(9),
+        utime=f(14),
+        stime=f(15),
+        cutime=f(16),
+        cstime=f(17),
+        nice=f(19),
+        num_threads=f(20),
+        starttime=f(22),
+        arg_start=f(48),
+        arg_end=f(49),
     )
 
 
@@ -67,14 +81,14 @@ def parse_stat(text):
 @dataclass(frozen=True)
 class Status:
     name: str
-    state: str          # letter
+    state: str  # letter
     tgid: int
     ppid: int
     tracer_pid: int
-    uid: tuple          # real, effective, saved, fs
+    uid: tuple  # real, effective, saved, fs
     gid: tuple
-    sig_pnd: int        # thread-private pending
-    shd_pnd: int        # shared pending
+    sig_pnd: int  # thread-private pending
+    shd_pnd: int  # shared pending
     sig_blk: int
     seccomp: int
     kthread: bool
@@ -111,8 +125,8 @@ def parse_status(text):
 
 
 _THREAD_STATUS = re.compile(
-    r"^State:\s+(\S).*?^SigPnd:\s+([0-9a-f]+)\s*$.*?^SigBlk:\s+([0-9a-f]+)\s*$",
-    re.M | re.S)
+    r"^State:\s+(\S).*?^SigPnd:\s+([0-9a-f]+)\s*$.*?^SigBlk:\s+([0-9a-f]+)\s*$", re.M | re.S
+)
 
 
 def parse_thread_status(text):
@@ -135,13 +149,13 @@ def parse_thread_status(text):
 class Vma:
     start: int
     end: int
-    perms: str          # e.g. "rw-p"
-    offset: int         # bytes
+    perms: str  # e.g. "rw-p"
+    offset: int  # bytes
     dev_major: int
     dev_minor: int
     inode: int
-    name: str           # as /proc shows it (newline escaped as \012)
-    rss: int = 0        # bytes
+    name: str  # as /proc shows it (newline escaped as \012)
+    rss: int = 0  # bytes
     anonymous: int = 0
     swap: int = 0
     shared_rss: int = 0  # Shared_Clean + Shared_Dirty: pages other processes map too
@@ -186,13 +200,19 @@ class Vma:
         [heap], [stack] and prctl-named anonymous memory ([anon:...]) are not.
         """
         n = self.name
-        return (n.startswith("[") and n.endswith("]") and n not in ("[heap]", "[stack]")
-                and not n.startswith("[anon:") and not n.startswith("[anon_shmem:")
-                and not n.startswith("[stack:"))
+        return (
+            n.startswith("[")
+            and n.endswith("]")
+            and n not in ("[heap]", "[stack]")
+            and not n.startswith("[anon:")
+            and not n.startswith("[anon_shmem:")
+            and not n.startswith("[stack:")
+        )
 
 
 _HEADER = re.compile(
-    r"^([0-9a-f]+)-([0-9a-f]+) ([-r][-w][-x][ps]) ([0-9a-f]+) ([0-9a-f]+):([0-9a-f]+) (\d+)(?: +(.*))?$"
+    r"^([0-9a-f]+)-([0-9a-f]+) ([-r][-w][-x][ps]) ([0-9a-f]+) "
+    r"([0-9a-f]+):([0-9a-f]+) (\d+)(?: +(.*))?$"
 )
 
 _KB_FIELDS = {"Rss": "rss", "Anonymous": "anonymous", "Swap": "swap"}
@@ -203,9 +223,16 @@ def parse_maps_line(line):
     if not m:
         raise ValueError(f"unrecognised maps line: {line!r}")
     start, end, perms, off, dmaj, dmin, inode, name = m.groups()
-    return dict(start=int(start, 16), end=int(end, 16), perms=perms, offset=int(off, 16),
-                dev_major=int(dmaj, 16), dev_minor=int(dmin, 16), inode=int(inode),
-                name=name or "")
+    return dict(
+        start=int(start, 16),
+        end=int(end, 16),
+        perms=perms,
+        offset=int(off, 16),
+        dev_major=int(dmaj, 16),
+        dev_minor=int(dmin, 16),
+        inode=int(inode),
+        name=name or "",
+    )
 
 
 def parse_maps(text):
@@ -221,7 +248,7 @@ def _kb_field(block, key, line):
     if k < 0:
         return None
     e = block.find("\n", k + 1)
-    parts = block[k + len(key):e if e >= 0 else None].split()
+    parts = block[k + len(key) : e if e >= 0 else None].split()
     if len(parts) != 2 or parts[1] != "kB":
         raise ValueError(f"unexpected {key.strip()} field in smaps block {line!r}")
     return int(parts[0]) * 1024
@@ -238,8 +265,8 @@ def parse_smaps(text):
         if text.strip():
             raise ValueError(f"smaps without a mapping: {text[:80]!r}")
         return []
-    if text[:starts[0]].strip():
-        raise ValueError(f"smaps field before any mapping: {text[:starts[0]][:80]!r}")
+    if text[: starts[0]].strip():
+        raise ValueError(f"smaps field before any mapping: {text[: starts[0]][:80]!r}")
     vmas = []
     starts.append(len(text))
     for a, b in zip(starts, starts[1:]):
@@ -247,17 +274,22 @@ def parse_smaps(text):
         nl = block.find("\n")
         header = block if nl < 0 else block[:nl]
         fields = parse_maps_line(header)
-        for key, attr in (("\nRss:", "rss"), ("\nAnonymous:", "anonymous"),
-                          ("\nSwap:", "swap"), ("\nKSM:", "ksm")):
+        for key, attr in (
+            ("\nRss:", "rss"),
+            ("\nAnonymous:", "anonymous"),
+            ("\nSwap:", "swap"),
+            ("\nKSM:", "ksm"),
+        ):
             v = _kb_field(block, key, header)
             if v is not None:
                 fields[attr] = v
-        fields["shared_rss"] = ((_kb_field(block, "\nShared_Clean:", header) or 0)
-                                + (_kb_field(block, "\nShared_Dirty:", header) or 0))
+        fields["shared_rss"] = (_kb_field(block, "\nShared_Clean:", header) or 0) + (
+            _kb_field(block, "\nShared_Dirty:", header) or 0
+        )
         k = block.find("\nVmFlags:")
         if k >= 0:
             e = block.find("\n", k + 1)
-            fields["vmflags"] = frozenset(block[k + 9:e if e >= 0 else None].split())
+            fields["vmflags"] = frozenset(block[k + 9 : e if e >= 0 else None].split())
         vmas.append(Vma(**fields))
     return vmas
 
@@ -319,7 +351,7 @@ def auxv_through_null(data, word_size):
     entries = parse_auxv(data, word_size)
     if not entries or entries[-1][0] != 0:
         raise ValueError(f"auxv of {len(data)} bytes has no AT_NULL entry")
-    return data[:len(entries) * 2 * word_size]
+    return data[: len(entries) * 2 * word_size]
 
 
 # ---------------------------------------------------------------------------
@@ -435,8 +467,6 @@ def comm_of(pid):
         return read_text(pid, "comm").strip()
     except Exception:
         return ""
-
-
 
 
 def read_cmdline(pid):

@@ -3,6 +3,7 @@
 A pid alone can be reused; (pid, start time) cannot, so every long-lived
 reference to a process here is that pair.
 """
+
 import os
 
 from .procfs import read_stat
@@ -21,7 +22,7 @@ def parent_map():
                 text = f.read().decode("utf-8", "surrogateescape")
         except OSError:
             continue
-        rest = text[text.rindex(")") + 2:].split()
+        rest = text[text.rindex(")") + 2 :].split()
         out[pid] = int(rest[1])
     return out
 
@@ -74,7 +75,7 @@ def child_pids(pid):
                 out.extend(int(c) for c in f.read().split())
         except FileNotFoundError:
             if not os.path.exists(f"/proc/{pid}/task/{tid}"):
-                continue                          # the thread exited
+                continue  # the thread exited
             return None
         except OSError:
             continue
@@ -88,7 +89,7 @@ def descendants_with_start(pid):
     while queue:
         p = queue.pop()
         kids = child_pids(p)
-        if kids is None:                          # no children files: scan /proc
+        if kids is None:  # no children files: scan /proc
             found = descendants(pid)
             break
         found.extend(kids)

@@ -31,6 +31,7 @@ a watchdog thread:
 A ``snapcore-test.json`` in each folder says which test it was; the terminal
 summary lists the folders written during the session.
 """
+
 import json
 import os
 import re
@@ -45,14 +46,14 @@ from .capture.kill import terminate
 from .capture.tree import snapshot_tree
 from .cli.common import add_snapshot_options, options_from
 from .errors import InvalidRequest, SnapcoreError
-from .proctree import descendants_with_start
 from .procfs import read_stat
+from .proctree import descendants_with_start
 from .read.stacks import shown_cmdline, summarize
 
 DEFAULT_DIR = "snapcore-hangs"
 DEFAULT_GRACE = 2.0
-INTERRUPT_WAIT = 1.0       # for the handler to run before the test's processes are ended
-C_HANG_WAIT = 2.0          # more, after they are ended, before the process is ended
+INTERRUPT_WAIT = 1.0  # for the handler to run before the test's processes are ended
+C_HANG_WAIT = 2.0  # more, after they are ended, before the process is ended
 TEST_JSON = "snapcore-test.json"
 # Not SIGALRM: pytest-timeout's signal method owns that one.
 INTERRUPT_SIGNAL = signal.SIGRTMIN + 3
@@ -61,21 +62,35 @@ _KEY_SETTINGS = pytest.StashKey[dict]()
 
 
 def pytest_addoption(parser):
-    group = parser.getgroup("snapcore", "ELF cores of hung tests and their subprocesses "
-                                        "(snapcore)")
-    group.addoption("--snapcore-timeout", type=float, default=None, metavar="SECS",
-                    help="when a test runs longer than SECS: write cores of pytest and of "
-                         "every process it started, fail the test, end those processes")
-    group.addoption("--snapcore-dir", default=None, metavar="DIR",
-                    help=f"where the per-test folders of cores go (default ./{DEFAULT_DIR})")
-    group.addoption("--snapcore-grace", type=float, default=None, metavar="SECS",
-                    help="seconds between SIGTERM and SIGKILL for the processes of a "
-                         f"timed-out test (default {DEFAULT_GRACE:g})")
+    group = parser.getgroup("snapcore", "ELF cores of hung tests and their subprocesses (snapcore)")
+    group.addoption(
+        "--snapcore-timeout",
+        type=float,
+        default=None,
+        metavar="SECS",
+        help="when a test runs longer than SECS: write cores of pytest and of "
+        "every process it started, fail the test, end those processes",
+    )
+    group.addoption(
+        "--snapcore-dir",
+        default=None,
+        metavar="DIR",
+        help=f"where the per-test folders of cores go (default ./{DEFAULT_DIR})",
+    )
+    group.addoption(
+        "--snapcore-grace",
+        type=float,
+        default=None,
+        metavar="SECS",
+        help="seconds between SIGTERM and SIGKILL for the processes of a "
+        f"timed-out test (default {DEFAULT_GRACE:g})",
+    )
     add_snapshot_options(group.addoption, prefix="snapcore-")
     parser.addini("snapcore_timeout", "snapcore: per-test timeout in seconds (0: none)")
     parser.addini("snapcore_dir", f"snapcore: directory for cores (default {DEFAULT_DIR})")
-    parser.addini("snapcore_grace", "snapcore: SIGTERM to SIGKILL delay for a timed-out "
-                                    "test's processes")
+    parser.addini(
+        "snapcore_grace", "snapcore: SIGTERM to SIGKILL delay for a timed-out test's processes"
+    )
 
 
 def _number(value, where):
@@ -84,8 +99,9 @@ def _number(value, where):
     try:
         n = float(value)
     except (TypeError, ValueError):
-        raise pytest.UsageError(f"snapcore: {where} must be a number of seconds, not "
-                                f"{value!r}") from None
+        raise pytest.UsageError(
+            f"snapcore: {where} must be a number of seconds, not {value!r}"
+        ) from None
     if n < 0:
         raise pytest.UsageError(f"snapcore: {where} cannot be negative")
     return n
@@ -93,16 +109,19 @@ def _number(value, where):
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "snapcore_timeout(seconds): write cores of pytest and of the processes "
-                   "this test started if it runs longer than seconds, then fail it (0: none)")
+        "markers",
+        "snapcore_timeout(seconds): write cores of pytest and of the processes "
+        "this test started if it runs longer than seconds, then fail it (0: none)",
+    )
     timeout = config.getoption("snapcore_timeout")
     if timeout is None:
         timeout = _number(config.getini("snapcore_timeout"), "snapcore_timeout")
     else:
         timeout = _number(timeout, "--snapcore-timeout")
     grace = config.getoption("snapcore_grace")
-    grace = _number(grace if grace is not None else config.getini("snapcore_grace"),
-                    "snapcore grace")
+    grace = _number(
+        grace if grace is not None else config.getini("snapcore_grace"), "snapcore grace"
+    )
     outdir = config.getoption("snapcore_dir") or config.getini("snapcore_dir") or DEFAULT_DIR
     outdir = os.path.join(str(config.invocation_params.dir), outdir)
     try:
@@ -176,16 +195,21 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if not found:
         return
     tr = terminalreporter
-    tr.write_sep("=", f"snapcore: {len(found)} hung test{'s' if len(found) != 1 else ''}",
-                 yellow=True)
+    tr.write_sep(
+        "=", f"snapcore: {len(found)} hung test{'s' if len(found) != 1 else ''}", yellow=True
+    )
     for folder, doc in found:
-        shown = os.path.relpath(folder) if not os.path.relpath(folder).startswith("..") \
-            else folder
+        shown = os.path.relpath(folder) if not os.path.relpath(folder).startswith("..") else folder
         n = doc.get("cores", 0)
-        tr.write_line(f"{doc.get('nodeid')}: timed out after {doc.get('timeout'):g}s, "
-                      f"{n} core{'s' if n != 1 else ''} in {shown}/"
-                      + ("" if doc.get("interrupted", True)
-                         else " (the main thread was stuck in C code: process ended)"))
+        tr.write_line(
+            f"{doc.get('nodeid')}: timed out after {doc.get('timeout'):g}s, "
+            f"{n} core{'s' if n != 1 else ''} in {shown}/"
+            + (
+                ""
+                if doc.get("interrupted", True)
+                else " (the main thread was stuck in C code: process ended)"
+            )
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -218,7 +242,7 @@ class _Watch:
         self.timeout = timeout
         self.settings = settings
         self.lock = threading.Lock()
-        self.state = "armed"          # armed -> firing -> fired, or -> done
+        self.state = "armed"  # armed -> firing -> fired, or -> done
         self.acked = threading.Event()
         self.may_raise = True
         self.message = None
@@ -290,12 +314,13 @@ class _Watch:
             folder = _make_folder(s["dir"], item.nodeid)
             options = s["options"]
             if options.reason is None:
-                options = options.replace(reason=f"pytest: {item.nodeid} still running "
-                                                 f"after {self.timeout:g}s")
+                options = options.replace(
+                    reason=f"pytest: {item.nodeid} still running after {self.timeout:g}s"
+                )
             tree = snapshot_tree(me, folder, options)
         except (SnapcoreError, OSError) as exc:
             error = exc
-        except Exception as exc:                    # never let the watchdog die silently
+        except Exception as exc:  # never let the watchdog die silently
             error = exc
         if tree is not None:
             item.user_properties.append(("snapcore_dir", folder))
@@ -303,8 +328,10 @@ class _Watch:
                 item.user_properties.append((f"snapcore_core_{p.pid}", p.core))
             msg = _message(self.timeout, folder, tree, me, self._started_by_test)
         else:
-            msg = (f"snapcore: test still running after {self.timeout:g}s; taking cores "
-                   f"failed: {error}")
+            msg = (
+                f"snapcore: test still running after {self.timeout:g}s; taking cores "
+                f"failed: {error}"
+            )
         self.message = msg
         self._write_test_json(folder, tree, interrupted=True)
         if self.use_signal:
@@ -339,10 +366,16 @@ class _Watch:
     def _write_test_json(self, folder, tree, interrupted):
         if folder is None:
             return
-        doc = {"nodeid": self.item.nodeid, "worker": os.environ.get("PYTEST_XDIST_WORKER"),
-               "pytest_pid": os.getpid(), "timeout": self.timeout, "time": time.time(),
-               "cores": len(tree.ok) if tree else 0, "interrupted": interrupted,
-               "message": self.message}
+        doc = {
+            "nodeid": self.item.nodeid,
+            "worker": os.environ.get("PYTEST_XDIST_WORKER"),
+            "pytest_pid": os.getpid(),
+            "timeout": self.timeout,
+            "time": time.time(),
+            "cores": len(tree.ok) if tree else 0,
+            "interrupted": interrupted,
+            "message": self.message,
+        }
         tmp = os.path.join(folder, f".{TEST_JSON}.tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -363,8 +396,10 @@ def _message(timeout, folder, tree, me, started_by_test, limit=8):
             thread 123: child_hangs_here (<string>:4) <- <module> (<string>:5)
     """
     n = len(tree.ok)
-    lines = [f"snapcore: test still running after {timeout:g}s; cores of {n} "
-             f"process{'es' if n != 1 else ''} in {folder}/"]
+    lines = [
+        f"snapcore: test still running after {timeout:g}s; cores of {n} "
+        f"process{'es' if n != 1 else ''} in {folder}/"
+    ]
     for i, p in enumerate(tree.processes):
         if i >= 2 * limit:
             lines.append(f"  ... {len(tree.processes) - i} more in manifest.json")
@@ -375,8 +410,7 @@ def _message(timeout, folder, tree, me, started_by_test, limit=8):
         if not p.ok:
             lines.append(head + f"no core: {p.error}")
             continue
-        tool, stack = summarize(p.core, p.exe, p.python) if started and i <= limit \
-            else (None, [])
+        tool, stack = summarize(p.core, p.exe, p.python) if started and i <= limit else (None, [])
         lines.append(head + os.path.basename(p.core) + (f"; stacks by {tool}:" if stack else ""))
         lines.extend(f"    {line}" for line in stack[:8])
     return "\n".join(lines)
@@ -384,9 +418,11 @@ def _message(timeout, folder, tree, me, started_by_test, limit=8):
 
 def _emergency_exit(item, msg):
     """pytest-timeout's thread method: say why (past pytest's capture), then end."""
-    text = (f"\n{'+' * 20} snapcore timeout {'+' * 20}\n{item.nodeid}: {msg}\n"
-            "The main thread did not return to Python (stuck in C code), so the test "
-            "cannot be failed in place: ending this pytest process.\n")
+    text = (
+        f"\n{'+' * 20} snapcore timeout {'+' * 20}\n{item.nodeid}: {msg}\n"
+        "The main thread did not return to Python (stuck in C code), so the test "
+        "cannot be failed in place: ending this pytest process.\n"
+    )
     try:
         capman = item.config.pluginmanager.getplugin("capturemanager")
         if capman is not None:

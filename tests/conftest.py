@@ -15,8 +15,9 @@ def _build_targets():
     os.makedirs(os.path.join(TARGETS, "bin"), exist_ok=True)
     with open(os.path.join(TARGETS, "bin", ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        subprocess.run(["make", "-s", "-C", TARGETS], check=True, timeout=300,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["make", "-s", "-C", TARGETS], check=True, timeout=300, stdout=subprocess.DEVNULL
+        )
 
 
 def pytest_sessionstart(session):
@@ -45,7 +46,7 @@ def spawn(tmp_path):
 @pytest.fixture
 def mt(spawn):
     t = spawn("mt")
-    t.wait_blocked()            # main thread back in read(), not mid-reply
+    t.wait_blocked()  # main thread back in read(), not mid-reply
     return t
 
 

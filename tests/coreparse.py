@@ -6,6 +6,7 @@ from include/linux/elfcore.h and asm/elfcore-compat.h (64-bit x86_64 and
 ``struct`` rather than pyelftools so that a core with 70000 segments parses
 in well under a second.
 """
+
 import mmap
 import struct
 from dataclasses import dataclass, field
@@ -27,18 +28,45 @@ _PRSTATUS = {
     2: (struct.Struct("<iiiHxxQQiiii8q216si4x"), 27),
     1: (struct.Struct("<iiiHxxIIiiii8i68si"), 17),
 }
-PRSTATUS_FIELDS = ("si_signo", "si_code", "si_errno", "pr_cursig", "pr_sigpend",
-                   "pr_sighold", "pr_pid", "pr_ppid", "pr_pgrp", "pr_sid",
-                   "pr_utime", "pr_stime", "pr_cutime", "pr_cstime", "pr_reg", "pr_fpvalid")
+PRSTATUS_FIELDS = (
+    "si_signo",
+    "si_code",
+    "si_errno",
+    "pr_cursig",
+    "pr_sigpend",
+    "pr_sighold",
+    "pr_pid",
+    "pr_ppid",
+    "pr_pgrp",
+    "pr_sid",
+    "pr_utime",
+    "pr_stime",
+    "pr_cutime",
+    "pr_cstime",
+    "pr_reg",
+    "pr_fpvalid",
+)
 
 # struct elf_prpsinfo / compat (u32 flag, u16 uid/gid)
 _PRPSINFO = {
     2: struct.Struct("<bcbb4xQIIiiii16s80s"),
     1: struct.Struct("<bcbbIHHiiii16s80s"),
 }
-PRPSINFO_FIELDS = ("pr_state", "pr_sname", "pr_zomb", "pr_nice", "pr_flag", "pr_uid",
-                   "pr_gid", "pr_pid", "pr_ppid", "pr_pgrp", "pr_sid", "pr_fname",
-                   "pr_psargs")
+PRPSINFO_FIELDS = (
+    "pr_state",
+    "pr_sname",
+    "pr_zomb",
+    "pr_nice",
+    "pr_flag",
+    "pr_uid",
+    "pr_gid",
+    "pr_pid",
+    "pr_ppid",
+    "pr_pgrp",
+    "pr_sid",
+    "pr_fname",
+    "pr_psargs",
+)
 
 
 @dataclass
@@ -56,7 +84,7 @@ class Load:
 class Thread:
     tid: int
     prstatus: dict
-    notes: list = field(default_factory=list)   # [(name, type, desc)] after PRSTATUS
+    notes: list = field(default_factory=list)  # [(name, type, desc)] after PRSTATUS
 
 
 class Core:
@@ -74,14 +102,28 @@ class Core:
         ehdr_f, phdr_f, shdr_f, self.word = _CLASS[self.elfclass]
         self.ehdr_struct = struct.Struct(ehdr_f)
         eh = self.ehdr_struct.unpack_from(self.map, 0)
-        (_, self.e_type, self.e_machine, _, _, self.e_phoff, self.e_shoff, _, _,
-         self.e_phentsize, self.e_phnum, self.e_shentsize, self.e_shnum, _) = eh
+        (
+            _,
+            self.e_type,
+            self.e_machine,
+            _,
+            _,
+            self.e_phoff,
+            self.e_shoff,
+            _,
+            _,
+            self.e_phentsize,
+            self.e_phnum,
+            self.e_shentsize,
+            self.e_shnum,
+            _,
+        ) = eh
         phnum = self.e_phnum
         self.shdr0 = None
         if phnum == PN_XNUM:
             sh = struct.unpack_from(shdr_f, self.map, self.e_shoff)
             self.shdr0 = sh
-            phnum = sh[7]                                  # sh_info
+            phnum = sh[7]  # sh_info
         self.phnum = phnum
         ph = struct.Struct(phdr_f)
         self.phdrs = []
@@ -91,14 +133,19 @@ class Core:
                 p_type, p_flags, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_align = v
             else:
                 p_type, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_flags, p_align = v
-            self.phdrs.append((p_type, Load(p_vaddr, p_memsz, p_filesz, p_flags, p_offset,
-                                            p_align, p_paddr)))
+            self.phdrs.append(
+                (p_type, Load(p_vaddr, p_memsz, p_filesz, p_flags, p_offset, p_align, p_paddr))
+            )
         self.loads = [ld for t, ld in self.phdrs if t == PT_LOAD]
         notes = [ld for t, ld in self.phdrs if t == PT_NOTE]
         self.note_phdr = notes[0] if notes else None
-        self.notes = _parse_notes(self.map[self.note_phdr.offset:
-                                           self.note_phdr.offset + self.note_phdr.filesz]
-                                  ) if self.note_phdr else []
+        self.notes = (
+            _parse_notes(
+                self.map[self.note_phdr.offset : self.note_phdr.offset + self.note_phdr.filesz]
+            )
+            if self.note_phdr
+            else []
+        )
         self._split_threads()
 
     def close(self):
@@ -115,7 +162,7 @@ class Core:
     def _split_threads(self):
         st, nregs = _PRSTATUS[self.elfclass]
         self.threads = []
-        self.process = {}           # type -> desc of the once-per-process notes
+        self.process = {}  # type -> desc of the once-per-process notes
         for name, ntype, desc in self.notes:
             if name == "CORE" and ntype == NT_PRSTATUS:
                 if len(desc) != st.size:
@@ -128,11 +175,14 @@ class Core:
                 pr["pr_reg"] = vals[18]
                 pr["pr_fpvalid"] = vals[19]
                 self.threads.append(Thread(pr["pr_pid"], pr))
-            elif ntype in (NT_PRPSINFO, NT_SIGINFO, NT_AUXV, NT_FILE) and name == "CORE" \
-                    or ntype == NT_X86_XSAVE_LAYOUT:
+            elif (
+                ntype in (NT_PRPSINFO, NT_SIGINFO, NT_AUXV, NT_FILE)
+                and name == "CORE"
+                or ntype == NT_X86_XSAVE_LAYOUT
+            ):
                 self.process[ntype] = desc
             elif name not in ("CORE", "LINUX"):
-                self.process[(name, ntype)] = desc      # e.g. snapcore's SNAPCORE note
+                self.process[(name, ntype)] = desc  # e.g. snapcore's SNAPCORE note
             elif self.threads:
                 self.threads[-1].notes.append((name, ntype, desc))
 
@@ -142,8 +192,8 @@ class Core:
 
     def regs(self, thread):
         """The thread's pr_reg as a tuple of words."""
-        fmt = "<%d%s" % (len(thread.prstatus["pr_reg"]) // (8 if self.word == "Q" else 4),
-                         self.word)
+        n = len(thread.prstatus["pr_reg"]) // (8 if self.word == "Q" else 4)
+        fmt = f"<{n}{self.word}"
         return struct.unpack(fmt, thread.prstatus["pr_reg"])
 
     def file_note(self):
@@ -169,7 +219,7 @@ class Core:
 
     # -- memory -----------------------------------------------------------
     def load_bytes(self, ld):
-        return self.map[ld.offset:ld.offset + ld.filesz]
+        return self.map[ld.offset : ld.offset + ld.filesz]
 
     def load_at(self, addr):
         for ld in self.loads:
@@ -184,7 +234,7 @@ class Core:
             raise KeyError(f"[{addr:#x}, +{length:#x}) crosses the end of its PT_LOAD")
         rel = addr - ld.vaddr
         avail = max(0, min(length, ld.filesz - rel))
-        data = self.map[ld.offset + rel:ld.offset + rel + avail]
+        data = self.map[ld.offset + rel : ld.offset + rel + avail]
         return data + b"\0" * (length - avail)
 
 
@@ -193,9 +243,9 @@ def _parse_notes(blob):
     while off + 12 <= len(blob):
         namesz, descsz, ntype = struct.unpack_from("<III", blob, off)
         off += 12
-        name = blob[off:off + namesz].rstrip(b"\0").decode("ascii", "replace")
+        name = blob[off : off + namesz].rstrip(b"\0").decode("ascii", "replace")
         off += (namesz + 3) & ~3
-        out.append((name, ntype, bytes(blob[off:off + descsz])))
+        out.append((name, ntype, bytes(blob[off : off + descsz])))
         off += (descsz + 3) & ~3
     if off != len(blob):
         raise ValueError(f"notes end at {off}, PT_NOTE holds {len(blob)} bytes")

@@ -4,6 +4,7 @@ Every target is a real process started here; tests never mock ptrace or
 /proc.  Every wait has a timeout, and ``Target.close`` (called from fixtures'
 ``finally``) SIGKILLs and reaps the process whatever happened.
 """
+
 import ctypes
 import json
 import os
@@ -36,12 +37,18 @@ class TargetTimeout(AssertionError):
 class Target:
     """A target process that prints "READY {json}" and answers line commands."""
 
-    def __init__(self, argv, cwd=None, env=None, preexec_fn=None, ready_timeout=20.0,
-                 user=None):
+    def __init__(self, argv, cwd=None, env=None, preexec_fn=None, ready_timeout=20.0, user=None):
         self.argv = list(argv)
         self.proc = subprocess.Popen(
-            self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            cwd=cwd, env=env, preexec_fn=preexec_fn, user=user)
+            self.argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            env=env,
+            preexec_fn=preexec_fn,
+            user=user,
+        )
         self.pid = self.proc.pid
         self._buf = b""
         self.info = {}
@@ -49,7 +56,7 @@ class Target:
             line = self.readline(ready_timeout)
             if not line.startswith("READY"):
                 raise AssertionError(f"target said {line!r} instead of READY")
-            payload = line[len("READY"):].strip()
+            payload = line[len("READY") :].strip()
             self.info = json.loads(payload) if payload else {}
         except BaseException:
             self.close()
@@ -61,15 +68,18 @@ class Target:
         while b"\n" not in self._buf:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise TargetTimeout(f"no line from {self.argv[0]} within {timeout}s "
-                                    f"(got {self._buf!r})")
+                raise TargetTimeout(
+                    f"no line from {self.argv[0]} within {timeout}s (got {self._buf!r})"
+                )
             r, _, _ = select.select([fd], [], [], left)
             if r:
                 chunk = os.read(fd, 65536)
                 if not chunk:
                     err = self.proc.stderr.read() if self.proc.poll() is not None else b""
-                    raise AssertionError(f"target {self.argv[0]} closed stdout "
-                                         f"(rc={self.proc.poll()}, stderr={err[-500:]!r})")
+                    raise AssertionError(
+                        f"target {self.argv[0]} closed stdout "
+                        f"(rc={self.proc.poll()}, stderr={err[-500:]!r})"
+                    )
                 self._buf += chunk
         line, _, self._buf = self._buf.partition(b"\n")
         return line.decode()
@@ -154,8 +164,7 @@ def assert_untraced(pid, stopped_ok=False):
     deadline = time.monotonic() + 5
     while True:
         states = task_states(pid)
-        bad = {t: s for t, s in states.items()
-               if s[1] != 0 or (not stopped_ok and s[0] in "tT")}
+        bad = {t: s for t, s in states.items() if s[1] != 0 or (not stopped_ok and s[0] in "tT")}
         if not bad:
             return states
         if time.monotonic() > deadline:
@@ -236,19 +245,25 @@ def _require_comparable_kernel_core():
     with open("/proc/sys/kernel/core_pattern") as f:
         pattern = f.read().strip()
     if pattern.startswith("|"):
-        pytest.skip(f"kernel.core_pattern is a pipe ({pattern!r}): the kernel hands cores to "
-                    f"that program, not to a file in the process's cwd")
+        pytest.skip(
+            f"kernel.core_pattern is a pipe ({pattern!r}): the kernel hands cores to "
+            f"that program, not to a file in the process's cwd"
+        )
     if pattern != "core":
-        pytest.skip(f"kernel.core_pattern is {pattern!r}, not 'core': this test reads the "
-                    f"kernel's core from the process's cwd")
+        pytest.skip(
+            f"kernel.core_pattern is {pattern!r}, not 'core': this test reads the "
+            f"kernel's core from the process's cwd"
+        )
     try:
         with open("/proc/sys/kernel/core_sort_vma") as f:
             sort_vma = f.read().strip()
     except (FileNotFoundError, ProcessLookupError):
-        sort_vma = "0"                        # kernels before 6.14 do not have it
+        sort_vma = "0"  # kernels before 6.14 do not have it
     if sort_vma != "0":
-        pytest.skip("kernel.core_sort_vma is on: the kernel orders its PT_LOADs by dump size "
-                    "(README, Compatibility), snapcore keeps address order")
+        pytest.skip(
+            "kernel.core_sort_vma is on: the kernel orders its PT_LOADs by dump size "
+            "(README, Compatibility), snapcore keeps address order"
+        )
 
 
 def _unlimited_core():
@@ -257,7 +272,7 @@ def _unlimited_core():
 
 def _tgkill(pid, tid, sig):
     libc = ctypes.CDLL(None, use_errno=True)
-    sys_tgkill = 234                          # x86_64
+    sys_tgkill = 234  # x86_64
     if libc.syscall(sys_tgkill, pid, tid, sig) != 0:
         raise OSError(ctypes.get_errno(), "tgkill")
 
@@ -272,7 +287,9 @@ def snapshot_then_kernel_core(spawn, tmp_path, exe, *args, filter_=None):
     the kernel's dumping thread is the one snapcore puts first.
     """
     import snapcore
+
     from coreparse import Core
+
     _require_comparable_kernel_core()
     if not os.path.exists(target_path(exe)):
         pytest.skip(f"{exe} was not built (tests/targets/Makefile says why)")
@@ -332,9 +349,23 @@ def eu_stack_tids(core, exe=None, timeout=60):
 
 def gdb_live_registers(pid, exe, timeout=60):
     """{tid: {reg: value}} read by gdb attached to the live (stopped) process."""
-    p = run(["gdb", "-nx", "-batch", "-ex", "set debuginfod enabled off", exe, "-p", str(pid),
-             "-ex", "thread apply all info registers",
-             "-ex", "thread apply all info registers fs_base"], timeout=timeout)
+    p = run(
+        [
+            "gdb",
+            "-nx",
+            "-batch",
+            "-ex",
+            "set debuginfod enabled off",
+            exe,
+            "-p",
+            str(pid),
+            "-ex",
+            "thread apply all info registers",
+            "-ex",
+            "thread apply all info registers fs_base",
+        ],
+        timeout=timeout,
+    )
     regs = {}
     cur = None
     for line in p.stdout.splitlines():
@@ -354,22 +385,31 @@ def gdb_live_registers(pid, exe, timeout=60):
 
 def core_notes(path):
     from elftools.elf.elffile import ELFFile
+
     with open(path, "rb") as f:
         elf = ELFFile(f)
         out = []
         for seg in elf.iter_segments():
             if seg["p_type"] == "PT_NOTE":
                 for n in seg.iter_notes():
-                    out.append((n["n_name"], n["n_type"], n["n_descsz"],
-                                n["n_descdata"] if isinstance(n["n_descdata"], bytes) else None,
-                                n))
+                    out.append(
+                        (
+                            n["n_name"],
+                            n["n_type"],
+                            n["n_descsz"],
+                            n["n_descdata"] if isinstance(n["n_descdata"], bytes) else None,
+                            n,
+                        )
+                    )
         return out
 
 
 def core_loads(path):
     """Every PT_LOAD as a dict (vaddr, memsz, filesz, flags, offset, align, paddr)."""
     import dataclasses
+
     from coreparse import Core
+
     with Core(path) as c:
         return [dataclasses.asdict(ld) for ld in c.loads]
 
@@ -377,15 +417,42 @@ def core_loads(path):
 def read_core_memory(path, addr, length):
     """Bytes at a virtual address, from the core's PT_LOAD data (zeros past p_filesz)."""
     from coreparse import Core
+
     with Core(path) as c:
         return c.read(addr, length)
 
 
 def prstatus_regs(desc):
     """(tid, {reg: value}) from an x86_64 NT_PRSTATUS descriptor."""
-    names = ("r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx",
-             "rdx", "rsi", "rdi", "orig_rax", "rip", "cs", "eflags", "rsp", "ss", "fs_base",
-             "gs_base", "ds", "es", "fs", "gs")
+    names = (
+        "r15",
+        "r14",
+        "r13",
+        "r12",
+        "rbp",
+        "rbx",
+        "r11",
+        "r10",
+        "r9",
+        "r8",
+        "rax",
+        "rcx",
+        "rdx",
+        "rsi",
+        "rdi",
+        "orig_rax",
+        "rip",
+        "cs",
+        "eflags",
+        "rsp",
+        "ss",
+        "fs_base",
+        "gs_base",
+        "ds",
+        "es",
+        "fs",
+        "gs",
+    )
     tid = struct.unpack_from("<i", desc, 32)[0]
     vals = struct.unpack_from("<27Q", desc, 112)
     return tid, dict(zip(names, vals))
@@ -394,6 +461,7 @@ def prstatus_regs(desc):
 def raw_notes(path):
     """[(name, type, desc bytes)] straight from the PT_NOTE bytes."""
     from coreparse import Core
+
     with Core(path) as c:
         return list(c.notes)
 

@@ -3,6 +3,7 @@
 The architecture is chosen from the target (the size of the NT_PRSTATUS
 regset the kernel returns for it), never from the host.
 """
+
 import sys
 
 from .i386 import I386

@@ -1,4 +1,5 @@
 """What an architecture contributes to a core file."""
+
 import os
 import struct
 from dataclasses import dataclass, field
@@ -14,22 +15,22 @@ def ticks_to_timeval(ticks):
 @dataclass(frozen=True)
 class Arch:
     name: str
-    elf: object                 # elf.structs.ElfClass
+    elf: object  # elf.structs.ElfClass
     e_machine: int
     page_size: int
-    regs_size: int              # user_regs_struct as GETREGSET returns it
-    regsets: tuple              # ((note_type, owner), ...) in the kernel's view order
+    regs_size: int  # user_regs_struct as GETREGSET returns it
+    regsets: tuple  # ((note_type, owner), ...) in the kernel's view order
     prstatus: struct.Struct
     prpsinfo: struct.Struct
-    sigset_mask: int            # pr_sigpend/pr_sighold width
-    reg_names: tuple            # user_regs_struct field names, in order
+    sigset_mask: int  # pr_sigpend/pr_sighold width
+    reg_names: tuple  # user_regs_struct field names, in order
     pc_reg: str
     sp_reg: str
     has_vsyscall: bool
-    syscall_insn: bytes = b""   # the instruction live mode re-executes (empty: no live mode)
+    syscall_insn: bytes = b""  # the instruction live mode re-executes (empty: no live mode)
     nr_clone: int = -1
     nr_wait4: int = -1
-    wait_syscalls: frozenset = frozenset()   # wait4, waitid (and waitpid): a parent's waits
+    wait_syscalls: frozenset = frozenset()  # wait4, waitid (and waitpid): a parent's waits
     # note_type -> f(GETREGSET bytes) -> bool, for regsets whose kernel active() hook
     # looks at more than "GETREGSET worked" (fill_thread_core_info skips inactive ones)
     regset_in_use: dict = field(default_factory=dict, hash=False)
@@ -40,7 +41,7 @@ class Arch:
 
     @property
     def _regs_fmt(self):
-        return "<%d%s" % (len(self.reg_names), "Q" if self.word_size == 8 else "I")
+        return f"<{len(self.reg_names)}{'Q' if self.word_size == 8 else 'I'}"
 
     def regset_active(self, note_type, data):
         """Whether the kernel's core would hold this regset note for the thread."""
@@ -56,22 +57,65 @@ class Arch:
         mask = (1 << (8 * self.word_size)) - 1
         return struct.pack(self._regs_fmt, *(regs[n] & mask for n in self.reg_names))
 
-    def build_prstatus(self, *, tid, ppid, pgrp, sid, sigpend, sighold, utime, stime,
-                       cutime, cstime, regs, fpvalid, cursig=0, signo=0):
+    def build_prstatus(
+        self,
+        *,
+        tid,
+        ppid,
+        pgrp,
+        sid,
+        sigpend,
+        sighold,
+        utime,
+        stime,
+        cutime,
+        cstime,
+        regs,
+        fpvalid,
+        cursig=0,
+        signo=0,
+    ):
         """struct elf_prstatus (include/linux/elfcore.h); times in clock ticks."""
         if len(regs) != self.regs_size:
-            raise ValueError(f"{self.name}: register set of {len(regs)} bytes, "
-                             f"expected {self.regs_size}")
+            raise ValueError(
+                f"{self.name}: register set of {len(regs)} bytes, expected {self.regs_size}"
+            )
         times = []
         for t in (utime, stime, cutime, cstime):
             times.extend(ticks_to_timeval(t))
         m = self.sigset_mask
-        return self.prstatus.pack(signo, 0, 0, cursig, sigpend & m, sighold & m,
-                                  tid, ppid, pgrp, sid, *times, regs, 1 if fpvalid else 0)
+        return self.prstatus.pack(
+            signo,
+            0,
+            0,
+            cursig,
+            sigpend & m,
+            sighold & m,
+            tid,
+            ppid,
+            pgrp,
+            sid,
+            *times,
+            regs,
+            1 if fpvalid else 0,
+        )
 
-    def build_prpsinfo(self, *, state_index, sname, nice, flag, uid, gid, pid, ppid, pgrp,
-                       sid, fname, psargs):
+    def build_prpsinfo(
+        self, *, state_index, sname, nice, flag, uid, gid, pid, ppid, pgrp, sid, fname, psargs
+    ):
         """struct elf_prpsinfo; fname and psargs are bytes, NUL padded here."""
-        return self.prpsinfo.pack(state_index, sname.encode(), 1 if sname == "Z" else 0,
-                                  max(-128, min(127, nice)), flag, uid, gid, pid, ppid,
-                                  pgrp, sid, fname[:15], psargs[:79])
+        return self.prpsinfo.pack(
+            state_index,
+            sname.encode(),
+            1 if sname == "Z" else 0,
+            max(-128, min(127, nice)),
+            flag,
+            uid,
+            gid,
+            pid,
+            ppid,
+            pgrp,
+            sid,
+            fname[:15],
+            psargs[:79],
+        )

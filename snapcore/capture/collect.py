@@ -10,6 +10,7 @@ process facts and the NT_FILE entries.
 Everything here reads /proc or ptrace; nothing decides what memory is dumped
 (plan.py) or writes anything.
 """
+
 import errno
 import os
 
@@ -17,8 +18,16 @@ from .. import _native, procfs
 from ..arch import arch_for_regs_size
 from ..elf import notes as elfnotes
 from ..elf.structs import NT_PRSTATUS
-from ..errors import (AlreadyTraced, KernelThread, NoSuchProcess, ProcFormatError, SnapcoreError,
-                      TargetExited, UnsupportedTarget, ZombieProcess)
+from ..errors import (
+    AlreadyTraced,
+    KernelThread,
+    NoSuchProcess,
+    ProcFormatError,
+    SnapcoreError,
+    TargetExited,
+    UnsupportedTarget,
+    ZombieProcess,
+)
 from .freeze import Unstable, has_live_task
 from .plan import read_memory
 
@@ -34,12 +43,13 @@ def check_target(pid):
     except NoSuchProcess:
         raise NoSuchProcess(pid) from None
     if st.tgid != pid:
-        raise NoSuchProcess(pid, f"{pid} is a thread of process {st.tgid}, not a process; "
-                                 f"use {st.tgid}")
+        raise NoSuchProcess(
+            pid, f"{pid} is a thread of process {st.tgid}, not a process; use {st.tgid}"
+        )
     if st.kthread:
         raise KernelThread(pid, st.name)
     if st.state in ("Z", "X") and not has_live_task(pid):
-        raise ZombieProcess(pid)     # a zombie leader with live threads is still a process
+        raise ZombieProcess(pid)  # a zombie leader with live threads is still a process
     if st.tracer_pid and not procfs.is_own_thread(st.tracer_pid):
         # (a snapcore helper process holds threads of its caller before dumping it)
         raise AlreadyTraced(pid, *procfs.tracer_process(st.tracer_pid))
@@ -71,11 +81,12 @@ def collect_threads(pid, frozen):
             raise Unstable(f"thread {tid} appeared")
     for ft in frozen:
         try:
-            state, sig_pnd, sig_blk = procfs.parsed(pid, procfs.parse_thread_status, "status",
-                                                    ft.tid)
+            state, sig_pnd, sig_blk = procfs.parsed(
+                pid, procfs.parse_thread_status, "status", ft.tid
+            )
             tstat = procfs.read_stat(pid, ft.tid)
         except NoSuchProcess:
-            continue                          # killed while stopped (SIGKILL)
+            continue  # killed while stopped (SIGKILL)
         if state in ("Z", "X"):
             continue
         if state != "t":
@@ -96,11 +107,19 @@ def collect_threads(pid, frozen):
             try:
                 data = _native.getregset(ft.tid, ntype)
             except _native.SyscallError:
-                continue                      # not active for this thread (ENODEV, ENXIO)
+                continue  # not active for this thread (ENODEV, ENXIO)
             if arch.regset_active(ntype, data):
                 regsets.append((ntype, owner, data))
-        out.append(elfnotes.ThreadNotes(ft.tid, regsets, sigpend=sig_pnd, sighold=sig_blk,
-                                        utime=tstat.utime, stime=tstat.stime))
+        out.append(
+            elfnotes.ThreadNotes(
+                ft.tid,
+                regsets,
+                sigpend=sig_pnd,
+                sighold=sig_blk,
+                utime=tstat.utime,
+                stime=tstat.stime,
+            )
+        )
     if not out:
         raise TargetExited(pid)
     # the current thread first: the main thread when it is alive
@@ -133,10 +152,21 @@ def collect_process(pid, state, arch, mem_pid):
         except SnapcoreError:
             psargs = b""
     return elfnotes.ProcessNotes(
-        pid=pid, ppid=st.ppid, pgrp=st.pgrp, sid=st.session, cutime=st.cutime,
-        cstime=st.cstime, state=state, nice=st.nice, flag=st.flags,
-        uid=status.uid[0], gid=status.gid[0],
-        comm=st.comm.encode("utf-8", "surrogateescape"), psargs=psargs, auxv=auxv)
+        pid=pid,
+        ppid=st.ppid,
+        pgrp=st.pgrp,
+        sid=st.session,
+        cutime=st.cutime,
+        cstime=st.cstime,
+        state=state,
+        nice=st.nice,
+        flag=st.flags,
+        uid=status.uid[0],
+        gid=status.gid[0],
+        comm=st.comm.encode("utf-8", "surrogateescape"),
+        psargs=psargs,
+        auxv=auxv,
+    )
 
 
 def file_entries(pid, plans, page_size):
@@ -151,8 +181,7 @@ def file_entries(pid, plans, page_size):
             name = procfs.unescape_maps_name(v.name)
         if not name:
             continue
-        out.append((v.start, v.end, v.offset // page_size,
-                    name.encode("utf-8", "surrogateescape")))
+        out.append((v.start, v.end, v.offset // page_size, name.encode("utf-8", "surrogateescape")))
     return out
 
 

@@ -1,10 +1,11 @@
 """Copying the planned memory into the core: the C loop, and the sinks.
 
-    Copier       one sc_copy run over the planned segments (csrc/snapcore.c)
-    copy_core    the header block, then the segments, to the file at their
-                 offsets (holes stay holes), or, compressed, every byte in order
-                 through a pipe to a zstandard thread
+Copier       one sc_copy run over the planned segments (csrc/snapcore.c)
+copy_core    the header block, then the segments, to the file at their
+             offsets (holes stay holes), or, compressed, every byte in order
+             through a pipe to a zstandard thread
 """
+
 import errno
 import fcntl
 import os
@@ -12,9 +13,9 @@ import threading
 from dataclasses import dataclass
 
 from .. import _native
+from .._optional import zstandard
 from ..errors import OutputError, SnapcoreError, SnapshotCancelled, TargetExited
 from .plan import PRELOADED, READ
-from .request import zstandard
 
 
 @dataclass
@@ -25,8 +26,8 @@ class CopyResult:
     bytes_absent: int
     bytes_zero: int
     bytes_unreadable: int
-    unreadable: list            # [(addr, len, errno)]
-    unreadable_truncated: int   # ranges not listed
+    unreadable: list  # [(addr, len, errno)]
+    unreadable_truncated: int  # ranges not listed
     readv_calls: int
     mem_reads: int
     scan_calls: int
@@ -37,8 +38,16 @@ class Copier:
 
     BAD_CAP = 4096
 
-    def __init__(self, pid, out_fd, bufsize=4 << 20, writer_thread=True, sequential=False,
-                 stream_pos=0, use_readv=True):
+    def __init__(
+        self,
+        pid,
+        out_fd,
+        bufsize=4 << 20,
+        writer_thread=True,
+        sequential=False,
+        stream_pos=0,
+        use_readv=True,
+    ):
         """sequential: out_fd is a stream (e.g. a pipe to a compressor); every byte is
         written in order, holes as zeros, starting at file offset stream_pos.
 
@@ -91,8 +100,9 @@ class Copier:
     def run(self, plans, offsets):
         """Copy every READ plan's bytes to its file offset.  Raises OSError on write errors."""
         ffi = self.ffi
-        todo = [(p, off) for p, off in zip(plans, offsets)
-                if p.fill in (READ, PRELOADED) and p.filesz]
+        todo = [
+            (p, off) for p, off in zip(plans, offsets) if p.fill in (READ, PRELOADED) and p.filesz
+        ]
         segs = ffi.new("struct sc_seg[]", max(1, len(todo)))
         for i, (p, off) in enumerate(todo):
             s = segs[i]
@@ -122,14 +132,20 @@ class Copier:
         if r < 0:
             raise OSError(-r, os.strerror(-r))
         return CopyResult(
-            bytes_read=int(st.bytes_read), bytes_from_file=int(st.bytes_from_file),
-            bytes_written=int(st.bytes_written), bytes_absent=int(st.bytes_absent),
-            bytes_zero=int(st.bytes_zero), bytes_unreadable=int(st.bytes_unreadable),
-            unreadable=[(int(bad[i].addr), int(bad[i].len), int(bad[i].err))
-                        for i in range(int(st.n_bad))],
+            bytes_read=int(st.bytes_read),
+            bytes_from_file=int(st.bytes_from_file),
+            bytes_written=int(st.bytes_written),
+            bytes_absent=int(st.bytes_absent),
+            bytes_zero=int(st.bytes_zero),
+            bytes_unreadable=int(st.bytes_unreadable),
+            unreadable=[
+                (int(bad[i].addr), int(bad[i].len), int(bad[i].err)) for i in range(int(st.n_bad))
+            ],
             unreadable_truncated=int(st.n_bad_total - st.n_bad),
-            readv_calls=int(st.readv_calls), mem_reads=int(st.mem_reads),
-            scan_calls=int(st.scan_calls))
+            readv_calls=int(st.readv_calls),
+            mem_reads=int(st.mem_reads),
+            scan_calls=int(st.scan_calls),
+        )
 
 
 class CoreWriter:
@@ -141,8 +157,8 @@ class CoreWriter:
     """
 
     def __init__(self, out, src, options, use_readv):
-        self.out = out                  # publish.CoreSink
-        self.src = src                  # the pid memory is read from
+        self.out = out  # publish.CoreSink
+        self.src = src  # the pid memory is read from
         self.options = options
         self.use_readv = use_readv
         self.copier = None
@@ -158,8 +174,14 @@ class CoreWriter:
             self.copier.cancel()
 
     def _new_copier(self, fd, **kw):
-        self.copier = Copier(self.src, fd, self.options.buffer_size,
-                             self.options.writer_thread, use_readv=self.use_readv, **kw)
+        self.copier = Copier(
+            self.src,
+            fd,
+            self.options.buffer_size,
+            self.options.writer_thread,
+            use_readv=self.use_readv,
+            **kw,
+        )
         if self._cancelled:
             raise SnapshotCancelled()
         return self.copier
@@ -177,7 +199,7 @@ class CoreWriter:
         try:
             result = copier.run(plans, layout.offsets)
         except SnapcoreError:
-            raise                                 # e.g. TargetExited (a ProcessLookupError)
+            raise  # e.g. TargetExited (a ProcessLookupError)
         except OSError as exc:
             raise out.write_error(exc) from exc
         finally:
@@ -200,11 +222,14 @@ class CoreWriter:
         def compress():
             try:
                 cctx = zstd.ZstdCompressor(level=3, write_checksum=True)
-                with os.fdopen(r, "rb", buffering=0) as src, \
-                        os.fdopen(out.fd, "wb", closefd=False) as dst:
-                    cctx.copy_stream(src, dst, size=layout.file_size,
-                                     read_size=1 << 20, write_size=1 << 20)
-            except BaseException as exc:   # handed to the writing thread
+                with (
+                    os.fdopen(r, "rb", buffering=0) as src,
+                    os.fdopen(out.fd, "wb", closefd=False) as dst,
+                ):
+                    cctx.copy_stream(
+                        src, dst, size=layout.file_size, read_size=1 << 20, write_size=1 << 20
+                    )
+            except BaseException as exc:  # handed to the writing thread
                 box["error"] = exc
 
         t = threading.Thread(target=compress, name="snapcore-zstd", daemon=True)
@@ -222,7 +247,7 @@ class CoreWriter:
         except SnapcoreError:
             raise
         except OSError as exc:
-            os.close(w)                   # the compressor sees EOF and reports its own error
+            os.close(w)  # the compressor sees EOF and reports its own error
             w = -1
             t.join()
             self._raise_compressor_error(box)
@@ -241,14 +266,13 @@ class CoreWriter:
         if isinstance(err, OSError):
             raise self.out.write_error(err) from err
         if err is not None:
-            raise OutputError(self.out.path, f"compressing {self.out.path} failed: {err}") \
-                from err
+            raise OutputError(self.out.path, f"compressing {self.out.path} failed: {err}") from err
 
 
 def _write_all(fd, data):
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def _pad_zeros(fd, n):

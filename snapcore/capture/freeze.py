@@ -16,6 +16,7 @@ A thread whose first stop is a signal-delivery-stop took a signal during the
 freeze; the signal is handed back on detach.  A thread in a job-control stop
 (the process was SIGSTOPped) reports a group-stop and returns to it on detach.
 """
+
 import errno
 import os
 import signal
@@ -25,8 +26,16 @@ import time
 from dataclasses import dataclass, field
 
 from .. import _native
-from ..errors import (AccessDenied, AlreadyTraced, NoSuchProcess, SnapcoreError,
-                      SnapshotCancelled, TargetExited, ThreadStopTimeout, UnsupportedTarget)
+from ..errors import (
+    AccessDenied,
+    AlreadyTraced,
+    NoSuchProcess,
+    SnapcoreError,
+    SnapshotCancelled,
+    TargetExited,
+    ThreadStopTimeout,
+    UnsupportedTarget,
+)
 from ..procfs import is_own_thread, list_tids, read_status, tracer_process
 
 _JOB_CONTROL = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
@@ -41,9 +50,9 @@ class Unstable(Exception):
 class FrozenThread:
     tid: int
     status: int
-    deliver_sig: int = 0        # signal to hand back on detach
-    group_stop: bool = False    # the thread was in a job-control stop
-    held: list = field(default_factory=list)   # [(sig, siginfo)] taken during an injection
+    deliver_sig: int = 0  # signal to hand back on detach
+    group_stop: bool = False  # the thread was in a job-control stop
+    held: list = field(default_factory=list)  # [(sig, siginfo)] taken during an injection
 
 
 def describe_stop(status):
@@ -71,8 +80,8 @@ class Freezer:
         self.pid = pid
         self.stop_timeout = stop_timeout
         self.cancel = cancel
-        self.seized = []          # tids we are attached to, stopped or not
-        self.threads = {}         # tid -> FrozenThread, stopped ones
+        self.seized = []  # tids we are attached to, stopped or not
+        self.threads = {}  # tid -> FrozenThread, stopped ones
         self.frozen_at = None
         self.resumed_at = None
         self._noreap = pid if _is_parent_of(pid) else 0
@@ -82,7 +91,7 @@ class Freezer:
         deadline = time.monotonic() + self.stop_timeout
         if self.frozen_at is None:
             self.frozen_at = time.monotonic()
-        seen = set(self.seized)               # threads held before (see hold())
+        seen = set(self.seized)  # threads held before (see hold())
         for _ in range(MAX_SCANS):
             try:
                 tids = list_tids(self.pid)
@@ -96,8 +105,11 @@ class Freezer:
             self._wait_stopped(batch, deadline)
             self._check_cancel()
         else:
-            raise UnsupportedTarget(self.pid, f"process {self.pid} kept creating threads "
-                                    f"through {MAX_SCANS} scans of its task list")
+            raise UnsupportedTarget(
+                self.pid,
+                f"process {self.pid} kept creating threads "
+                f"through {MAX_SCANS} scans of its task list",
+            )
         if not self.threads:
             if has_live_task(self.pid):
                 raise Unstable("no thread could be stopped, yet the process lives (exec?)")
@@ -142,11 +154,11 @@ class Freezer:
                 break
             except _native.SyscallError as exc:
                 if exc.errno == errno.ESRCH:
-                    return False                  # exited since the listing
+                    return False  # exited since the listing
                 if exc.errno != errno.EPERM:
                     raise
                 if not self._eperm_is_transient(tid):
-                    return False                  # a zombie thread: nothing to stop
+                    return False  # a zombie thread: nothing to stop
                 if self.seized:
                     # other threads were seizable a moment ago: an exec is
                     # replacing the threads (its credentials lock refuses us)
@@ -167,7 +179,7 @@ class Freezer:
         try:
             st = read_status(self.pid, tid)
         except SnapcoreError:
-            return False                          # gone
+            return False  # gone
         if st.state in ("Z", "X"):
             return False
         if st.tracer_pid and not is_own_thread(st.tracer_pid):
@@ -181,8 +193,9 @@ class Freezer:
         while pending:
             remaining = deadline - time.monotonic()
             # wait in slices so that a cancel request is noticed promptly
-            pending = _native.wait_many(tids, statuses, max(0.0, min(remaining, 0.05)),
-                                        self._noreap)
+            pending = _native.wait_many(
+                tids, statuses, max(0.0, min(remaining, 0.05)), self._noreap
+            )
             if pending:
                 pending -= self._probe_stolen(tids, statuses)
                 # Threads frozen in earlier rounds report nothing more unless
@@ -190,13 +203,13 @@ class Freezer:
                 # keep a dying leader from ever reporting its exit.
                 self._reap_frozen()
                 if not self.threads and not has_live_task(self.pid):
-                    break                         # the whole process is gone
+                    break  # the whole process is gone
             if pending and time.monotonic() >= deadline:
                 stuck = [t for t, s in zip(tids, statuses) if s == _native.WAIT_PENDING]
                 raise ThreadStopTimeout(self.pid, stuck, self.stop_timeout)
             self._check_cancel()
         for tid, status in zip(tids, statuses):
-            if status in (_native.WAIT_GONE, _native.WAIT_PENDING):   # pending: process gone
+            if status in (_native.WAIT_GONE, _native.WAIT_PENDING):  # pending: process gone
                 self._forget(tid)
                 continue
             kind, sig = describe_stop(status)
@@ -215,7 +228,8 @@ class Freezer:
         _native.wait_many(old, statuses, 0, self._noreap)
         for tid, status in zip(old, statuses):
             if status == _native.WAIT_GONE or (
-                    status != _native.WAIT_PENDING and describe_stop(status)[0] == "exited"):
+                status != _native.WAIT_PENDING and describe_stop(status)[0] == "exited"
+            ):
                 self._forget(tid)
 
     def _probe_stolen(self, tids, statuses):
@@ -234,15 +248,15 @@ class Freezer:
             try:
                 info = _native.getsiginfo(tid)
             except _native.SyscallError as exc:
-                if exc.errno == errno.EINVAL:          # a group-stop without siginfo
-                    statuses[i] = (signal.SIGSTOP << 8) | 0x7f | (_native.PTRACE_EVENT_STOP << 16)
+                if exc.errno == errno.EINVAL:  # a group-stop without siginfo
+                    statuses[i] = (signal.SIGSTOP << 8) | 0x7F | (_native.PTRACE_EVENT_STOP << 16)
                     found += 1
-                continue                               # ESRCH: running, keep waiting
+                continue  # ESRCH: running, keep waiting
             signo, _errno, code = struct.unpack_from("<iii", info)
             if code >> 8 == _native.PTRACE_EVENT_STOP:
-                statuses[i] = ((code & 0xffff) << 8) | 0x7f
+                statuses[i] = ((code & 0xFFFF) << 8) | 0x7F
             else:
-                statuses[i] = (signo << 8) | 0x7f      # a signal-delivery-stop
+                statuses[i] = (signo << 8) | 0x7F  # a signal-delivery-stop
             found += 1
         return found
 
@@ -272,7 +286,7 @@ class Freezer:
                 if exc.errno != errno.ESRCH:
                     left.append(tid)
                 elif ft is None:
-                    left.append(tid)              # running, not stopped: kernel detaches
+                    left.append(tid)  # running, not stopped: kernel detaches
             except Exception:
                 left.append(tid)
         self.seized = []
@@ -386,7 +400,7 @@ def run_traced(fn, cancel, poll=None, name="snapcore-tracer"):
             try:
                 done.wait(0.1)
             except BaseException:
-                cancel.set()              # a second Ctrl-C: keep waiting for cleanup
+                cancel.set()  # a second Ctrl-C: keep waiting for cleanup
         _wait_thread_gone(t.native_id)
         raise
     _wait_thread_gone(t.native_id)

@@ -43,91 +43,27 @@ restarts when they are let go.  Only threads stopped inside the wait are kept:
 a thread stopped in Python code could hold the GIL the caller's tracer needs.
 While the helper dumps the caller it sends nothing: the caller cannot read.
 """
-import dataclasses
+
 import os
 import pickle
 import queue
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
 import time
-import traceback
-from dataclasses import dataclass
 
-from .. import _native, _sys
-from ..arch import arch_for_regs_size, this_process
-from ..elf.structs import NT_PRSTATUS
-from ..errors import HelperError, SnapcoreError
-from ..procfs import blocked_syscall, list_tids
-from .collect import check_target
-from .freeze import CancelToken, Freezer, run_traced
-from .job import Job
-from .publish import CoreSink
+from .. import _sys
+from ..errors import HelperError
+from .freeze import CancelToken
+from .helperd import serve
+from .wire import EXIT_CRASHED, JobSpec, recv, send
 
-_LEN = struct.Struct("<I")
 _PKG_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STARTUP_TIMEOUT = 30.0
-EXIT_CRASHED = 70
 
-
-@dataclass
-class JobSpec:
-    """One core for the helper to write (the request, as the caller resolved it)."""
-    pid: int
-    path: str                   # for messages; the bytes go to the fd sent along
-    options: object             # request.SnapshotOptions
-    status: object              # procfs.Status before the freeze (None: the helper reads it)
-    facts: dict                 # metadata.process_facts
-    started: float              # time.time() when the snapshot began
-    t0: float                   # time.monotonic() then (CLOCK_MONOTONIC is system-wide)
-    progress: bool = True       # send progress frames (never while dumping the caller)
-
-
-# ---------------------------------------------------------------------------
-# the wire
-
-
-def send(sock, obj, fds=()):
-    data = pickle.dumps(obj, protocol=4)
-    head = _LEN.pack(len(data))
-    if fds:
-        socket.send_fds(sock, [head], list(fds))
-    else:
-        sock.sendall(head)
-    sock.sendall(data)
-
-
-def _recv_exact(sock, n, fds):
-    buf = bytearray()
-    while len(buf) < n:
-        data, anc, _, _ = sock.recvmsg(n - len(buf), socket.CMSG_SPACE(16 * 4))
-        if not data:
-            return None
-        buf += data
-        for level, kind, payload in anc:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                cut = len(payload) - len(payload) % 4
-                fds.extend(struct.unpack(f"<{cut // 4}i", payload[:cut]))
-    return bytes(buf)
-
-
-def recv(sock):
-    """(message, [fds]); (None, []) at EOF."""
-    fds = []
-    head = _recv_exact(sock, _LEN.size, fds)
-    if head is None:
-        return None, fds
-    body = _recv_exact(sock, _LEN.unpack(head)[0], fds)
-    if body is None:
-        return None, fds
-    return pickle.loads(body), fds
-
-
-# ---------------------------------------------------------------------------
-# the caller's side
+__all__ = ["Helper", "JobSpec"]
 
 
 class Helper:
@@ -138,7 +74,7 @@ class Helper:
         self.pid = None
         self.sock = None
         self.inbox = queue.Queue()
-        self._proc = None           # subprocess.Popen when spawned
+        self._proc = None  # subprocess.Popen when spawned
         self._status = None
         self._cancel_sent = False
 
@@ -149,7 +85,7 @@ class Helper:
         try:
             if _single_threaded():
                 self.pid = os.fork()
-                if self.pid == 0:                          # the helper
+                if self.pid == 0:  # the helper
                     code = EXIT_CRASHED
                     try:
                         _forked_child_fds(theirs.fileno())
@@ -157,13 +93,18 @@ class Helper:
                     finally:
                         os._exit(code)
             else:
-                code = (f"import sys; sys.path.insert(0, {_PKG_PARENT!r}); "
-                        "from snapcore.capture.helper import main; main()")
+                code = (
+                    f"import sys; sys.path.insert(0, {_PKG_PARENT!r}); "
+                    "from snapcore.capture.helperd import main; main()"
+                )
                 self._proc = subprocess.Popen(
                     [sys.executable, "-c", code, str(caller), str(theirs.fileno())],
-                    pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                    start_new_session=True)
+                    pass_fds=(theirs.fileno(),),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    start_new_session=True,
+                )
                 self.pid = self._proc.pid
         except OSError as exc:
             ours.close()
@@ -209,8 +150,10 @@ class Helper:
     # -- requests --------------------------------------------------------------
     def hold_waiters(self, stop_timeout, skip=()):
         """Hold our threads blocked in wait4()/waitid(); returns their tids."""
-        return self.call(("hold", {"stop_timeout": stop_timeout, "skip": list(skip)}),
-                         timeout=stop_timeout + STARTUP_TIMEOUT)
+        return self.call(
+            ("hold", {"stop_timeout": stop_timeout, "skip": list(skip)}),
+            timeout=stop_timeout + STARTUP_TIMEOUT,
+        )
 
     def run_job(self, spec, fd, progress=None):
         """Have the helper write the core spec asks for into fd.
@@ -233,7 +176,7 @@ class Helper:
                 msg = self._next(timeout)
             except HelperError:
                 raise
-            except BaseException as exc:            # Ctrl-C, SIGTERM: cancel, keep waiting
+            except BaseException as exc:  # Ctrl-C, SIGTERM: cancel, keep waiting
                 if interrupted is None:
                     interrupted = exc
                 self.cancel.set()
@@ -308,7 +251,7 @@ class Helper:
 
     def _kill(self):
         try:
-            os.kill(self.pid, signal.SIGKILL)          # the kernel detaches what it traced
+            os.kill(self.pid, signal.SIGKILL)  # the kernel detaches what it traced
         except ProcessLookupError:
             pass
 
@@ -350,153 +293,3 @@ def _single_threaded():
         return len(os.listdir("/proc/self/task")) == 1
     except OSError:
         return False
-
-
-# ---------------------------------------------------------------------------
-# the helper's side
-
-
-def main(argv=None):
-    """Entry point of a spawned helper: python -c '...main()' CALLER FD."""
-    argv = sys.argv[1:] if argv is None else argv
-    caller, fd = int(argv[0]), int(argv[1])
-    code = EXIT_CRASHED
-    try:
-        code = serve(socket.socket(fileno=fd), caller)
-    except BaseException:
-        traceback.print_exc()                         # the caller reports the last line
-    finally:
-        os._exit(code)
-
-
-def serve(sock, caller):
-    """Answer the caller's requests until "bye" or EOF; returns the exit status."""
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
-        signal.signal(sig, signal.SIG_IGN)
-    if os.getsid(0) != os.getpid():
-        os.setsid()                 # (a spawned helper starts in a session of its own)
-    server = _Server(sock, caller)
-    threading.Thread(target=server.read, daemon=True, name="snapcore-helper-reader").start()
-    try:
-        run_traced(server.session, server.cancel, server.poll, name="snapcore-helper")
-    except BaseException as exc:                     # reported; the caller sees EOF next
-        server.send(("error", HelperError(f"snapcore's helper failed: "
-                                          f"{type(exc).__name__}: {exc}")))
-        return EXIT_CRASHED
-    return 0
-
-
-class _Server:
-    def __init__(self, sock, caller):
-        self.sock = sock
-        self.caller = caller
-        self.cancel = CancelToken()
-        self.requests = queue.Queue()
-        self.lock = threading.Lock()
-        self.freezer = None          # holds the caller's waiting threads
-        self.held = []
-        self.job = None
-        self.job_progress = False
-
-    def send(self, msg):
-        with self.lock:
-            try:
-                send(self.sock, msg)
-            except OSError:
-                self.cancel.set()
-
-    def read(self):
-        while True:
-            try:
-                msg, fds = recv(self.sock)
-            except (OSError, EOFError, pickle.UnpicklingError):
-                msg, fds = None, []
-            if msg is None or msg == ("cancel",):
-                self.cancel.set()                     # EOF: the caller is gone
-            if msg != ("cancel",):
-                self.requests.put((msg, fds))
-            if msg is None:
-                return
-
-    def poll(self):
-        job = self.job
-        if job is not None and self.job_progress and job.total:
-            self.send(("progress", job.done(), job.total))
-
-    def session(self):
-        """On the tracer thread: every request, in order."""
-        try:
-            self.send(("ready",))
-            while True:
-                msg, fds = self.requests.get()
-                if msg is None or msg[0] == "bye":
-                    return
-                try:
-                    if msg[0] == "hold":
-                        reply = ("ok", self.hold(**msg[1]))
-                    elif msg[0] == "job":
-                        reply = ("ok", self.run_job(msg[1], fds))
-                    else:
-                        reply = ("error", HelperError(f"unknown request {msg[0]!r}"))
-                except SnapcoreError as exc:
-                    reply = ("error", exc)
-                except Exception as exc:
-                    reply = ("error", HelperError(f"snapcore's helper: "
-                                                  f"{type(exc).__name__}: {exc}"))
-                finally:
-                    for fd in fds:
-                        os.close(fd)
-                self.send(reply)
-        finally:
-            if self.freezer is not None:
-                self.freezer.resume()
-
-    def hold(self, stop_timeout, skip):
-        if self.freezer is None:
-            self.freezer = Freezer(self.caller, stop_timeout, self.cancel)
-        waits = this_process().wait_syscalls
-        waiting = [t for t in list_tids(self.caller)
-                   if t not in set(skip) and blocked_syscall(self.caller, t) in waits]
-        self.held = self.freezer.hold(waiting, keep=_stopped_in_wait)
-        return self.held
-
-    def run_job(self, spec, fds):
-        if len(fds) != 1:
-            raise HelperError(f"a job needs one file descriptor, got {len(fds)}")
-        held = None
-        status = spec.status
-        if spec.pid == self.caller:
-            held, self.freezer = self.freezer, None
-            status = check_target(self.caller)       # its threads wait for us now
-            if status.state == "t" and self.caller in self.held:
-                # the main thread is one we hold: it was sleeping in waitpid()
-                status = dataclasses.replace(status, state="S")
-        job = Job(spec.pid, CoreSink(os.dup(fds[0]), spec.path), status, spec.options,
-                  spec.facts, spec.started, self.cancel)
-        self.job, self.job_progress = job, spec.progress
-        try:
-            snap = job.run(held=held)
-            self.poll()                                  # the last word: all of it copied
-            file_size, record = job.finish(snap, time.monotonic() - spec.t0)
-        finally:
-            self.job = None
-            os.close(job.out.fd)
-        return snap, file_size, record
-
-
-def _stopped_in_wait(tid):
-    """True if tid is stopped inside (or at the exit of) a wait syscall.
-
-    orig_ax holds the syscall number while a thread is in a syscall and a
-    negative value when it entered the kernel through an interrupt, i.e. was
-    stopped in user code (where it might hold the GIL).
-    """
-    try:
-        regs = _native.getregset(tid, NT_PRSTATUS)
-    except _native.SyscallError:
-        return False
-    arch = arch_for_regs_size(len(regs))
-    if arch is None:
-        return False
-    r = arch.regs(regs)
-    return r.get("orig_rax", r.get("orig_eax")) in arch.wait_syscalls

@@ -16,6 +16,7 @@ The caller owns the output file (publish.CoreFile) and publishes it after
 finish(); a Job only writes into it (publish.CoreSink).  Each step's time goes
 into Snapshot.stats["phases"].
 """
+
 import contextlib
 import time
 
@@ -35,18 +36,18 @@ class Job:
 
     def __init__(self, pid, out, status, options, facts, started, cancel):
         self.pid = pid
-        self.src = pid              # where memory is read from: the target or its image
+        self.src = pid  # where memory is read from: the target or its image
         self.out = out
-        self.status = status        # /proc status read before the freeze
+        self.status = status  # /proc status read before the freeze
         self.options = options
-        self.facts = facts          # metadata.process_facts, read before the freeze
+        self.facts = facts  # metadata.process_facts, read before the freeze
         self.started = started
         self.cancel = cancel
         self.writer = None
         self.total = 0
         self.layout = None
         self.record = None
-        self.note_off = None        # file offset and size of the SNAPCORE note's desc
+        self.note_off = None  # file offset and size of the SNAPCORE note's desc
         self.note_size = 0
         self.states = {}
         self.fallback = None
@@ -80,8 +81,11 @@ class Job:
         self.states = collect.thread_states(self.pid)
         nofork = live.nofork_vmas(self.pid) if want_live else None
         for attempt in range(1, self.ATTEMPTS + 1):
-            freezer = held if held is not None and attempt == 1 else \
-                Freezer(self.pid, self.options.stop_timeout, self.cancel)
+            freezer = (
+                held
+                if held is not None and attempt == 1
+                else Freezer(self.pid, self.options.stop_timeout, self.cancel)
+            )
             image = None
             try:
                 try:
@@ -92,19 +96,22 @@ class Job:
                 except Unstable as exc:
                     if attempt == self.ATTEMPTS:
                         raise UnsupportedTarget(
-                            self.pid, f"process {self.pid} kept changing while it was being "
-                            f"frozen ({exc}); tried {self.ATTEMPTS} times") from None
+                            self.pid,
+                            f"process {self.pid} kept changing while it was being "
+                            f"frozen ({exc}); tried {self.ATTEMPTS} times",
+                        ) from None
                     continue
                 if want_live:
                     with self.phase("fork"):
                         image, self.fallback = live.fork_image(
-                            self.pid, freezer, frozen, threads, arch, nofork, self.options)
+                            self.pid, freezer, frozen, threads, arch, nofork, self.options
+                        )
                 if image is None:
                     snap = self._write(threads, arch)
             except NoSuchProcess as exc:
                 if isinstance(exc, TargetExited):
                     raise
-                raise TargetExited(self.pid) from exc     # vanished while we read /proc
+                raise TargetExited(self.pid) from exc  # vanished while we read /proc
             except BaseException:
                 if image is not None:
                     image.dispose()
@@ -135,8 +142,9 @@ class Job:
             with self.phase("collect"):
                 threads, arch = collect.collect_threads(self.pid, frozen)
         except Unstable as exc:
-            raise UnsupportedTarget(self.pid, f"process {self.pid} changed while it was "
-                                              f"frozen ({exc})") from None
+            raise UnsupportedTarget(
+                self.pid, f"process {self.pid} changed while it was frozen ({exc})"
+            ) from None
         except NoSuchProcess as exc:
             if isinstance(exc, TargetExited):
                 raise
@@ -160,34 +168,57 @@ class Job:
         file_ranges = procfs.map_files_ranges(src)
         with BackingFiles(src) as files:
             if image is None:
-                plans = plan_dump(pid, procfs.read_smaps(pid), filt, file_ranges, files,
-                                  arch.page_size, all_mappings=opts.all_mappings)
+                plans = plan_dump(
+                    pid,
+                    procfs.read_smaps(pid),
+                    filt,
+                    file_ranges,
+                    files,
+                    arch.page_size,
+                    all_mappings=opts.all_mappings,
+                )
             else:
-                plans = image.plan(filt, file_ranges, files, arch.page_size,
-                                   opts.all_mappings)
+                plans = image.plan(filt, file_ranges, files, arch.page_size, opts.all_mappings)
             proc.vma_count = len(plans)
             proc.file_entries = collect.file_entries(src, plans, arch.page_size)
-            kernel_notes = elfnotes.build_notes(arch, proc, threads, _native.cpuid,
-                                                collect.file_note_limit())
+            kernel_notes = elfnotes.build_notes(
+                arch, proc, threads, _native.cpuid, collect.file_note_limit()
+            )
             threads_meta = collect.thread_meta(pid, threads, self.states)
 
             def notes_for(sel):
                 self.record = metadata.new_record(
-                    facts=self.facts, uid=proc.uid, gid=proc.gid, options=opts, filt=filt,
-                    threads=threads_meta, selection=sel, started=self.started)
+                    facts=self.facts,
+                    uid=proc.uid,
+                    gid=proc.gid,
+                    options=opts,
+                    filt=filt,
+                    threads=threads_meta,
+                    selection=sel,
+                    started=self.started,
+                )
                 desc = metadata.note_desc(self.record)
                 self.note_size = len(desc)
                 # the kernel's notes do not change with the selection: only the
                 # SNAPCORE record (last) does
-                return kernel_notes + elfnotes.note(metadata.SNAPCORE_OWNER,
-                                                    metadata.NT_SNAPCORE_METADATA, desc)
+                return kernel_notes + elfnotes.note(
+                    metadata.SNAPCORE_OWNER, metadata.NT_SNAPCORE_METADATA, desc
+                )
 
             plans, sel, _, layout = select(
-                opts, plans, arch, lambda a, n: read_memory(src, a, n), proc.auxv, threads,
-                notes_for, len(kernel_notes))
+                opts,
+                plans,
+                arch,
+                lambda a, n: read_memory(src, a, n),
+                proc.auxv,
+                threads,
+                notes_for,
+                len(kernel_notes),
+            )
             self.layout = layout
-            self.note_off = (layout.notes_off + len(kernel_notes)
-                             + elfnotes.desc_offset(metadata.SNAPCORE_OWNER))
+            self.note_off = (
+                layout.notes_off + len(kernel_notes) + elfnotes.desc_offset(metadata.SNAPCORE_OWNER)
+            )
             self.total = sum(p.filesz for p in plans if p.fill == READ)
             self.phases["plan"] = self.phases.get("plan", 0.0) + time.monotonic() - plan_started
             self.writer = CoreWriter(self.out, src, opts, use_readv=image is None)
@@ -198,21 +229,39 @@ class Job:
         stats = {k: v for k, v in result.__dict__.items() if k != "unreadable"}
         stats["phases"] = self.phases
         return Snapshot(
-            path=self.out.path, pid=pid, tids=[t.tid for t in threads], arch=arch.name,
-            segments=len(plans), bytes_dumped=sum(p.filesz for p in plans),
-            file_size=layout.file_size, bytes_on_disk=0, wall_time=0.0, pause_time=0.0,
-            mode=opts.mode, unreadable=result.unreadable, stats=stats,
-            compressed=opts.compress, core_size=layout.file_size,
-            truncated=sel.truncated, dropped=list(sel.dropped), trigger=opts.trigger)
+            path=self.out.path,
+            pid=pid,
+            tids=[t.tid for t in threads],
+            arch=arch.name,
+            segments=len(plans),
+            bytes_dumped=sum(p.filesz for p in plans),
+            file_size=layout.file_size,
+            bytes_on_disk=0,
+            wall_time=0.0,
+            pause_time=0.0,
+            mode=opts.mode,
+            unreadable=result.unreadable,
+            stats=stats,
+            compressed=opts.compress,
+            core_size=layout.file_size,
+            truncated=sel.truncated,
+            dropped=list(sel.dropped),
+            trigger=opts.trigger,
+        )
 
     # -- after resume ------------------------------------------------------
     def finish(self, snap, wall):
         """The final metadata record (pause and wall known now), written into the
         SNAPCORE note of an uncompressed core.  Returns (file size to set, record)."""
         with self.phase("publish"):
-            final = dict(pause=snap.pause_time, wall=wall, unreadable=snap.unreadable,
-                         unreadable_omitted=snap.stats.get("unreadable_truncated", 0),
-                         live=snap.live, live_fallback=snap.fallback)
+            final = dict(
+                pause=snap.pause_time,
+                wall=wall,
+                unreadable=snap.unreadable,
+                unreadable_omitted=snap.stats.get("unreadable_truncated", 0),
+                live=snap.live,
+                live_fallback=snap.fallback,
+            )
             record = metadata.finalize(self.record, **final)
             if not self.options.compress:
                 desc = metadata.fit_final(self.record, self.note_size, **final)

@@ -6,6 +6,7 @@ wait, so processes forked meanwhile are caught too, and every process it ever
 returned is followed until it is gone, even after it left the tree (its
 parent died and it was re-parented).
 """
+
 import os
 import signal
 import time
@@ -48,7 +49,7 @@ def terminate(find, grace, reap=None):
         send(procs, sig)
         if sig == signal.SIGTERM:
             termed.update(procs)
-            send(procs, signal.SIGCONT)        # a stopped process must see the SIGTERM
+            send(procs, signal.SIGCONT)  # a stopped process must see the SIGTERM
         while procs and time.monotonic() < limit:
             time.sleep(0.02)
             if reap is not None:

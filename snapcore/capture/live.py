@@ -28,6 +28,7 @@ that shape this code:
     would kill it), is 32-bit, or has no thread blocked in a syscall: live
     mode then falls back to a normal snapshot and says so.
 """
+
 import errno
 import os
 import signal
@@ -44,7 +45,7 @@ CLONE_FILES = 0x400
 WNOHANG = 1
 __WALL = 0x40000000
 PF_IO_WORKER = 0x10
-INJECT_TIMEOUT = 60.0            # the clone of a huge process can take a while
+INJECT_TIMEOUT = 60.0  # the clone of a huge process can take a while
 
 
 def check_live_possible(pid, status, arch, frozen):
@@ -52,8 +53,9 @@ def check_live_possible(pid, status, arch, frozen):
     if not arch.syscall_insn:
         raise LiveUnavailable(f"live mode is not supported for {arch.name} targets")
     if status.seccomp:
-        raise LiveUnavailable("the target has a seccomp filter (an injected clone could "
-                              "be refused or kill it)")
+        raise LiveUnavailable(
+            "the target has a seccomp filter (an injected clone could be refused or kill it)"
+        )
     if any(ft.group_stop for ft in frozen):
         raise LiveUnavailable("the target is stopped (SIGSTOP): it does not run anyway")
 
@@ -71,7 +73,7 @@ def choose_thread(pid, arch, threads, frozen):
             continue
         regs = arch.regs(t.regset(NT_PRSTATUS))
         orig = regs["orig_rax"]
-        if orig >= 1 << 63:                       # -1: not in a system call
+        if orig >= 1 << 63:  # -1: not in a system call
             continue
         try:
             if procfs.read_stat(pid, t.tid).flags & PF_IO_WORKER:
@@ -79,8 +81,10 @@ def choose_thread(pid, arch, threads, frozen):
         except SnapcoreError:
             continue
         rip = regs["rip"]
-        if read_memory(pid, rip - len(arch.syscall_insn), len(arch.syscall_insn)) != \
-                arch.syscall_insn:
+        if (
+            read_memory(pid, rip - len(arch.syscall_insn), len(arch.syscall_insn))
+            != arch.syscall_insn
+        ):
             continue
         candidates.append(t.tid)
     if not candidates:
@@ -94,8 +98,8 @@ class Injection:
     def __init__(self, tid, arch, saved_regs):
         self.tid = tid
         self.arch = arch
-        self.saved = saved_regs                  # bytes, restored at the end
-        self.held = []                           # [(sig, siginfo bytes)] to hand back
+        self.saved = saved_regs  # bytes, restored at the end
+        self.held = []  # [(sig, siginfo bytes)] to hand back
         self.event_msg = None
 
     def run(self, nr, args, options=0, want_event=None):
@@ -127,14 +131,14 @@ class Injection:
                 event = status >> 16
                 if want_event is not None and event == want_event:
                     self.event_msg = _native.geteventmsg(tid)
-                    _native.singlestep(tid, 0)   # never CONT/DETACH from here
+                    _native.singlestep(tid, 0)  # never CONT/DETACH from here
                     continue
                 if event == 0 and sig == signal.SIGTRAP:
                     now = arch.regs(_native.getregset(tid, NT_PRSTATUS))
                     result = now["rax"]
                     if result >= 1 << 63:
                         result -= 1 << 64
-                    break                        # the single-step trap after the syscall
+                    break  # the single-step trap after the syscall
                 if event == 0:
                     # a signal arrived meanwhile: hold it, hand it back on detach
                     self.held.append((sig, _native.getsiginfo(tid)))
@@ -168,19 +172,23 @@ def inject_clone(arch, tid, saved_regs):
     Raises LiveUnavailable if the clone failed (the target is unaffected).
     """
     inj = Injection(tid, arch, saved_regs)
-    rc = inj.run(arch.nr_clone, (CLONE_FILES, 1, 0, 0, 0),
-                 options=_native.PTRACE_O_TRACECLONE,
-                 want_event=_native.PTRACE_EVENT_CLONE)
+    rc = inj.run(
+        arch.nr_clone,
+        (CLONE_FILES, 1, 0, 0, 0),
+        options=_native.PTRACE_O_TRACECLONE,
+        want_event=_native.PTRACE_EVENT_CLONE,
+    )
     child = inj.event_msg
     if child is None or rc <= 0:
-        if rc is not None and rc > 0:            # a child without an event: never let it run
+        if rc is not None and rc > 0:  # a child without an event: never let it run
             try:
                 os.kill(rc, signal.SIGKILL)
             except OSError:
                 pass
         err = -rc if rc is not None and rc < 0 else 0
         raise_unavailable = LiveUnavailable(
-            f"the injected clone failed ({os.strerror(err) if err else 'no child'})")
+            f"the injected clone failed ({os.strerror(err) if err else 'no child'})"
+        )
         raise_unavailable.held = inj.held
         raise raise_unavailable
     return child, inj.held
@@ -199,11 +207,16 @@ def fork_away(arch, first):
     """
     saved = _native.getregset(first, NT_PRSTATUS)
     inj = Injection(first, arch, saved)
-    rc = inj.run(arch.nr_clone, (signal.SIGCHLD, 1, 0, 0, 0),
-                 options=_native.PTRACE_O_TRACEFORK | _native.PTRACE_O_EXITKILL,
-                 want_event=_native.PTRACE_EVENT_FORK)
+    rc = inj.run(
+        arch.nr_clone,
+        (signal.SIGCHLD, 1, 0, 0, 0),
+        options=_native.PTRACE_O_TRACEFORK | _native.PTRACE_O_EXITKILL,
+        want_event=_native.PTRACE_EVENT_FORK,
+    )
     if inj.event_msg is None:
-        raise LiveUnavailable(f"the image could not fork ({os.strerror(-rc) if rc and rc < 0 else 'no child'})")
+        raise LiveUnavailable(
+            f"the image could not fork ({os.strerror(-rc) if rc and rc < 0 else 'no child'})"
+        )
     return inj.event_msg
 
 
@@ -246,7 +259,7 @@ def reap_in_target(pid, arch, child, prefer_tid=None, timeout=3.0):
         try:
             tids = procfs.list_tids(pid)
         except SnapcoreError:
-            return True                           # target gone: init reaps the child
+            return True  # target gone: init reaps the child
         for tid in sorted(tids, key=lambda t: t != prefer_tid)[:16]:
             if _reap_from(pid, arch, child, tid):
                 return True
@@ -260,7 +273,7 @@ def _reap_from(pid, arch, child, tid):
     try:
         _native.seize(tid)
     except _native.SyscallError:
-        return False                              # gone, or traced by someone else
+        return False  # gone, or traced by someone else
     attached = True
     try:
         _native.interrupt(tid)
@@ -269,28 +282,30 @@ def _reap_from(pid, arch, child, tid):
         if statuses[0] in (_native.WAIT_PENDING, _native.WAIT_GONE):
             return False
         if (statuses[0] >> 16) != _native.PTRACE_EVENT_STOP:
-            _native.detach(tid, os.WSTOPSIG(statuses[0]))   # a signal: give it back
+            _native.detach(tid, os.WSTOPSIG(statuses[0]))  # a signal: give it back
             attached = False
             return False
         saved = _native.getregset(tid, NT_PRSTATUS)
         regs = arch.regs(saved)
-        if regs["orig_rax"] >= 1 << 63 or read_memory(
-                pid, regs["rip"] - len(arch.syscall_insn),
-                len(arch.syscall_insn)) != arch.syscall_insn:
+        if (
+            regs["orig_rax"] >= 1 << 63
+            or read_memory(pid, regs["rip"] - len(arch.syscall_insn), len(arch.syscall_insn))
+            != arch.syscall_insn
+        ):
             return False
         inj = Injection(tid, arch, saved)
         rc = inj.run(arch.nr_wait4, (child, 0, WNOHANG | __WALL, 0))
         detach_with(tid, inj.held)
         attached = False
         return rc == child or rc == -errno.ECHILD
-    except SnapcoreError:                         # SyscallError, TargetExited, LiveUnavailable
+    except SnapcoreError:  # SyscallError, TargetExited, LiveUnavailable
         return False
     finally:
         if attached:
             try:
                 _native.detach(tid, 0)
             except _native.SyscallError:
-                pass                              # never stopped: detached when we exit
+                pass  # never stopped: detached when we exit
 
 
 # ---------------------------------------------------------------------------
@@ -301,8 +316,11 @@ def nofork_vmas(pid):
     """Before the freeze: the VMAs a fork leaves out (MADV_DONTFORK, VmFlags dc) or
     wipes (MADV_WIPEONFORK, wf).  Live mode copies them from the frozen target."""
     try:
-        return {(v.start, v.end): v for v in procfs.read_smaps(pid)
-                if "dc" in v.vmflags or "wf" in v.vmflags}
+        return {
+            (v.start, v.end): v
+            for v in procfs.read_smaps(pid)
+            if "dc" in v.vmflags or "wf" in v.vmflags
+        }
     except NoSuchProcess:
         raise TargetExited(pid) from None
 
@@ -346,15 +364,15 @@ class Image:
 
     def __init__(self, pid):
         self.pid = pid
-        self.first = None           # the target's own child: reaped as soon as possible
-        self.child = None           # the image memory is read from (the first's child)
+        self.first = None  # the target's own child: reaped as soon as possible
+        self.child = None  # the image memory is read from (the first's child)
         self.inject_tid = None
         self.arch = None
         self.born = None
         self.lifetime = 0.0
         self.scratch = -1
-        self.preloaded = {}         # (start, end) -> (VmaPlan, scratch offset)
-        self.frozen = []            # the target's VMAs (maps) while frozen
+        self.preloaded = {}  # (start, end) -> (VmaPlan, scratch offset)
+        self.frozen = []  # the target's VMAs (maps) while frozen
         self.missing = []
 
     def preload(self, nofork, arch, filt, bufsize):
@@ -367,8 +385,7 @@ class Image:
         filt = filt if filt is not None else procfs.read_coredump_filter(pid)
         self.scratch = os.open("/tmp", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
         with BackingFiles(pid) as files:
-            plans = plan_dump(pid, todo, filt, procfs.map_files_ranges(pid), files,
-                              arch.page_size)
+            plans = plan_dump(pid, todo, filt, procfs.map_files_ranges(pid), files, arch.page_size)
             offsets, off = [], 0
             for p in plans:
                 offsets.append(off)
@@ -401,10 +418,20 @@ class Image:
                 plans.append(hit[0])
             else:
                 if "wf" in v.vmflags:
-                    self.missing.append((v.start, v.end, "MADV_WIPEONFORK, set during the "
-                                                          "snapshot"))
-                plans.extend(plan_dump(self.child, [v], filt, file_ranges, files,
-                                       page_size, all_mappings=all_mappings))
+                    self.missing.append(
+                        (v.start, v.end, "MADV_WIPEONFORK, set during the snapshot")
+                    )
+                plans.extend(
+                    plan_dump(
+                        self.child,
+                        [v],
+                        filt,
+                        file_ranges,
+                        files,
+                        page_size,
+                        all_mappings=all_mappings,
+                    )
+                )
         for v in self.frozen:
             key = (v.start, v.end)
             if key in in_child:
@@ -415,12 +442,11 @@ class Image:
             else:
                 # left out by fork and not known before the freeze: a PT_LOAD
                 # with no data, reported as missing
-                self.missing.append((v.start, v.end, "MADV_DONTFORK, set during the "
-                                                      "snapshot"))
+                self.missing.append((v.start, v.end, "MADV_DONTFORK, set during the snapshot"))
                 p = plan_dump(self.pid, [v], 0, set(), files, page_size)[0]
                 p.filesz, p.fill, p.why = 0, NONE, "left out by fork"
                 plans.append(p)
-        plans.sort(key=lambda p: p.vma.start)        # address order; [vsyscall] is last
+        plans.sort(key=lambda p: p.vma.start)  # address order; [vsyscall] is last
         return plans
 
     def hand_off(self):
@@ -443,7 +469,7 @@ class Image:
         """Kill the images (the target reaps its own), drop the scratch file."""
         self._drop_first()
         if self.child is not None:
-            kill_child(self.child)       # orphaned: init reaps it
+            kill_child(self.child)  # orphaned: init reaps it
             self.child = None
         if self.born is not None:
             self.lifetime = time.monotonic() - self.born

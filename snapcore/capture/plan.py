@@ -12,6 +12,7 @@ smaps shows Anonymous or Swap pages.  The only case this misses (an anon_vma
 left behind after every anonymous page was dropped) changes p_filesz, never
 the bytes a reader sees.
 """
+
 import os
 import stat
 from dataclasses import dataclass
@@ -32,9 +33,9 @@ HUGETLB_SHARED = 1 << 6
 ELFMAG = b"\x7fELF"
 
 # how a planned segment is filled
-READ = "read"          # copy from the target (resident pages) and backing file
-ZEROS = "zeros"        # dumped, but the kernel could not read it either: holes
-NONE = "none"          # p_filesz 0
+READ = "read"  # copy from the target (resident pages) and backing file
+ZEROS = "zeros"  # dumped, but the kernel could not read it either: holes
+NONE = "none"  # p_filesz 0
 PRELOADED = "preloaded"  # live mode: copied from the frozen target before the fork
 
 
@@ -44,6 +45,7 @@ class VmaPlan:
 
     The dumped bytes are [start, start + filesz).
     """
+
     vma: object
     filesz: int
     fill: str
@@ -51,9 +53,9 @@ class VmaPlan:
     has_file: bool
     backing_fd: int = -1
     fault_absent: bool = False
-    start: int = None           # None: the whole VMA
+    start: int = None  # None: the whole VMA
     end: int = None
-    backing_base: int = None    # file offset of vma.start in backing_fd (None: vma.offset)
+    backing_base: int = None  # file offset of vma.start in backing_fd (None: vma.offset)
 
     def __post_init__(self):
         if self.start is None:
@@ -71,8 +73,9 @@ class VmaPlan:
 
     def load(self):
         v = self.vma
-        return Load(self.start, self.size, self.filesz,
-                    pflags(v.readable, v.writable, v.executable))
+        return Load(
+            self.start, self.size, self.filesz, pflags(v.readable, v.writable, v.executable)
+        )
 
 
 class BackingFiles:
@@ -104,10 +107,12 @@ class BackingFiles:
             except OSError:
                 continue
             if st.st_ino != vma.inode or (os.major(st.st_dev), os.minor(st.st_dev)) != (
-                    vma.dev_major, vma.dev_minor):
-                continue                          # replaced since it was mapped
+                vma.dev_major,
+                vma.dev_minor,
+            ):
+                continue  # replaced since it was mapped
             if not stat.S_ISREG(st.st_mode):
-                return -1, st                     # never open devices
+                return -1, st  # never open devices
             try:
                 return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY), st
             except OSError:
@@ -163,6 +168,7 @@ def _starts_with_elf_magic(pid, vma, fd):
 
 def plan_vma(pid, vma, filt, has_file, files, page_size):
     """fs/coredump.c vma_dump_size(), rule by rule.  Returns a VmaPlan."""
+
     def plan(filesz, fill, why, fd=-1):
         return VmaPlan(vma, filesz, fill if filesz else NONE, why, has_file, fd)
 
@@ -190,8 +196,12 @@ def plan_vma(pid, vma, filt, has_file, files, page_size):
         else:
             unlinked = vma.name.endswith(" (deleted)") or vma.inode == 0
         bit = ANON_SHARED if unlinked else MAPPED_SHARED
-        return plan(vma.size if filt & bit else 0, READ,
-                    "shared anonymous" if unlinked else "shared file", fd)
+        return plan(
+            vma.size if filt & bit else 0,
+            READ,
+            "shared anonymous" if unlinked else "shared file",
+            fd,
+        )
     # 7. private and written to (has an anon_vma)
     if (vma.anonymous > 0 or vma.swap > 0) and filt & ANON_PRIVATE:
         p = plan(vma.size, READ, "written private", fd)

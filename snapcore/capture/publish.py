@@ -15,6 +15,7 @@ replaced or followed unless ``force``; with ``force`` the final ``rename(2)``
 replaces the name itself (never a symlink's target), and only a regular file
 or a symlink is ever replaced (a device, fifo or directory never is).
 """
+
 import errno
 import json
 import os
@@ -59,25 +60,29 @@ class CoreFile(CoreSink):
         self.force = force
         self.committed = False
         self.fd = -1
-        self.tmp_path = None              # named temp file, when O_TMPFILE is unavailable
+        self.tmp_path = None  # named temp file, when O_TMPFILE is unavailable
         directory = os.path.dirname(os.path.abspath(self.path))
         self._check_destination()
         try:
             self.fd = os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
-                raise OutputError(self.path, f"cannot create a file in {directory}: "
-                                  f"{exc.strerror}", exc.errno) from exc
+                raise OutputError(
+                    self.path, f"cannot create a file in {directory}: {exc.strerror}", exc.errno
+                ) from exc
         if self.fd < 0:
             base = os.path.basename(self.path)
-            self.tmp_path = os.path.join(directory,
-                                         f".{base}.snapcore-{secrets.token_hex(4)}.tmp")
+            self.tmp_path = os.path.join(directory, f".{base}.snapcore-{secrets.token_hex(4)}.tmp")
             try:
-                self.fd = os.open(self.tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL |
-                                  os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                self.fd = os.open(
+                    self.tmp_path,
+                    os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    0o600,
+                )
             except OSError as exc:
-                raise OutputError(self.path, f"cannot create a file in {directory}: "
-                                  f"{exc.strerror}", exc.errno) from exc
+                raise OutputError(
+                    self.path, f"cannot create a file in {directory}: {exc.strerror}", exc.errno
+                ) from exc
 
     def _check_destination(self):
         try:
@@ -85,15 +90,19 @@ class CoreFile(CoreSink):
         except FileNotFoundError:
             return
         except OSError as exc:
-            raise OutputError(self.path, f"cannot use {self.path}: {exc.strerror}",
-                              exc.errno) from exc
+            raise OutputError(
+                self.path, f"cannot use {self.path}: {exc.strerror}", exc.errno
+            ) from exc
         if stat.S_ISDIR(st.st_mode):
             raise OutputError(self.path, f"{self.path} is a directory", errno.EISDIR)
         if not self.force:
             raise OutputExists(self.path)
         if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
-            raise OutputError(self.path, f"{self.path} exists and is not a regular file; "
-                              "refusing to replace it", errno.EEXIST)
+            raise OutputError(
+                self.path,
+                f"{self.path} exists and is not a regular file; refusing to replace it",
+                errno.EEXIST,
+            )
 
     def finish(self, size=None):
         """Set the final size (the tail may be a hole; None: keep the size written)
@@ -111,8 +120,9 @@ class CoreFile(CoreSink):
         except FileExistsError:
             raise OutputExists(self.path) from None
         except OSError as exc:
-            raise OutputError(self.path, f"cannot create {self.path}: {exc.strerror}",
-                              exc.errno) from exc
+            raise OutputError(
+                self.path, f"cannot create {self.path}: {exc.strerror}", exc.errno
+            ) from exc
         self.committed = True
         os.close(self.fd)
         self.fd = -1
@@ -129,11 +139,12 @@ class CoreFile(CoreSink):
 
     def _publish_tmpfile(self):
         if not self.force:
-            self._link_fd(self.path)                           # EEXIST if it appeared
+            self._link_fd(self.path)  # EEXIST if it appeared
             return
         directory = os.path.dirname(os.path.abspath(self.path))
-        tmp = os.path.join(directory, f".{os.path.basename(self.path)}."
-                                      f"snapcore-{secrets.token_hex(4)}.tmp")
+        tmp = os.path.join(
+            directory, f".{os.path.basename(self.path)}.snapcore-{secrets.token_hex(4)}.tmp"
+        )
         self._link_fd(tmp)
         try:
             self._check_destination()
@@ -184,8 +195,11 @@ class Outputs:
 
     def __init__(self, path, options):
         self.sidecar_path = options.sidecar(path)
-        if self.sidecar_path is not None and not options.force \
-                and os.path.lexists(self.sidecar_path):
+        if (
+            self.sidecar_path is not None
+            and not options.force
+            and os.path.lexists(self.sidecar_path)
+        ):
             raise OutputExists(self.sidecar_path)
         self.core = CoreFile(path, force=options.force)
         self.sidecar = None
@@ -263,8 +277,9 @@ def expand_output(template, pid, comm="", now=None, host=None, suffix=""):
         spec = m.group(1)
         if spec not in values:
             shown = f"%{spec}" if spec else "a trailing %"
-            raise ValueError(f"unknown specifier {shown} in the output name "
-                             f"'{template}' (known: %p %e %t %h %%)")
+            raise ValueError(
+                f"unknown specifier {shown} in the output name '{template}' (known: %p %e %t %h %%)"
+            )
         return values[spec]()
 
     path = _SPEC.sub(sub, template)

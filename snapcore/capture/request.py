@@ -13,31 +13,35 @@ Paths (where a request goes) and the options each refuses are the table
 ``PATH_REFUSALS``; docs/python-api.md shows the same table and a test keeps
 the two equal.  Every option not refused on a path takes effect there.
 """
+
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional
 
-from ..errors import InvalidRequest, MissingDependency
+from .._optional import zstandard
+from ..errors import InvalidRequest
 
 COMPRESSORS = ("zstd",)
 TRIGGERS = ("cli", "api", "self", "tree", "run", "pytest")
 PATHS = ("single", "self", "tree", "live", "run", "pytest")
 
-_TREE_LIVE = ("live mode snapshots one process, and a tree is frozen as one instant and "
-              "written while frozen; drop --live")
+_TREE_LIVE = (
+    "live mode snapshots one process, and a tree is frozen as one instant and "
+    "written while frozen; drop --live"
+)
 # (option, path) -> why the path cannot honour the option
 PATH_REFUSALS = {
     ("live", "self"): "the image would have to be forked from the process that waits for "
-                      "the snapshot; take a normal snapshot of yourself, or a live one from "
-                      "another process",
+    "the snapshot; take a normal snapshot of yourself, or a live one from "
+    "another process",
     ("live", "tree"): _TREE_LIVE,
     ("live", "run"): _TREE_LIVE,
     ("live", "pytest"): _TREE_LIVE,
     ("force", "pytest"): "each hung test gets a new folder of its own, so there is never "
-                         "anything to replace",
+    "anything to replace",
     ("progress", "self"): "every thread of the process, the one that would report progress "
-                          "among them, is stopped until the core is written",
+    "among them, is stopped until the core is written",
 }
 
 
@@ -76,7 +80,7 @@ class SnapshotOptions:
     force: bool = False
     reason: Optional[str] = None
     trigger: Optional[str] = None
-    argv: Optional[Tuple[str, ...]] = None
+    argv: Optional[tuple[str, ...]] = None
     buffer_size: int = 4 << 20
     writer_thread: bool = True
 
@@ -87,22 +91,26 @@ class SnapshotOptions:
         for name in ("live", "all_mappings", "mini", "metadata", "force", "writer_thread"):
             if not isinstance(getattr(self, name), bool):
                 bad(f"{name} must be True or False, not {getattr(self, name)!r}")
-        if isinstance(self.stop_timeout, bool) or not isinstance(self.stop_timeout,
-                                                                  (int, float)):
+        if isinstance(self.stop_timeout, bool) or not isinstance(self.stop_timeout, (int, float)):
             bad(f"stop_timeout must be a number of seconds, not {self.stop_timeout!r}")
         if not self.stop_timeout > 0:
             bad("stop_timeout must be positive")
         if self.coredump_filter is not None and (
-                isinstance(self.coredump_filter, bool)
-                or not isinstance(self.coredump_filter, int)
-                or not 0 <= self.coredump_filter < 1 << 32):
+            isinstance(self.coredump_filter, bool)
+            or not isinstance(self.coredump_filter, int)
+            or not 0 <= self.coredump_filter < 1 << 32
+        ):
             bad(f"coredump_filter must be a 32-bit mask, not {self.coredump_filter!r}")
         if self.mini and self.all_mappings:
-            bad("--mini and --all (mini, all_mappings) exclude each other: mini keeps only "
-                "what backtraces need, all dumps every mapping whole")
-        if self.max_size is not None and (isinstance(self.max_size, bool)
-                                          or not isinstance(self.max_size, int)
-                                          or self.max_size <= 0):
+            bad(
+                "--mini and --all (mini, all_mappings) exclude each other: mini keeps only "
+                "what backtraces need, all dumps every mapping whole"
+            )
+        if self.max_size is not None and (
+            isinstance(self.max_size, bool)
+            or not isinstance(self.max_size, int)
+            or self.max_size <= 0
+        ):
             bad(f"max_size must be a positive number of bytes, not {self.max_size!r}")
         if self.compress is not None and self.compress not in COMPRESSORS:
             bad(f"unknown compressor {self.compress!r} (known: {', '.join(COMPRESSORS)})")
@@ -112,11 +120,14 @@ class SnapshotOptions:
             bad(f"reason must be text, not {self.reason!r}")
         if self.argv is not None:
             object.__setattr__(self, "argv", tuple(str(a) for a in self.argv))
-        if isinstance(self.buffer_size, bool) or not isinstance(self.buffer_size, int) \
-                or self.buffer_size < 4096:
+        if (
+            isinstance(self.buffer_size, bool)
+            or not isinstance(self.buffer_size, int)
+            or self.buffer_size < 4096
+        ):
             bad(f"buffer_size must be at least 4096 bytes, not {self.buffer_size!r}")
         if self.compress == "zstd":
-            zstandard()                       # MissingDependency now, not mid-snapshot
+            zstandard()  # MissingDependency now, not mid-snapshot
 
     @classmethod
     def of(cls, options=None, **changes):
@@ -124,8 +135,7 @@ class SnapshotOptions:
         if options is None:
             return cls(**changes)
         if not isinstance(options, cls):
-            raise InvalidRequest(f"options must be a SnapshotOptions, not "
-                                 f"{type(options).__name__}")
+            raise InvalidRequest(f"options must be a SnapshotOptions, not {type(options).__name__}")
         return dataclasses.replace(options, **changes) if changes else options
 
     def replace(self, **changes):
@@ -134,8 +144,15 @@ class SnapshotOptions:
     @property
     def mode(self):
         """The memory selection, as the metadata records it."""
-        parts = [m for m, on in (("all", self.all_mappings), ("mini", self.mini),
-                                 ("max-size", self.max_size is not None)) if on]
+        parts = [
+            m
+            for m, on in (
+                ("all", self.all_mappings),
+                ("mini", self.mini),
+                ("max-size", self.max_size is not None),
+            )
+            if on
+        ]
         return "+".join(parts) or "normal"
 
     @property
@@ -145,8 +162,7 @@ class SnapshotOptions:
 
     def given(self):
         """Names of the options that differ from their defaults."""
-        return [f.name for f in dataclasses.fields(self)
-                if getattr(self, f.name) != f.default]
+        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) != f.default]
 
     def check_path(self, path, progress=False):
         """Raise InvalidRequest if this request cannot be honoured on path."""
@@ -156,8 +172,7 @@ class SnapshotOptions:
         for name in asked:
             why = PATH_REFUSALS.get((name, path))
             if why is not None:
-                raise InvalidRequest(f"{_shown(name)} cannot be used {_PATH_WORDS[path]}: "
-                                     f"{why}")
+                raise InvalidRequest(f"{_shown(name)} cannot be used {_PATH_WORDS[path]}: {why}")
 
     def sidecar(self, core_path):
         """Where the metadata sidecar of core_path goes, or None."""
@@ -165,14 +180,19 @@ class SnapshotOptions:
 
 
 _PATH_WORDS = {
-    "single": "here", "self": "on the calling process itself", "tree": "with --tree",
-    "live": "in live mode", "run": "with snapcore run", "pytest": "in the pytest plugin",
+    "single": "here",
+    "self": "on the calling process itself",
+    "tree": "with --tree",
+    "live": "in live mode",
+    "run": "with snapcore run",
+    "pytest": "in the pytest plugin",
 }
 
 
 def _shown(name):
-    return {"all_mappings": "--all", "coredump_filter": "--filter",
-            "progress": "progress"}.get(name, "--" + name.replace("_", "-"))
+    return {"all_mappings": "--all", "coredump_filter": "--filter", "progress": "progress"}.get(
+        name, "--" + name.replace("_", "-")
+    )
 
 
 def path_table():
@@ -181,26 +201,24 @@ def path_table():
     yes: takes effect; refused: InvalidRequest / exit 2 before anything is
     touched; -: not offered there (progress is a callback of the Python API).
     """
-    names = [f.name for f in dataclasses.fields(SnapshotOptions)
-             if f.name not in ("trigger", "argv", "buffer_size", "writer_thread")]
+    names = [
+        f.name
+        for f in dataclasses.fields(SnapshotOptions)
+        if f.name not in ("trigger", "argv", "buffer_size", "writer_thread")
+    ]
     names.append("progress")
-    rows = ["| option | " + " | ".join(PATHS) + " |",
-            "|---|" + "---|" * len(PATHS)]
+    rows = ["| option | " + " | ".join(PATHS) + " |", "|---|" + "---|" * len(PATHS)]
     for name in names:
-        cells = ["refused" if (name, p) in PATH_REFUSALS
-                 else "-" if name == "progress" and p in ("run", "pytest") else "yes"
-                 for p in PATHS]
+        cells = [
+            "refused"
+            if (name, p) in PATH_REFUSALS
+            else "-"
+            if name == "progress" and p in ("run", "pytest")
+            else "yes"
+            for p in PATHS
+        ]
         rows.append(f"| `{_shown(name)}` | " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"
-
-
-def zstandard():
-    """The zstandard module, or MissingDependency."""
-    try:
-        import zstandard as module
-    except ImportError:
-        raise MissingDependency("compression (--compress zstd)", "zstandard", "zstd") from None
-    return module
 
 
 def default_core_name(pid, options):

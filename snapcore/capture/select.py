@@ -12,28 +12,38 @@ undumped memory (gdb falls back to the mapped file, then zeros).
     select_max_size()    drop the largest other regions until the core fits
     select()             the pass the request asks for, with the layout that fits
 """
+
 import bisect
 import dataclasses
 import struct
 from dataclasses import dataclass, field
 
 from ..elf.layout import CoreLayout
-from ..elf.structs import (AT_PHDR, AT_PHNUM, DT_DEBUG, DT_NULL, ELF32, ELF64, NT_PRSTATUS,
-                           PT_DYNAMIC, PT_PHDR)
+from ..elf.structs import (
+    AT_PHDR,
+    AT_PHNUM,
+    DT_DEBUG,
+    DT_NULL,
+    ELF32,
+    ELF64,
+    NT_PRSTATUS,
+    PT_DYNAMIC,
+    PT_PHDR,
+)
 from ..errors import CoreTooLarge
 from ..procfs import auxv_map
 from .plan import NONE
 
-RED_ZONE = 128                  # x86_64 ABI: below the stack pointer, still live
-STACK_CAP = 8 << 20             # the most of one thread's stack kept (default RLIMIT_STACK)
-RTLD_DATA_CAP = 1 << 20         # a library's data mapping is kept whole up to this size
+RED_ZONE = 128  # x86_64 ABI: below the stack pointer, still live
+STACK_CAP = 8 << 20  # the most of one thread's stack kept (default RLIMIT_STACK)
+RTLD_DATA_CAP = 1 << 20  # a library's data mapping is kept whole up to this size
 MAX_LINK_MAPS = 65536
-
 
 
 @dataclass
 class Dropped:
     """Dumped bytes of one VMA that a selection pass left out."""
+
     start: int
     end: int
     bytes: int
@@ -46,10 +56,11 @@ class Dropped:
 @dataclass
 class Selection:
     """What was chosen, for the SNAPCORE note and the result."""
-    mode: str = "normal"        # normal | all | mini | max-size
+
+    mode: str = "normal"  # normal | all | mini | max-size
     max_size: int = None
     truncated: bool = False
-    dropped: list = field(default_factory=list)      # [Dropped]
+    dropped: list = field(default_factory=list)  # [Dropped]
 
     @property
     def bytes_dropped(self):
@@ -85,10 +96,10 @@ class _VmaIndex:
 
 def _read_cstring(read, addr, limit=4096):
     data = read(addr, limit)
-    if not data:                              # may cross into an unmapped page
+    if not data:  # may cross into an unmapped page
         data = read(addr, 4096 - addr % 4096)
     n = data.find(b"\0")
-    return data if n < 0 else data[:n + 1]
+    return data if n < 0 else data[: n + 1]
 
 
 def rtld_ranges(read, auxv, word_size, index):
@@ -144,7 +155,7 @@ def rtld_ranges(read, auxv, word_size, index):
         while lm and lm not in seen and nodes < MAX_LINK_MAPS:
             seen.add(lm)
             nodes += 1
-            node = read(lm, 5 * word_size)      # l_addr l_name l_ld l_next l_prev
+            node = read(lm, 5 * word_size)  # l_addr l_name l_ld l_next l_prev
             if len(node) < 5 * word_size:
                 break
             ranges.append((lm, lm + 5 * word_size))
@@ -209,7 +220,7 @@ def _kept_parts(plan, essential):
     lo, hi = plan.start, plan.start + plan.filesz
     i = bisect.bisect_right(essential, (lo, float("inf"))) - 1
     out = []
-    for a, b in essential[max(i, 0):]:
+    for a, b in essential[max(i, 0) :]:
         if a >= hi:
             break
         a, b = max(a, lo), min(b, hi)
@@ -226,8 +237,7 @@ def _split(plan, keep, why):
     pieces = []
     if not keep or keep[0][0] > plan.start:
         first_end = keep[0][0] if keep else plan.end
-        pieces.append(replace(plan, start=plan.start, end=first_end, filesz=0, fill=NONE,
-                              why=why))
+        pieces.append(replace(plan, start=plan.start, end=first_end, filesz=0, fill=NONE, why=why))
     for k, (a, b) in enumerate(keep):
         end = keep[k + 1][0] if k + 1 < len(keep) else plan.end
         pieces.append(replace(plan, start=a, end=end, filesz=b - a))
@@ -277,7 +287,7 @@ def select_max_size(plans, essential, budget, stacks=()):
             cands.append((rank, -(p.filesz - kept), i, keep))
     cands.sort()
     dropped = []
-    for rank, neg_saving, i, keep in cands:
+    for _rank, neg_saving, i, keep in cands:
         if total <= budget:
             break
         dropped.append((-neg_saving, i, keep))
@@ -324,8 +334,9 @@ def select(options, plans, arch, read, auxv, threads, notes_for, kernel_notes_le
         return plans, sel, blob, layout
     stacks = stack_vmas(arch, threads, plans)
     # the headers grow with the pieces and the dropped list: fit, measure, refit
-    overhead = CoreLayout(arch, b"\0" * (kernel_notes_len + 4096),
-                          [p.load() for p in plans]).data_off
+    overhead = CoreLayout(
+        arch, b"\0" * (kernel_notes_len + 4096), [p.load() for p in plans]
+    ).data_off
     for _ in range(8):
         budget = options.max_size - overhead
         fitted, sel, minimum = select_max_size(plans, essential, max(0, budget), stacks)

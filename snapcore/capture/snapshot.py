@@ -15,12 +15,13 @@ Whatever the route, the request is the same value, so every option takes
 effect on every route; what a route cannot do is refused before anything is
 touched (SnapshotOptions.check_path).
 """
+
 import os
 import time
 
 from .. import metadata
-from ..errors import AccessDenied
 from .._sys import yama_scope
+from ..errors import AccessDenied
 from .collect import check_target
 from .freeze import CancelToken, run_traced
 from .helper import Helper, JobSpec
@@ -57,8 +58,9 @@ def snapshot(pid, path=None, options=None, *, progress=None, **changes):
     facts = metadata.process_facts(pid)
     outputs = Outputs(path, options)
     try:
-        snap, file_size, record = _route(pid, outputs, status, options, facts, started, t0,
-                                         progress, own)
+        snap, file_size, record = _route(
+            pid, outputs, status, options, facts, started, t0, progress, own
+        )
         outputs.publish(file_size, record)
     except BaseException:
         outputs.abort()
@@ -79,9 +81,16 @@ def _route(pid, outputs, status, options, facts, started, t0, progress, own):
     # ancestor, may trace it) refuses the helper; then from our tracer thread.
     child = status.ppid == os.getpid()
     if own or options.live or child:
-        spec = JobSpec(pid=pid, path=outputs.path, options=options,
-                       status=None if own else status, facts=facts, started=started, t0=t0,
-                       progress=not own)
+        spec = JobSpec(
+            pid=pid,
+            path=outputs.path,
+            options=options,
+            status=None if own else status,
+            facts=facts,
+            started=started,
+            t0=t0,
+            progress=not own,
+        )
         try:
             with Helper() as helper:
                 helper.start()

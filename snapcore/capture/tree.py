@@ -31,6 +31,7 @@ calling thread shows in it, stopped in this call.  When the caller is the
 parent of a process it freezes (itself in the tree, or pid its child), the
 helper first holds the caller's threads blocked in waitpid(): see helper.py.
 """
+
 import json
 import os
 import re
@@ -56,17 +57,18 @@ MANIFEST = "manifest.json"
 @dataclass
 class ProcessResult:
     """One process of the tree, as the manifest lists it."""
+
     pid: int
     ppid: int
     comm: str
     cmdline: list
     exe: str = None
-    python: bool = False          # libpython or a python executable is mapped
-    core: str = None              # path of the core, None if it was not written
+    python: bool = False  # libpython or a python executable is mapped
+    core: str = None  # path of the core, None if it was not written
     threads: list = field(default_factory=list)
     error: str = None
     error_type: str = None
-    is_caller: bool = False       # the process that called snapshot_tree
+    is_caller: bool = False  # the process that called snapshot_tree
     snapshot: Snapshot = None
 
     @property
@@ -76,14 +78,20 @@ class ProcessResult:
     def manifest_entry(self):
         snap = self.snapshot
         return {
-            "pid": self.pid, "ppid": self.ppid, "comm": self.comm, "cmdline": self.cmdline,
-            "exe": self.exe, "python": self.python,
+            "pid": self.pid,
+            "ppid": self.ppid,
+            "comm": self.comm,
+            "cmdline": self.cmdline,
+            "exe": self.exe,
+            "python": self.python,
             "core": os.path.basename(self.core) if self.core else None,
             "metadata": os.path.basename(snap.metadata_path)
-            if snap is not None and snap.metadata_path else None,
+            if snap is not None and snap.metadata_path
+            else None,
             "threads": self.threads,
             "result": "ok" if self.ok else "error",
-            "error": self.error, "error_type": self.error_type,
+            "error": self.error,
+            "error_type": self.error_type,
             "caller": self.is_caller,
             "mode": snap.mode if snap is not None else None,
             "compressed": snap.compressed if snap is not None else None,
@@ -96,12 +104,13 @@ class ProcessResult:
 @dataclass
 class TreeSnapshot:
     """What snapshot_tree() wrote."""
+
     root: int
     outdir: str
     manifest: str
-    processes: list               # [ProcessResult], parents before children
+    processes: list  # [ProcessResult], parents before children
     wall_time: float = 0.0
-    pause_time: float = 0.0       # longest time any process was stopped
+    pause_time: float = 0.0  # longest time any process was stopped
 
     @property
     def ok(self):
@@ -120,9 +129,11 @@ class TreeSnapshot:
     def summary(self):
         n, bad = len(self.processes), len(self.failed)
         extra = f", {bad} failed" if bad else ""
-        return (f"{self.outdir}: {n - bad} core{'s' if n - bad != 1 else ''} of a tree of {n} "
-                f"process{'es' if n != 1 else ''}{extra} in {self.wall_time:.2f}s, "
-                f"paused up to {self.pause_time * 1000:.0f} ms")
+        return (
+            f"{self.outdir}: {n - bad} core{'s' if n - bad != 1 else ''} of a tree of {n} "
+            f"process{'es' if n != 1 else ''}{extra} in {self.wall_time:.2f}s, "
+            f"paused up to {self.pause_time * 1000:.0f} ms"
+        )
 
 
 def default_outdir(pid):
@@ -155,8 +166,9 @@ def snapshot_tree(pid, outdir=None, options=None, *, progress=None, **changes):
         try:
             os.makedirs(outdir, mode=0o700, exist_ok=True)
         except OSError as exc:
-            raise OutputError(outdir, f"cannot create directory {outdir}: {exc.strerror}",
-                              exc.errno) from exc
+            raise OutputError(
+                outdir, f"cannot create directory {outdir}: {exc.strerror}", exc.errno
+            ) from exc
         manifest = os.path.join(outdir, MANIFEST)
         if not options.force and os.path.lexists(manifest):
             raise OutputExists(manifest)
@@ -164,14 +176,18 @@ def snapshot_tree(pid, outdir=None, options=None, *, progress=None, **changes):
         job = _TreeJob(pid, outdir, options, cancel, t0)
         processes = run_traced(job.run, cancel, lambda: job.report(progress))
         job.report(progress)
-        result = TreeSnapshot(root=pid, outdir=outdir, manifest=manifest, processes=processes,
-                              wall_time=time.monotonic() - t0,
-                              pause_time=max((p.snapshot.pause_time for p in processes
-                                              if p.snapshot), default=0.0))
+        result = TreeSnapshot(
+            root=pid,
+            outdir=outdir,
+            manifest=manifest,
+            processes=processes,
+            wall_time=time.monotonic() - t0,
+            pause_time=max((p.snapshot.pause_time for p in processes if p.snapshot), default=0.0),
+        )
         _write_manifest(result, options.force)
     except BaseException:
         # cancelled (or failed) midway: without a manifest, take back what was written
-        for res in (job.results.values() if job is not None else ()):
+        for res in job.results.values() if job is not None else ():
             for path in (res.core, res.snapshot.metadata_path if res.snapshot else None):
                 if path:
                     try:
@@ -197,13 +213,13 @@ class _TreeJob:
         self.cancel = cancel
         self.t0 = t0
         self.me = os.getpid()
-        self.results = {}           # pid -> ProcessResult, in discovery order
-        self.frozen = {}            # pid -> (Freezer, [FrozenThread], Status)
-        self.written = {}           # pid -> (Job, Outputs, Snapshot, t0): to publish
+        self.results = {}  # pid -> ProcessResult, in discovery order
+        self.frozen = {}  # pid -> (Freezer, [FrozenThread], Status)
+        self.written = {}  # pid -> (Job, Outputs, Snapshot, t0): to publish
         self.helper = None
         self.helper_error = None
-        self.current = None         # the Job writing now (progress)
-        self.bytes_before = 0       # bytes of the cores finished before it
+        self.current = None  # the Job writing now (progress)
+        self.bytes_before = 0  # bytes of the cores finished before it
 
     def report(self, progress):
         """progress(done, total) over the cores written so far and the one being written."""
@@ -218,8 +234,9 @@ class _TreeJob:
     def run(self):
         try:
             parents = proctree.parent_map()
-            self_in_tree = self.root == self.me or proctree.is_descendant(self.me, self.root,
-                                                                          parents)
+            self_in_tree = self.root == self.me or proctree.is_descendant(
+                self.me, self.root, parents
+            )
             if self_in_tree or parents.get(self.root) == self.me:
                 self._start_helper()
             self._freeze_tree()
@@ -246,11 +263,10 @@ class _TreeJob:
         self.helper = Helper(self.cancel)
         try:
             self.helper.start()
-            self.helper.hold_waiters(self.options.stop_timeout,
-                                     skip=[threading.get_native_id()])
+            self.helper.hold_waiters(self.options.stop_timeout, skip=[threading.get_native_id()])
         except SnapshotCancelled:
             raise
-        except SnapcoreError as exc:            # HelperError, or ptrace refused to it
+        except SnapcoreError as exc:  # HelperError, or ptrace refused to it
             # without the helper: the caller's own core is lost (reported in
             # the manifest) and waitpid() in other threads may see the stops
             self.helper.close()
@@ -299,15 +315,24 @@ class _TreeJob:
     def _dump_caller(self):
         res = self.results[self.me]
         if self.helper is None:
-            _set_error(res, self.helper_error
-                       or SnapcoreError("snapcore's helper process is not available"))
+            _set_error(
+                res,
+                self.helper_error or SnapcoreError("snapcore's helper process is not available"),
+            )
             return
         outputs = self._outputs(self.me, res)
         if outputs is None:
             return
-        spec = JobSpec(pid=self.me, path=outputs.path, options=self.options, status=None,
-                       facts=metadata.process_facts(self.me), started=time.time(),
-                       t0=time.monotonic(), progress=False)
+        spec = JobSpec(
+            pid=self.me,
+            path=outputs.path,
+            options=self.options,
+            status=None,
+            facts=metadata.process_facts(self.me),
+            started=time.time(),
+            t0=time.monotonic(),
+            progress=False,
+        )
         try:
             snap, file_size, record = self.helper.run_job(spec, outputs.core.fd)
             outputs.publish(file_size, record)
@@ -329,8 +354,15 @@ class _TreeJob:
         if outputs is None:
             return
         t0 = time.monotonic()
-        job = Job(pid, outputs.core, status, self.options, metadata.process_facts(pid),
-                  time.time(), self.cancel)
+        job = Job(
+            pid,
+            outputs.core,
+            status,
+            self.options,
+            metadata.process_facts(pid),
+            time.time(),
+            self.cancel,
+        )
         self.current = job
         try:
             snap = job.write_frozen(frozen)
@@ -409,8 +441,7 @@ def _describe(pid, ppid):
             python = b"/libpython" in procfs.read_bytes(pid, "maps")
         except SnapcoreError:
             pass
-    return ProcessResult(pid=pid, ppid=ppid, comm=comm, cmdline=cmdline, exe=exe,
-                         python=python)
+    return ProcessResult(pid=pid, ppid=ppid, comm=comm, cmdline=cmdline, exe=exe, python=python)
 
 
 def _write_manifest(result, force):

@@ -12,6 +12,7 @@ plugin), and the one error boundary.
         anything else                   1   "internal error: ..." (SNAPCORE_DEBUG=1
                                             shows the traceback)
 """
+
 import argparse
 import os
 import re
@@ -19,8 +20,8 @@ import signal
 import sys
 import traceback
 
-from ..errors import (EXIT_FAILED, EXIT_SIGTERM, EXIT_USAGE, SnapcoreError, exit_status)
 from ..capture.request import SnapshotOptions
+from ..errors import EXIT_FAILED, EXIT_SIGTERM, EXIT_USAGE, SnapcoreError, exit_status
 
 PROG = "snapcore"
 DEBUG_ENV = "SNAPCORE_DEBUG"
@@ -63,20 +64,20 @@ def execute(command, argv):
     except KeyboardInterrupt as exc:
         return fail(_said(interrupted, args), exit_status(exc))
     except Terminated:
-        return fail(_said(interrupted, args).replace("interrupted", "terminated", 1),
-                    EXIT_SIGTERM)
+        return fail(_said(interrupted, args).replace("interrupted", "terminated", 1), EXIT_SIGTERM)
     except SnapcoreError as exc:
         code = exit_status(exc)
-        return fail(f"{exc}" + (f" (see '{prog} --help')" if code == EXIT_USAGE else ""),
-                    code)
+        return fail(f"{exc}" + (f" (see '{prog} --help')" if code == EXIT_USAGE else ""), code)
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         return fail(f"{where}{exc.strerror or exc}")
-    except Exception as exc:                         # a bug: say so, in one line
+    except Exception as exc:  # a bug: say so, in one line
         if os.environ.get(DEBUG_ENV):
             traceback.print_exc()
-        return fail(f"internal error: {type(exc).__name__}: {exc} (please report it; "
-                    f"{DEBUG_ENV}=1 shows the traceback)")
+        return fail(
+            f"internal error: {type(exc).__name__}: {exc} (please report it; "
+            f"{DEBUG_ENV}=1 shows the traceback)"
+        )
     finally:
         if old is not None:
             signal.signal(signal.SIGTERM, old)
@@ -105,8 +106,7 @@ def mask(text):
     try:
         value = int(text, 0) if text.lower().startswith("0x") else int(text, 16)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a coredump_filter mask "
-                                         "(hex, e.g. 0x33)")
+        raise argparse.ArgumentTypeError(f"'{text}' is not a coredump_filter mask (hex, e.g. 0x33)")
     if not 0 <= value < 1 << 32:
         raise argparse.ArgumentTypeError(f"'{text}' is out of range for coredump_filter")
     return value
@@ -151,40 +151,86 @@ def size(text):
 
 # (SnapshotOptions field, flag without dashes, argparse keywords)
 SNAPSHOT_OPTIONS = (
-    ("live", "live", dict(
-        action="store_true",
-        help="pause the target only while it forks a copy-on-write image of itself, then "
-             "copy memory from the image (falls back to a normal snapshot when the target "
-             "does not allow it); one process only")),
-    ("stop_timeout", "stop-timeout", dict(
-        type=seconds, metavar="SECS",
-        help="give up if a thread does not stop within SECS (default 5)")),
-    ("coredump_filter", "filter", dict(
-        type=mask, metavar="MASK",
-        help="override /proc/PID/coredump_filter (hex bits, e.g. 0x33)")),
-    ("all_mappings", "all", dict(
-        action="store_true",
-        help="dump every readable mapping whole, like gcore -a (ignores coredump_filter "
-             "and MADV_DONTDUMP)")),
-    ("mini", "mini", dict(
-        action="store_true",
-        help="keep only what backtraces need: thread stacks, ELF-header pages, the dynamic "
-             "linker's and the Python runtime's data")),
-    ("max_size", "max-size", dict(
-        type=size, metavar="SIZE",
-        help="keep each (uncompressed) core within SIZE (e.g. 200M): drop the largest "
-             "regions first, never thread stacks or ELF headers; the core is marked "
-             "truncated")),
-    ("compress", "compress", dict(
-        choices=["zstd"],
-        help="write zstandard-compressed cores (named .zst); needs 'pip install "
-             "snapcore[zstd]'")),
-    ("metadata", "metadata", dict(
-        action="store_true",
-        help="also write CORE.json beside each core: time, mode, command line, limits, "
-             "cgroup, pause, dropped and unreadable ranges")),
-    ("reason", "reason", dict(
-        metavar="TEXT", help="why the snapshot was taken; recorded in the metadata")),
+    (
+        "live",
+        "live",
+        dict(
+            action="store_true",
+            help="pause the target only while it forks a copy-on-write image of itself, then "
+            "copy memory from the image (falls back to a normal snapshot when the target "
+            "does not allow it); one process only",
+        ),
+    ),
+    (
+        "stop_timeout",
+        "stop-timeout",
+        dict(
+            type=seconds,
+            metavar="SECS",
+            help="give up if a thread does not stop within SECS (default 5)",
+        ),
+    ),
+    (
+        "coredump_filter",
+        "filter",
+        dict(
+            type=mask,
+            metavar="MASK",
+            help="override /proc/PID/coredump_filter (hex bits, e.g. 0x33)",
+        ),
+    ),
+    (
+        "all_mappings",
+        "all",
+        dict(
+            action="store_true",
+            help="dump every readable mapping whole, like gcore -a (ignores coredump_filter "
+            "and MADV_DONTDUMP)",
+        ),
+    ),
+    (
+        "mini",
+        "mini",
+        dict(
+            action="store_true",
+            help="keep only what backtraces need: thread stacks, ELF-header pages, the dynamic "
+            "linker's and the Python runtime's data",
+        ),
+    ),
+    (
+        "max_size",
+        "max-size",
+        dict(
+            type=size,
+            metavar="SIZE",
+            help="keep each (uncompressed) core within SIZE (e.g. 200M): drop the largest "
+            "regions first, never thread stacks or ELF headers; the core is marked "
+            "truncated",
+        ),
+    ),
+    (
+        "compress",
+        "compress",
+        dict(
+            choices=["zstd"],
+            help="write zstandard-compressed cores (named .zst); needs 'pip install "
+            "snapcore[zstd]'",
+        ),
+    ),
+    (
+        "metadata",
+        "metadata",
+        dict(
+            action="store_true",
+            help="also write CORE.json beside each core: time, mode, command line, limits, "
+            "cgroup, pause, dropped and unreadable ranges",
+        ),
+    ),
+    (
+        "reason",
+        "reason",
+        dict(metavar="TEXT", help="why the snapshot was taken; recorded in the metadata"),
+    ),
     ("force", "force", dict(action="store_true", help="replace files that exist")),
 )
 

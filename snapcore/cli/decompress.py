@@ -10,8 +10,9 @@ output cannot be written (nothing is left at its name); 2 usage error;
 130 interrupted.
 """
 
+from .._optional import zstandard
 from ..capture.publish import CoreFile
-from ..errors import CoreFormatError, MissingDependency
+from ..errors import CoreFormatError
 from ..read.source import ZSTD_MAGIC
 from . import common
 
@@ -24,13 +25,17 @@ _ZERO_CHUNK = bytes(CHUNK)
 
 
 def build_parser():
-    p = common.Parser(prog=PROG, description="Decompress a zstandard-compressed core "
-                "(snapcore --compress zstd) into a sparse core file.",
-                epilog="exit status: 0 written, 1 failed (nothing left at the output "
-                       "name), 2 usage error, 130 interrupted")
+    p = common.Parser(
+        prog=PROG,
+        description="Decompress a zstandard-compressed core "
+        "(snapcore --compress zstd) into a sparse core file.",
+        epilog="exit status: 0 written, 1 failed (nothing left at the output "
+        "name), 2 usage error, 130 interrupted",
+    )
     p.add_argument("core", metavar="CORE.zst", help="compressed core")
-    p.add_argument("-o", "--output", metavar="CORE",
-                   help="where to write (default: CORE.zst without .zst)")
+    p.add_argument(
+        "-o", "--output", metavar="CORE", help="where to write (default: CORE.zst without .zst)"
+    )
     p.add_argument("-f", "--force", action="store_true", help="replace CORE if it exists")
     return p
 
@@ -49,15 +54,17 @@ def write_sparse(read, out):
         if len(chunk) % PAGE and len(chunk) > PAGE:
             cut = len(chunk) - len(chunk) % PAGE
             chunk, pending = chunk[:cut], chunk[cut:]
-        if chunk != _ZERO_CHUNK[:len(chunk)]:
+        if chunk != _ZERO_CHUNK[: len(chunk)]:
             view = memoryview(chunk)
             i = 0
             while i < len(chunk):
-                if view[i:i + PAGE] == _ZERO_PAGE[:len(view[i:i + PAGE])]:
+                if view[i : i + PAGE] == _ZERO_PAGE[: len(view[i : i + PAGE])]:
                     i += PAGE
                     continue
                 j = i + PAGE
-                while j < len(chunk) and view[j:j + PAGE] != _ZERO_PAGE[:len(view[j:j + PAGE])]:
+                while (
+                    j < len(chunk) and view[j : j + PAGE] != _ZERO_PAGE[: len(view[j : j + PAGE])]
+                ):
                     j += PAGE
                 out.write_at(view[i:j], pos + i)
                 i = j
@@ -71,34 +78,33 @@ def write_sparse(read, out):
 
 def decompress(src, dst, force=False):
     """Decompress src (zstd) to dst, sparse.  Returns the size written."""
-    try:
-        import zstandard
-    except ImportError:
-        raise MissingDependency("decompressing a .zst core", "zstandard", "zstd") from None
+    zstd = zstandard("decompressing a .zst core")
     with open(src, "rb") as f:
         head = f.read(18)
         if head[:4] != ZSTD_MAGIC:
             raise CoreFormatError(src, "not a zstandard-compressed file")
         try:
-            expected = zstandard.frame_content_size(head)
-        except zstandard.ZstdError:
+            expected = zstd.frame_content_size(head)
+        except zstd.ZstdError:
             expected = -1
         f.seek(0)
         out = CoreFile(dst, force=force)
         try:
-            reader = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)
+            reader = zstd.ZstdDecompressor().stream_reader(f, read_across_frames=True)
 
             def read(n):
                 try:
                     return reader.read(n)
-                except zstandard.ZstdError as exc:
+                except zstd.ZstdError as exc:
                     raise CoreFormatError(src, f"corrupt zstandard data ({exc})") from None
+
             size = write_sparse(read, out)
             # the decoder stops quietly at the end of a cut file; snapcore's
             # streams record their size in the frame header
             if expected is not None and expected >= 0 and size < expected:
-                raise CoreFormatError(src, f"truncated: it holds {size} of the {expected} "
-                                           f"bytes its header announces")
+                raise CoreFormatError(
+                    src, f"truncated: it holds {size} of the {expected} bytes its header announces"
+                )
             out.finish(size)
         except BaseException:
             out.abort()
@@ -110,8 +116,7 @@ def run(args, argv):
     dst = args.output
     if dst is None:
         if not args.core.endswith(".zst"):
-            raise common.UsageError(f"{args.core} does not end in .zst: name the output "
-                                    "with -o")
+            raise common.UsageError(f"{args.core} does not end in .zst: name the output with -o")
         dst = args.core[:-4]
     decompress(args.core, dst, force=args.force)
     return 0

@@ -7,6 +7,7 @@ and README.md ("schema": "snapcore-info/1").
 Exit status: 0 described; 1 the file cannot be read or is not a core;
 2 usage error.
 """
+
 import json
 import sys
 import time
@@ -20,17 +21,23 @@ INTERRUPTED = "interrupted"
 
 
 def build_parser():
-    p = common.Parser(prog=PROG, description="Describe a core file: process, threads (with the "
-                "symbol at each pc when the mapped files are readable), mappings, "
-                "build-ids and snapcore's metadata.  Reads kernel and gcore cores too, "
-                "and .zst cores without decompressing them to disk.",
-                epilog="exit status: 0 described, 1 not readable or not a core, "
-                       "2 usage error")
+    p = common.Parser(
+        prog=PROG,
+        description="Describe a core file: process, threads (with the "
+        "symbol at each pc when the mapped files are readable), mappings, "
+        "build-ids and snapcore's metadata.  Reads kernel and gcore cores too, "
+        "and .zst cores without decompressing them to disk.",
+        epilog="exit status: 0 described, 1 not readable or not a core, 2 usage error",
+    )
     p.add_argument("core", metavar="CORE", help="core file (plain or zstd-compressed)")
-    p.add_argument("--json", action="store_true",
-                   help="print one JSON object (schema snapcore-info/1, see README)")
-    p.add_argument("--no-symbols", action="store_true",
-                   help="do not open the mapped ELF files to name the pcs")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object (schema snapcore-info/1, see README)",
+    )
+    p.add_argument(
+        "--no-symbols", action="store_true", help="do not open the mapped ELF files to name the pcs"
+    )
     return p
 
 
@@ -54,10 +61,11 @@ def format_text(r):
     size = f"{human(c['core_size'])}"
     if c["compressed"]:
         size += f", {c['compressed']} {human(c['file_size'])}"
-    add(f"core       {c['path']}  ({c['producer']}, {c['arch']}, {c['segments']} segments, "
-        f"{size})")
-    add(f"process    pid {p['pid']} ({p['comm']}), ppid {p['ppid']}, uid {p['uid']}, "
-        f"state {p['state']}")
+    add(f"core       {c['path']}  ({c['producer']}, {c['arch']}, {c['segments']} segments, {size})")
+    add(
+        f"process    pid {p['pid']} ({p['comm']}), ppid {p['ppid']}, uid {p['uid']}, "
+        f"state {p['state']}"
+    )
     if p["executable"]:
         add(f"executable {p['executable']}")
     args = " ".join(p["cmdline"]) if p["cmdline"] else p["psargs"]
@@ -67,19 +75,25 @@ def format_text(r):
     add(f"threads    {len(r['threads'])}")
     add(f"  {'':1} {'TID':>8}  {'NAME':15} {'STATE':5} {'PC':18}  {'SIGNAL':8} SYMBOL")
     for t in r["threads"]:
-        add(f"  {'*' if t['current'] else ' '} {t['tid']:>8}  {t['name'] or '-':15} "
+        add(
+            f"  {'*' if t['current'] else ' '} {t['tid']:>8}  {t['name'] or '-':15} "
             f"{t['state'] or '-':5} {t['pc']:#018x}  {t['signal_name'] or '-':8} "
-            f"{t['symbol'] or '-'}")
+            f"{t['symbol'] or '-'}"
+        )
     m = r["memory"]
-    add(f"memory     {human(m['dumped'])} dumped of {human(m['mapped'])} mapped, "
-        f"{m['mappings']} segments")
+    add(
+        f"memory     {human(m['dumped'])} dumped of {human(m['mapped'])} mapped, "
+        f"{m['mappings']} segments"
+    )
     add(f"  {'START':>18} {'END':>18} {'SIZE':>10} {'DUMPED':>10} PERM FILE")
     for mp in r["mappings"]:
         f = mp["file"] or ""
         if f and mp["offset"]:
             f += f" @{mp['offset']:#x}"
-        add(f"  {mp['start']:#18x} {mp['end']:#18x} {human(mp['size']):>10} "
-            f"{human(mp['dumped']):>10} {mp['perms']:4} {f}")
+        add(
+            f"  {mp['start']:#18x} {mp['end']:#18x} {human(mp['size']):>10} "
+            f"{human(mp['dumped']):>10} {mp['perms']:4} {f}"
+        )
     add(f"modules    {len(r['modules'])}")
     for mod in r["modules"]:
         note = ""
@@ -90,25 +104,31 @@ def format_text(r):
         add(f"  {mod['start']:#18x} {mod['build_id'] or '-':40} {mod['file']}{note}")
     s = r["snapcore"]
     if s is not None:
-        when = s.get("time") or time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                              time.gmtime(s.get("time_unix", 0)))
-        add(f"snapcore   {s.get('snapcore')}, mode {s.get('mode')}, trigger "
-            f"{s.get('trigger')}, {when} on {s.get('host')}")
+        when = s.get("time") or time.strftime(
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime(s.get("time_unix", 0))
+        )
+        add(
+            f"snapcore   {s.get('snapcore')}, mode {s.get('mode')}, trigger "
+            f"{s.get('trigger')}, {when} on {s.get('host')}"
+        )
         if s.get("reason"):
             add(f"  reason   {s['reason']}")
         if s.get("final"):
-            add(f"  paused   {s['pause_seconds'] * 1000:.0f} ms, wall "
-                f"{s['wall_seconds']:.2f} s")
+            add(f"  paused   {s['pause_seconds'] * 1000:.0f} ms, wall {s['wall_seconds']:.2f} s")
         else:
             add("  paused   not recorded in a compressed core (see its --metadata sidecar)")
         add(f"  filter   {s.get('coredump_filter')} ({s.get('filter_source')})")
         dropped = s.get("dropped") or []
         if s.get("truncated") or dropped:
-            add(f"  dropped  {human(sum(d['bytes'] for d in dropped))} in {len(dropped)} "
-                f"regions{' (TRUNCATED to fit --max-size)' if s.get('truncated') else ''}")
+            add(
+                f"  dropped  {human(sum(d['bytes'] for d in dropped))} in {len(dropped)} "
+                f"regions{' (TRUNCATED to fit --max-size)' if s.get('truncated') else ''}"
+            )
         if s.get("unreadable"):
-            add(f"  unreadable {len(s['unreadable'])} ranges, "
-                f"{human(sum(u['len'] for u in s['unreadable']))}")
+            add(
+                f"  unreadable {len(s['unreadable'])} ranges, "
+                f"{human(sum(u['len'] for u in s['unreadable']))}"
+            )
     for w in r["warnings"]:
         add(f"warning    {w}")
     return "\n".join(out) + "\n"

@@ -10,6 +10,7 @@ become exit statuses and one-line messages (see docs/cli.md).  Subcommand
 modules are imported when named, so that `snapcore PID` starts without the
 readers' imports (pyelftools and the rest).
 """
+
 import importlib
 import sys
 

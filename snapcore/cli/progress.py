@@ -4,6 +4,7 @@ Nothing is drawn for the first second (snapshots are usually faster than
 that), nor ever when stderr is not a terminal.  SNAPCORE_PROGRESS_DELAY
 (seconds) changes the first second; it exists for snapcore's own tests.
 """
+
 import os
 import shutil
 import time
@@ -36,7 +37,7 @@ class ProgressBar:
                 delay = 1.0
         self.delay = delay
         self.t0 = time.monotonic()
-        self.first = None            # (time, bytes) of the first report
+        self.first = None  # (time, bytes) of the first report
         self.shown = False
 
     def __call__(self, done, total):
@@ -55,9 +56,8 @@ class ProgressBar:
         width = max(10, min(40, cols - 52))
         fill = int(frac * width)
         bar = "=" * fill + (">" if fill < width else "") + " " * (width - fill - 1)
-        line = (f"[{bar}] {frac * 100:3.0f}% {human(done)}/{human(total)} "
-                f"{human(rate)}/s {eta}")
-        self.stream.write("\r" + line[:cols - 1] + "\x1b[K")
+        line = f"[{bar}] {frac * 100:3.0f}% {human(done)}/{human(total)} {human(rate)}/s {eta}"
+        self.stream.write("\r" + line[: cols - 1] + "\x1b[K")
         self.stream.flush()
         self.shown = True
 

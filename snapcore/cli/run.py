@@ -18,6 +18,7 @@ passed on too, unless snapcore is in the terminal's foreground process group
 Exit status: CMD's own; 124 timed out; 126 CMD cannot be executed; 127 CMD
 not found; 2 usage error.  Messages go to stderr, never to CMD's stdout.
 """
+
 import argparse
 import os
 import signal
@@ -34,7 +35,7 @@ from . import common
 
 PROG = f"{common.PROG} run"
 INTERRUPTED = "interrupted"
-TERM = False                    # SIGTERM is passed on to CMD (see _Runner)
+TERM = False  # SIGTERM is passed on to CMD (see _Runner)
 
 EXIT_TIMEOUT = 124
 EXIT_CANNOT_EXEC = 126
@@ -48,21 +49,32 @@ def build_parser():
     p = common.Parser(
         prog=PROG,
         description="Run CMD; if it is still running after SECS seconds, write a core of "
-                    "every process of its tree into DIR, then terminate them.",
+        "every process of its tree into DIR, then terminate them.",
         epilog="exit status: CMD's status, 124 if it timed out, 126 if CMD cannot be "
-               "executed, 127 if not found, 2 usage error")
-    p.add_argument("--timeout", type=common.seconds, required=True, metavar="SECS",
-                   help="seconds CMD may run")
-    p.add_argument("--out", metavar="DIR",
-                   help="directory for the cores (default ./snapcore-PID-TIME)")
-    p.add_argument("--grace", type=common.nonneg_seconds, default=DEFAULT_GRACE,
-                   metavar="SECS",
-                   help=f"after SIGTERM, wait SECS before SIGKILL (default {DEFAULT_GRACE:g})")
+        "executed, 127 if not found, 2 usage error",
+    )
+    p.add_argument(
+        "--timeout", type=common.seconds, required=True, metavar="SECS", help="seconds CMD may run"
+    )
+    p.add_argument(
+        "--out", metavar="DIR", help="directory for the cores (default ./snapcore-PID-TIME)"
+    )
+    p.add_argument(
+        "--grace",
+        type=common.nonneg_seconds,
+        default=DEFAULT_GRACE,
+        metavar="SECS",
+        help=f"after SIGTERM, wait SECS before SIGKILL (default {DEFAULT_GRACE:g})",
+    )
     common.add_snapshot_options(p.add_argument)
-    p.add_argument("--no-stacks", action="store_true",
-                   help="do not print a stack summary (pystack/gdb) of each process")
-    p.add_argument("-q", "--quiet", action="store_true",
-                   help="on timeout print only where the cores are")
+    p.add_argument(
+        "--no-stacks",
+        action="store_true",
+        help="do not print a stack summary (pystack/gdb) of each process",
+    )
+    p.add_argument(
+        "-q", "--quiet", action="store_true", help="on timeout print only where the cores are"
+    )
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
     return p
 
@@ -74,14 +86,15 @@ def _say(message):
 def run(args, argv):
     cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not cmd:
-        raise common.UsageError("no command given (usage: snapcore run --timeout SECS -- "
-                                "CMD [ARGS...])")
+        raise common.UsageError(
+            "no command given (usage: snapcore run --timeout SECS -- CMD [ARGS...])"
+        )
     options = common.options_from(args, trigger="run", argv=[common.PROG, "run", *argv])
-    options.check_path("run")                  # before CMD starts
+    options.check_path("run")  # before CMD starts
     try:
         _sys.set_child_subreaper()
     except OSError:
-        pass                                   # orphans then go to init: still killed
+        pass  # orphans then go to init: still killed
     return _Runner(cmd, args, options).run()
 
 
@@ -92,7 +105,7 @@ class _Runner:
         self.options = options
         self.child = None
         self.old = {}
-        self.early = []             # signals that came before Popen() returned
+        self.early = []  # signals that came before Popen() returned
 
     def run(self):
         for sig in _FORWARDED:
@@ -103,8 +116,9 @@ class _Runner:
             except FileNotFoundError:
                 return common.fail(f"{self.cmd[0]}: command not found", EXIT_NOT_FOUND)
             except OSError as exc:
-                return common.fail(f"{self.cmd[0]}: cannot execute: {exc.strerror}",
-                                   EXIT_CANNOT_EXEC)
+                return common.fail(
+                    f"{self.cmd[0]}: cannot execute: {exc.strerror}", EXIT_CANNOT_EXEC
+                )
             # CMD may already run (and be signalled for) before Popen() returns
             while self.early:
                 self._forward(self.early.pop(0), None)
@@ -138,8 +152,10 @@ class _Runner:
     def _timed_out(self):
         pid = self.child.pid
         args = self.args
-        _say(f"timeout: '{shown_cmdline(self.cmd)}' (pid {pid}) still running after "
-             f"{args.timeout:g}s; taking cores of its process tree")
+        _say(
+            f"timeout: '{shown_cmdline(self.cmd)}' (pid {pid}) still running after "
+            f"{args.timeout:g}s; taking cores of its process tree"
+        )
         outdir = args.out or default_outdir(pid)
         tree = None
         try:
@@ -151,14 +167,15 @@ class _Runner:
         killed = terminate_tree(pid, args.grace, self.child)
         if tree is not None:
             self._report(tree)
-        _say(f"terminated {killed} process{'es' if killed != 1 else ''} "
-             f"(SIGTERM, SIGKILL after {args.grace:g}s); exit status {EXIT_TIMEOUT}")
+        _say(
+            f"terminated {killed} process{'es' if killed != 1 else ''} "
+            f"(SIGTERM, SIGKILL after {args.grace:g}s); exit status {EXIT_TIMEOUT}"
+        )
         return EXIT_TIMEOUT
 
     def _report(self, tree):
         n = len(tree.ok)
-        _say(f"cores of {n} process{'es' if n != 1 else ''} in {tree.outdir}/ "
-             f"(manifest.json)")
+        _say(f"cores of {n} process{'es' if n != 1 else ''} in {tree.outdir}/ (manifest.json)")
         if self.args.quiet:
             return
         summaries = {}
@@ -171,8 +188,11 @@ class _Runner:
                 continue
             tool, lines = summaries.get(p.pid, (None, []))
             via = f"; stacks by {tool}:" if lines else ""
-            print(f"  pid {p.pid} {cmd}: {os.path.basename(p.core)}, {len(p.threads)} "
-                  f"thread{'s' if len(p.threads) != 1 else ''}{via}", file=sys.stderr)
+            print(
+                f"  pid {p.pid} {cmd}: {os.path.basename(p.core)}, {len(p.threads)} "
+                f"thread{'s' if len(p.threads) != 1 else ''}{via}",
+                file=sys.stderr,
+            )
             for line in lines:
                 print(f"    {line}", file=sys.stderr)
         sys.stderr.flush()
@@ -216,6 +236,7 @@ def _members(root):
 
 def terminate_tree(root, grace, child):
     """SIGTERM every process of root's tree, SIGKILL after grace, reap; returns how many."""
+
     def reap():
         child.poll()
         reap_children()
@@ -226,8 +247,9 @@ def terminate_tree(root, grace, child):
     except subprocess.TimeoutExpired:
         pass
     end = time.monotonic() + KILL_WAIT
-    while time.monotonic() < end and any(pp == os.getpid()
-                                         for pp in proctree.parent_map().values()):
-        reap_children()                       # zombies re-parented to us as their parents died
+    while time.monotonic() < end and any(
+        pp == os.getpid() for pp in proctree.parent_map().values()
+    ):
+        reap_children()  # zombies re-parented to us as their parents died
         time.sleep(0.02)
     return len(seen)

@@ -8,6 +8,7 @@ which goes whole to snapshot() or snapshot_tree().  Exit status: 0 written
 (--tree: PID's own core was written); 1 failed (the target was resumed, no
 file left at PATH); 2 a request that cannot be honoured; 130/143 interrupted.
 """
+
 import json
 import sys
 
@@ -23,38 +24,49 @@ from .progress import ProgressBar
 PROG = common.PROG
 
 
-def INTERRUPTED(args):                                  # noqa: N802 (common.execute's name)
+def INTERRUPTED(args):  # noqa: N802 (common.execute's name)
     if args is not None and args.tree:
         return "interrupted; every process was resumed"
     return "interrupted; the target was resumed and no core was written"
-
 
 
 def build_parser():
     p = common.Parser(
         prog=PROG,
         description="Write a gdb-compatible ELF core dump of a running process "
-                    "without stopping it for long or killing it.",
+        "without stopping it for long or killing it.",
         epilog="other commands: 'snapcore info CORE', 'snapcore decompress CORE.zst', "
-               "'snapcore run --timeout SECS -- CMD' (see 'snapcore COMMAND --help').  "
-               "exit status: 0 core written, 1 snapshot failed, 2 usage error or a "
-               "request that cannot be honoured, 130 interrupted, 143 terminated",
+        "'snapcore run --timeout SECS -- CMD' (see 'snapcore COMMAND --help').  "
+        "exit status: 0 core written, 1 snapshot failed, 2 usage error or a "
+        "request that cannot be honoured, 130 interrupted, 143 terminated",
     )
     p.add_argument("pid", type=common.pid, help="process to snapshot")
-    p.add_argument("-o", "--output", metavar="PATH",
-                   help="core file to write (default: core.PID in the current directory); "
-                        "a directory means DIR/core.PID; %%p pid, %%e process name, "
-                        "%%t time, %%h host name, %%%% a percent sign.  With --tree: the "
-                        "directory (default snapcore-PID-TIME)")
-    p.add_argument("--tree", action="store_true",
-                   help="also snapshot every descendant of PID: one core per process and "
-                        "manifest.json in the directory; every snapshot option applies to "
-                        "each process")
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="PATH",
+        help="core file to write (default: core.PID in the current directory); "
+        "a directory means DIR/core.PID; %%p pid, %%e process name, "
+        "%%t time, %%h host name, %%%% a percent sign.  With --tree: the "
+        "directory (default snapcore-PID-TIME)",
+    )
+    p.add_argument(
+        "--tree",
+        action="store_true",
+        help="also snapshot every descendant of PID: one core per process and "
+        "manifest.json in the directory; every snapshot option applies to "
+        "each process",
+    )
     common.add_snapshot_options(p.add_argument)
-    p.add_argument("--json", action="store_true",
-                   help="print the result as one JSON object on stdout")
-    p.add_argument("-q", "--quiet", action="store_true",
-                   help="print nothing on success (no progress bar either)")
+    p.add_argument(
+        "--json", action="store_true", help="print the result as one JSON object on stdout"
+    )
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print nothing on success (no progress bar either)",
+    )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
@@ -79,8 +91,7 @@ def run(args, argv):
 
 def _output(args, options):
     try:
-        return expand_output(args.output, args.pid, comm=comm_of(args.pid),
-                             suffix=options.suffix)
+        return expand_output(args.output, args.pid, comm=comm_of(args.pid), suffix=options.suffix)
     except ValueError as exc:
         raise common.UsageError(str(exc)) from None
 
@@ -91,17 +102,29 @@ def _tree(args, options, progress):
         if not p.ok:
             print(f"{PROG}: warning: pid {p.pid} ({p.comm}): {p.error}", file=sys.stderr)
     if args.json:
-        print(json.dumps({"outdir": tree.outdir, "manifest": tree.manifest,
-                          "wall_seconds": round(tree.wall_time, 6),
-                          "pause_seconds": round(tree.pause_time, 6),
-                          "processes": [dict(p.manifest_entry(),
-                                             snapshot=p.snapshot.to_json() if p.snapshot
-                                             else None)
-                                        for p in tree.processes]}))
+        print(
+            json.dumps(
+                {
+                    "outdir": tree.outdir,
+                    "manifest": tree.manifest,
+                    "wall_seconds": round(tree.wall_time, 6),
+                    "pause_seconds": round(tree.pause_time, 6),
+                    "processes": [
+                        dict(
+                            p.manifest_entry(),
+                            snapshot=p.snapshot.to_json() if p.snapshot else None,
+                        )
+                        for p in tree.processes
+                    ],
+                }
+            )
+        )
     elif not args.quiet:
         for p in tree.ok:
-            print(f"{p.core}: pid {p.pid} ({p.comm}), {len(p.threads)} thread"
-                  f"{'s' if len(p.threads) != 1 else ''}")
+            print(
+                f"{p.core}: pid {p.pid} ({p.comm}), {len(p.threads)} thread"
+                f"{'s' if len(p.threads) != 1 else ''}"
+            )
         print(tree.summary())
     root = tree.get(args.pid)
     return EXIT_OK if root is not None and root.ok else EXIT_FAILED

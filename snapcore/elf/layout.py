@@ -24,6 +24,7 @@ PT_LOAD with p_filesz 0 is still the running offset, p_paddr is 0, p_align is
 the page size.  The writer streams: the header block is written once, the
 segment data by the C copy loop at the offsets computed here.
 """
+
 from dataclasses import dataclass
 
 from .structs import PF_R, PF_W, PF_X, PN_XNUM, PT_LOAD, PT_NOTE
@@ -34,7 +35,7 @@ class Load:
     vaddr: int
     memsz: int
     filesz: int
-    flags: int          # PF_R | PF_W | PF_X
+    flags: int  # PF_R | PF_W | PF_X
 
 
 def pflags(readable, writable, executable):
@@ -68,17 +69,20 @@ class CoreLayout:
     def header_block(self):
         """ELF header, program headers and notes: bytes [0, notes_off + len(notes))."""
         elf = self.arch.elf
-        parts = [elf.pack_ehdr(
-            e_machine=self.arch.e_machine, e_phoff=self.phoff,
-            e_phnum=PN_XNUM if self.xnum else self.phnum,
-            e_shoff=self.shoff,
-            e_shnum=1 if self.xnum else 0,
-            e_shentsize=elf.shdr.size if self.xnum else 0)]
+        parts = [
+            elf.pack_ehdr(
+                e_machine=self.arch.e_machine,
+                e_phoff=self.phoff,
+                e_phnum=PN_XNUM if self.xnum else self.phnum,
+                e_shoff=self.shoff,
+                e_shnum=1 if self.xnum else 0,
+                e_shentsize=elf.shdr.size if self.xnum else 0,
+            )
+        ]
         parts.append(elf.pack_phdr(PT_NOTE, 0, self.notes_off, 0, len(self.notes), 0, 4))
         page = self.arch.page_size
         for ld, off in zip(self.loads, self.offsets):
-            parts.append(elf.pack_phdr(PT_LOAD, ld.flags, off, ld.vaddr, ld.filesz,
-                                       ld.memsz, page))
+            parts.append(elf.pack_phdr(PT_LOAD, ld.flags, off, ld.vaddr, ld.filesz, ld.memsz, page))
         parts.append(self.notes)
         return b"".join(parts)
 

@@ -10,25 +10,36 @@ crashed thread, lldb's thread #1).  An on-demand snapshot has no signal, so
 pr_cursig is 0 and NT_SIGINFO is 128 zero bytes: pystack then reports the core
 as generated on demand, and gdb prints no "terminated with signal" line.
 """
+
 import struct
 from dataclasses import dataclass, field
 
-from .structs import (NT_AUXV, NT_FILE, NT_PRFPREG, NT_PRPSINFO, NT_PRSTATUS, NT_SIGINFO,
-                      NT_X86_XSAVE_LAYOUT, NT_X86_XSTATE, note)
+from .structs import (
+    NT_AUXV,
+    NT_FILE,
+    NT_PRFPREG,
+    NT_PRPSINFO,
+    NT_PRSTATUS,
+    NT_SIGINFO,
+    NT_X86_XSAVE_LAYOUT,
+    NT_X86_XSTATE,
+    note,
+)
 
 SIGINFO_SIZE = 128
-XCR0_OFFSET = 464            # xstate_fx_sw_bytes.xfeatures in the FXSAVE sw_reserved area
+XCR0_OFFSET = 464  # xstate_fx_sw_bytes.xfeatures in the FXSAVE sw_reserved area
 _RSDTZW = "RSDTZW"
 
 
 @dataclass
 class ThreadNotes:
     """What one frozen thread contributes."""
+
     tid: int
-    regsets: list            # [(note_type, owner, bytes)] in the kernel's view order
+    regsets: list  # [(note_type, owner, bytes)] in the kernel's view order
     sigpend: int = 0
     sighold: int = 0
-    utime: int = 0           # clock ticks
+    utime: int = 0  # clock ticks
     stime: int = 0
 
     def regset(self, note_type):
@@ -46,16 +57,16 @@ class ProcessNotes:
     sid: int
     cutime: int
     cstime: int
-    state: str               # /proc state letter before the freeze
+    state: str  # /proc state letter before the freeze
     nice: int
     flag: int
     uid: int
     gid: int
     comm: bytes
-    psargs: bytes            # raw argv area (NULs kept), truncated by psargs_field
+    psargs: bytes  # raw argv area (NULs kept), truncated by psargs_field
     auxv: bytes
-    file_entries: list = field(default_factory=list)   # [(start, end, pgoff_pages, name_bytes)]
-    vma_count: int = 0       # every VMA, the gate VMA included (one PT_LOAD each)
+    file_entries: list = field(default_factory=list)  # [(start, end, pgoff_pages, name_bytes)]
+    vma_count: int = 0  # every VMA, the gate VMA included (one PT_LOAD each)
 
 
 def psargs_field(argv_area):
@@ -101,7 +112,7 @@ def file_note_fits(entries, vma_count, word_size, page_size, limit):
         size = -(-size // page_size) * page_size
         remaining = size - names_ofs
         for *_, name in entries:
-            if len(name) + 1 > remaining:       # d_path(): ENAMETOOLONG
+            if len(name) + 1 > remaining:  # d_path(): ENAMETOOLONG
                 break
             remaining -= len(name) + 1
         else:
@@ -139,22 +150,49 @@ def build_notes(arch, proc, threads, cpuid, file_note_limit=4 << 20):
     """
     ps_index, sname = state_index(proc.state)
     prpsinfo = arch.build_prpsinfo(
-        state_index=ps_index, sname=sname, nice=proc.nice, flag=proc.flag, uid=proc.uid,
-        gid=proc.gid, pid=proc.pid, ppid=proc.ppid, pgrp=proc.pgrp, sid=proc.sid,
-        fname=proc.comm, psargs=psargs_field(proc.psargs))
+        state_index=ps_index,
+        sname=sname,
+        nice=proc.nice,
+        flag=proc.flag,
+        uid=proc.uid,
+        gid=proc.gid,
+        pid=proc.pid,
+        ppid=proc.ppid,
+        pgrp=proc.pgrp,
+        sid=proc.sid,
+        fname=proc.comm,
+        psargs=psargs_field(proc.psargs),
+    )
     file_desc = None
-    if file_note_fits(proc.file_entries, proc.vma_count, arch.word_size, arch.page_size,
-                      file_note_limit):
+    if file_note_fits(
+        proc.file_entries, proc.vma_count, arch.word_size, arch.page_size, file_note_limit
+    ):
         file_desc = build_file_note(proc.file_entries, arch.word_size, arch.page_size)
 
     out = []
     for i, t in enumerate(threads):
         regs = t.regset(NT_PRSTATUS)
         fpvalid = t.regset(NT_PRFPREG) is not None
-        out.append(note("CORE", NT_PRSTATUS, arch.build_prstatus(
-            tid=t.tid, ppid=proc.ppid, pgrp=proc.pgrp, sid=proc.sid, sigpend=t.sigpend,
-            sighold=t.sighold, utime=t.utime, stime=t.stime, cutime=proc.cutime,
-            cstime=proc.cstime, regs=regs, fpvalid=fpvalid)))
+        out.append(
+            note(
+                "CORE",
+                NT_PRSTATUS,
+                arch.build_prstatus(
+                    tid=t.tid,
+                    ppid=proc.ppid,
+                    pgrp=proc.pgrp,
+                    sid=proc.sid,
+                    sigpend=t.sigpend,
+                    sighold=t.sighold,
+                    utime=t.utime,
+                    stime=t.stime,
+                    cutime=proc.cutime,
+                    cstime=proc.cstime,
+                    regs=regs,
+                    fpvalid=fpvalid,
+                ),
+            )
+        )
         if i == 0:
             out.append(note("CORE", NT_PRPSINFO, prpsinfo))
             out.append(note("CORE", NT_SIGINFO, b"\0" * SIGINFO_SIZE))

@@ -3,6 +3,7 @@
 Field names follow the ELF specification; values come from
 include/uapi/linux/elf.h and the System V ABI.
 """
+
 import struct
 from collections import namedtuple
 from dataclasses import dataclass
@@ -66,20 +67,35 @@ class ElfClass:
     def word_size(self):
         return 8 if self.elfclass == ELFCLASS64 else 4
 
-    def pack_ehdr(self, *, e_machine, e_phoff, e_phnum, e_shoff=0, e_shnum=0,
-                  e_shentsize=0, e_shstrndx=0):
+    def pack_ehdr(
+        self, *, e_machine, e_phoff, e_phnum, e_shoff=0, e_shnum=0, e_shentsize=0, e_shstrndx=0
+    ):
         ident = b"\x7fELF" + bytes([self.elfclass, ELFDATA2LSB, EV_CURRENT, 0, 0]) + b"\0" * 7
-        return self.ehdr.pack(ident, ET_CORE, e_machine, EV_CURRENT, 0, e_phoff, e_shoff, 0,
-                              self.ehdr.size, self.phdr.size, e_phnum, e_shentsize,
-                              e_shnum, e_shstrndx)
+        return self.ehdr.pack(
+            ident,
+            ET_CORE,
+            e_machine,
+            EV_CURRENT,
+            0,
+            e_phoff,
+            e_shoff,
+            0,
+            self.ehdr.size,
+            self.phdr.size,
+            e_phnum,
+            e_shentsize,
+            e_shnum,
+            e_shstrndx,
+        )
 
-    def pack_phdr(self, p_type, p_flags, p_offset, p_vaddr, p_filesz, p_memsz, p_align,
-                  p_paddr=0):
+    def pack_phdr(self, p_type, p_flags, p_offset, p_vaddr, p_filesz, p_memsz, p_align, p_paddr=0):
         if self.elfclass == ELFCLASS64:
-            return self.phdr.pack(p_type, p_flags, p_offset, p_vaddr, p_paddr, p_filesz,
-                                  p_memsz, p_align)
-        return self.phdr.pack(p_type, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz,
-                              p_flags, p_align)
+            return self.phdr.pack(
+                p_type, p_flags, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_align
+            )
+        return self.phdr.pack(
+            p_type, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_flags, p_align
+        )
 
     def unpack_phdr(self, data, offset=0):
         """A Phdr (the field order differs between the classes)."""
@@ -91,9 +107,22 @@ class ElfClass:
 
     def unpack_ehdr(self, data):
         """{field: value} of an ELF header."""
-        names = ("e_ident", "e_type", "e_machine", "e_version", "e_entry", "e_phoff",
-                 "e_shoff", "e_flags", "e_ehsize", "e_phentsize", "e_phnum", "e_shentsize",
-                 "e_shnum", "e_shstrndx")
+        names = (
+            "e_ident",
+            "e_type",
+            "e_machine",
+            "e_version",
+            "e_entry",
+            "e_phoff",
+            "e_shoff",
+            "e_flags",
+            "e_ehsize",
+            "e_phentsize",
+            "e_phnum",
+            "e_shentsize",
+            "e_shnum",
+            "e_shstrndx",
+        )
         return dict(zip(names, self.ehdr.unpack_from(data)))
 
     def pack_shdr_xnum(self, real_phnum):
@@ -128,11 +157,15 @@ def _pad4(n):
 def note(name, n_type, desc):
     """One note record: Nhdr, name (NUL, padded to 4), desc (padded to 4)."""
     nm = name.encode() + b"\0"
-    return b"".join((
-        NHDR.pack(len(nm), len(desc), n_type),
-        nm, b"\0" * (_pad4(len(nm)) - len(nm)),
-        desc, b"\0" * (_pad4(len(desc)) - len(desc)),
-    ))
+    return b"".join(
+        (
+            NHDR.pack(len(nm), len(desc), n_type),
+            nm,
+            b"\0" * (_pad4(len(nm)) - len(nm)),
+            desc,
+            b"\0" * (_pad4(len(desc)) - len(desc)),
+        )
+    )
 
 
 def iter_notes(data):
@@ -141,7 +174,7 @@ def iter_notes(data):
     while off + NHDR.size <= len(data):
         namesz, descsz, ntype = NHDR.unpack_from(data, off)
         off += NHDR.size
-        name = data[off:off + namesz].rstrip(b"\0").decode("ascii", "replace")
+        name = data[off : off + namesz].rstrip(b"\0").decode("ascii", "replace")
         off += _pad4(namesz)
-        yield name, ntype, data[off:off + descsz]
+        yield name, ntype, data[off : off + descsz]
         off += _pad4(descsz)

@@ -11,6 +11,7 @@ writes them with (elf/structs.py, arch/), so each layout is declared once.
         core.read_mem(addr, n)    bytes dumped at addr ("" where not dumped)
         core.prpsinfo(), core.auxv(), core.files(), core.snapcore_record()
 """
+
 import struct
 from dataclasses import dataclass
 
@@ -19,8 +20,15 @@ from elftools.elf.elffile import ELFFile
 
 from .. import metadata
 from ..arch import arch_for_machine
-from ..elf.structs import (ELF_BY_CLASS, NT_AUXV, NT_FILE, NT_PRPSINFO, NT_PRSTATUS,
-                           NT_SIGINFO, iter_notes)
+from ..elf.structs import (
+    ELF_BY_CLASS,
+    NT_AUXV,
+    NT_FILE,
+    NT_PRPSINFO,
+    NT_PRSTATUS,
+    NT_SIGINFO,
+    iter_notes,
+)
 from ..errors import CoreFormatError
 from ..procfs import auxv_map
 from .source import SourceFile, open_source
@@ -32,11 +40,12 @@ PT_NOTE = "PT_NOTE"
 @dataclass
 class CoreThread:
     """One NT_PRSTATUS: a thread as the core holds it."""
+
     tid: int
     cursig: int
     sigpend: int
     sighold: int
-    regs: dict                  # register name -> value (arch.reg_names)
+    regs: dict  # register name -> value (arch.reg_names)
     pc: int
     sp: int
 
@@ -66,7 +75,8 @@ class CoreReader:
             self.word = struct.Struct("<Q" if elf.elfclass == 64 else "<I")
             self.e_machine = elf.header["e_machine"]
             machine = {"EM_X86_64": 62, "EM_386": 3, "EM_AARCH64": 183}.get(
-                self.e_machine, self.e_machine)
+                self.e_machine, self.e_machine
+            )
             self.arch = arch_for_machine(machine)
             self.has_sections = elf.num_sections() > 0
             self.loads = []
@@ -74,13 +84,21 @@ class CoreReader:
             try:
                 for seg in elf.iter_segments():
                     if seg["p_type"] == PT_LOAD:
-                        self.loads.append(Load(seg["p_vaddr"], seg["p_memsz"], seg["p_filesz"],
-                                               seg["p_offset"], seg["p_flags"]))
+                        self.loads.append(
+                            Load(
+                                seg["p_vaddr"],
+                                seg["p_memsz"],
+                                seg["p_filesz"],
+                                seg["p_offset"],
+                                seg["p_flags"],
+                            )
+                        )
                     elif seg["p_type"] == PT_NOTE:
                         data = self.source.read_at(seg["p_offset"], seg["p_filesz"])
                         if len(data) < seg["p_filesz"]:
-                            raise CoreFormatError(path, "truncated: the notes end past the "
-                                                        "end of the file")
+                            raise CoreFormatError(
+                                path, "truncated: the notes end past the end of the file"
+                            )
                         self.notes.extend(iter_notes(data))
             except (ELFError, struct.error) as exc:
                 raise CoreFormatError(path, f"malformed program headers ({exc})") from None
@@ -112,12 +130,23 @@ class CoreReader:
             if name != "CORE" or t != NT_PRSTATUS or arch is None:
                 continue
             if len(desc) < arch.prstatus.size:
-                raise CoreFormatError(self.path, f"an NT_PRSTATUS of {len(desc)} bytes "
-                                                 f"(expected {arch.prstatus.size})")
+                raise CoreFormatError(
+                    self.path,
+                    f"an NT_PRSTATUS of {len(desc)} bytes (expected {arch.prstatus.size})",
+                )
             f = arch.prstatus.unpack_from(desc)
             regs = arch.regs(f[18])
-            out.append(CoreThread(tid=f[6], cursig=f[3], sigpend=f[4], sighold=f[5],
-                                  regs=regs, pc=regs[arch.pc_reg], sp=regs[arch.sp_reg]))
+            out.append(
+                CoreThread(
+                    tid=f[6],
+                    cursig=f[3],
+                    sigpend=f[4],
+                    sighold=f[5],
+                    regs=regs,
+                    pc=regs[arch.pc_reg],
+                    sp=regs[arch.sp_reg],
+                )
+            )
         return out
 
     def prpsinfo(self):
@@ -125,11 +154,21 @@ class CoreReader:
         desc = self.note("CORE", NT_PRPSINFO)
         if desc is None or self.arch is None or len(desc) < self.arch.prpsinfo.size:
             return None
-        (state, sname, _, _, _, uid, gid, pid, ppid, pgrp, sid, fname,
-         psargs) = self.arch.prpsinfo.unpack_from(desc)
-        return dict(state=state, sname=sname.decode("ascii", "replace"), uid=uid, gid=gid,
-                    pid=pid, ppid=ppid, pgrp=pgrp, sid=sid, fname=_cstr(fname),
-                    psargs=_cstr(psargs).rstrip())
+        (state, sname, _, _, _, uid, gid, pid, ppid, pgrp, sid, fname, psargs) = (
+            self.arch.prpsinfo.unpack_from(desc)
+        )
+        return dict(
+            state=state,
+            sname=sname.decode("ascii", "replace"),
+            uid=uid,
+            gid=gid,
+            pid=pid,
+            ppid=ppid,
+            pgrp=pgrp,
+            sid=sid,
+            fname=_cstr(fname),
+            psargs=_cstr(psargs).rstrip(),
+        )
 
     def auxv(self):
         desc = self.note("CORE", NT_AUXV) or b""

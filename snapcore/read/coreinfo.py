@@ -24,6 +24,7 @@ README.md).  Addresses and sizes are integers; absent facts are null.
     snapcore    the SNAPCORE note's record (see snapcore/metadata.py) or null
     warnings    [text]
 """
+
 import bisect
 import io
 import os
@@ -31,8 +32,17 @@ import signal as _signal
 
 from elftools.elf.elffile import ELFFile
 
-from ..elf.structs import (AT_ENTRY, AT_EXECFN, AT_PHDR, AT_SYSINFO_EHDR, ELF_BY_CLASS, ELFMAG,
-                           NT_GNU_BUILD_ID, PT_NOTE, iter_notes)
+from ..elf.structs import (
+    AT_ENTRY,
+    AT_EXECFN,
+    AT_PHDR,
+    AT_SYSINFO_EHDR,
+    ELF_BY_CLASS,
+    ELFMAG,
+    NT_GNU_BUILD_ID,
+    PT_NOTE,
+    iter_notes,
+)
 from .core import CoreReader
 
 SCHEMA = "snapcore-info/1"
@@ -70,7 +80,7 @@ def build_id_from_image(page):
         ph = elf.unpack_phdr(page, off)
         if ph.p_type != PT_NOTE:
             continue
-        for name, ntype, desc in iter_notes(page[ph.p_offset:ph.p_offset + ph.p_filesz]):
+        for name, ntype, desc in iter_notes(page[ph.p_offset : ph.p_offset + ph.p_filesz]):
             if ntype == NT_GNU_BUILD_ID and name == "GNU" and desc:
                 return bytes(desc).hex()
     return None
@@ -80,8 +90,11 @@ class _Symbols:
     """Function symbols of one ELF image, and file offset -> address."""
 
     def __init__(self, elf, debug_elf=None):
-        self.loads = [(s["p_offset"], s["p_filesz"], s["p_vaddr"])
-                      for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
+        self.loads = [
+            (s["p_offset"], s["p_filesz"], s["p_vaddr"])
+            for s in elf.iter_segments()
+            if s["p_type"] == "PT_LOAD"
+        ]
         syms = {}
         for image in (debug_elf, elf):
             if image is None:
@@ -163,14 +176,34 @@ def _report(core, want_symbols):
         snap = None
 
     # -- process
-    process = dict(pid=None, ppid=None, pgrp=None, sid=None, uid=None, gid=None, comm=None,
-                   psargs=None, cmdline=None, executable=None, state=None, signal=None,
-                   signal_name=None)
+    process = dict(
+        pid=None,
+        ppid=None,
+        pgrp=None,
+        sid=None,
+        uid=None,
+        gid=None,
+        comm=None,
+        psargs=None,
+        cmdline=None,
+        executable=None,
+        state=None,
+        signal=None,
+        signal_name=None,
+    )
     ps = core.prpsinfo()
     if ps is not None:
-        process.update(pid=ps["pid"], ppid=ps["ppid"], pgrp=ps["pgrp"], sid=ps["sid"],
-                       uid=ps["uid"], gid=ps["gid"], comm=ps["fname"], psargs=ps["psargs"],
-                       state=ps["sname"])
+        process.update(
+            pid=ps["pid"],
+            ppid=ps["ppid"],
+            pgrp=ps["pgrp"],
+            sid=ps["sid"],
+            uid=ps["uid"],
+            gid=ps["gid"],
+            comm=ps["fname"],
+            psargs=ps["psargs"],
+            state=ps["sname"],
+        )
     aux = core.auxv()
     page_size, files = core.files()
 
@@ -181,10 +214,20 @@ def _report(core, want_symbols):
         return None
 
     # -- threads
-    threads = [dict(tid=t.tid, name=None, state=None, pc=t.pc, sp=t.sp, symbol=None,
-                    signal=t.cursig or None, signal_name=_signal_name(t.cursig),
-                    current=i == 0)
-               for i, t in enumerate(core.threads())]
+    threads = [
+        dict(
+            tid=t.tid,
+            name=None,
+            state=None,
+            pc=t.pc,
+            sp=t.sp,
+            symbol=None,
+            signal=t.cursig or None,
+            signal_name=_signal_name(t.cursig),
+            current=i == 0,
+        )
+        for i, t in enumerate(core.threads())
+    ]
     if threads and threads[0]["signal"]:
         process["signal"] = threads[0]["signal"]
         process["signal_name"] = threads[0]["signal_name"]
@@ -209,23 +252,32 @@ def _report(core, want_symbols):
         elif aux.get(AT_EXECFN):
             raw = core.read_mem(aux[AT_EXECFN], 4096)
             if raw:
-                process["executable"] = raw.split(b"\0", 1)[0].decode("utf-8",
-                                                                     "surrogateescape")
+                process["executable"] = raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
 
     # -- mappings
     mappings = []
     for ld in core.loads:
         f = file_at(ld.vaddr)
-        mappings.append(dict(start=ld.vaddr, end=ld.vaddr + ld.memsz, size=ld.memsz,
-                             dumped=ld.filesz, perms=_perms(ld.flags),
-                             file=f[3] if f else None,
-                             offset=(f[2] * page_size + ld.vaddr - f[0]) if f else None))
-    memory = dict(mapped=sum(m["size"] for m in mappings),
-                  dumped=sum(m["dumped"] for m in mappings), mappings=len(mappings))
+        mappings.append(
+            dict(
+                start=ld.vaddr,
+                end=ld.vaddr + ld.memsz,
+                size=ld.memsz,
+                dumped=ld.filesz,
+                perms=_perms(ld.flags),
+                file=f[3] if f else None,
+                offset=(f[2] * page_size + ld.vaddr - f[0]) if f else None,
+            )
+        )
+    memory = dict(
+        mapped=sum(m["size"] for m in mappings),
+        dumped=sum(m["dumped"] for m in mappings),
+        mappings=len(mappings),
+    )
 
     # -- modules: every ELF image start (NT_FILE at offset 0, and [vdso])
     modules = []
-    images = {}             # start -> (end, pyelftools ELF or None, symbols cache key)
+    images = {}  # start -> (end, pyelftools ELF or None, symbols cache key)
     starts = [(s, name) for s, e, pg, name in files if pg == 0]
     vdso = aux.get(AT_SYSINFO_EHDR)
     if vdso and not any(s == vdso for s, _ in starts):
@@ -257,13 +309,21 @@ def _report(core, want_symbols):
             continue
         matches = None if in_core is None or on_disk is None else in_core == on_disk
         if matches is False:
-            warnings.append(f"{name} was replaced since the core was written "
-                            "(build-ids differ); its symbols are not used")
+            warnings.append(
+                f"{name} was replaced since the core was written "
+                "(build-ids differ); its symbols are not used"
+            )
             elf = None
-        modules.append(dict(start=start, file=name, build_id=in_core or on_disk,
-                            build_id_source="core" if in_core else ("file" if on_disk
-                                                                    else None),
-                            file_build_id=on_disk, matches=matches))
+        modules.append(
+            dict(
+                start=start,
+                file=name,
+                build_id=in_core or on_disk,
+                build_id_source="core" if in_core else ("file" if on_disk else None),
+                file_build_id=on_disk,
+                matches=matches,
+            )
+        )
         images[start] = (name, elf, in_core or on_disk)
 
     # -- symbols for the pcs
@@ -279,13 +339,18 @@ def _report(core, want_symbols):
         file_size = os.path.getsize(core.path)
     except OSError:
         file_size = None
-    producer = "snapcore" if snap is not None else (
-        "gcore" if core.has_sections else "kernel")
+    producer = "snapcore" if snap is not None else ("gcore" if core.has_sections else "kernel")
     return {
         "schema": SCHEMA,
-        "core": dict(path=core.path, compressed=compressed, file_size=file_size,
-                     core_size=core.source.size, arch=arch, segments=len(core.loads),
-                     producer=producer),
+        "core": dict(
+            path=core.path,
+            compressed=compressed,
+            file_size=file_size,
+            core_size=core.source.size,
+            arch=arch,
+            segments=len(core.loads),
+            producer=producer,
+        ),
         "process": process,
         "threads": threads,
         "memory": memory,

@@ -7,10 +7,12 @@
 A .zst core is never decompressed to disk: reads go forward through the
 stream with a small cache of the blocks asked for.
 """
+
 import io
 import os
 
-from ..errors import CoreFormatError, MissingDependency
+from .._optional import zstandard
+from ..errors import CoreFormatError
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
@@ -36,6 +38,7 @@ class ZstdSource:
     the reads ``info`` makes go mostly forward (header, notes, then ELF
     headers in address order), so that is rare.
     """
+
     compressed = "zstd"
     BLOCK = 1 << 16
 
@@ -60,8 +63,7 @@ class ZstdSource:
         if self.f is not None:
             self.f.close()
         self.f = open(self.path, "rb")
-        self.reader = self.zstd.ZstdDecompressor().stream_reader(self.f,
-                                                                 read_across_frames=True)
+        self.reader = self.zstd.ZstdDecompressor().stream_reader(self.f, read_across_frames=True)
         self.pos = 0
 
     def _read(self, n):
@@ -104,7 +106,7 @@ class ZstdSource:
         while length > 0:
             i, rel = divmod(offset, self.BLOCK)
             block = self._block(i)
-            piece = block[rel:rel + length]
+            piece = block[rel : rel + length]
             if not piece:
                 break
             out.append(piece)
@@ -116,20 +118,12 @@ class ZstdSource:
         self.f.close()
 
 
-def _zstandard(feature):
-    try:
-        import zstandard
-    except ImportError:
-        raise MissingDependency(feature, "zstandard", "zstd") from None
-    return zstandard
-
-
 def open_source(path):
     """A reader for a plain or zstd core (detected by content, not by name)."""
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic == ZSTD_MAGIC:
-        return ZstdSource(path, _zstandard("reading a .zst core"))
+        return ZstdSource(path, zstandard("reading a .zst core"))
     return PlainSource(path)
 
 
@@ -167,5 +161,5 @@ class SourceFile(io.RawIOBase):
 
     def readinto(self, b):
         data = self.read(len(b))
-        b[:len(data)] = data
+        b[: len(data)] = data
         return len(data)

@@ -5,6 +5,7 @@ hung tree was.  Nothing here is required: without the tools, no summary.
 
     summarize(core, exe, python) -> ("pystack", ["thread 123: inner (f.py:3) <- outer (f.py:9)"])
 """
+
 import os
 import re
 import shlex
@@ -24,7 +25,7 @@ _GDB_FRAME = re.compile(r"^#\d+\s+(?:0x[0-9a-f]+ in )?(\S+) \(.*?\)(?: (?:at|fro
 def shown_cmdline(argv, limit=80):
     """argv as a shell would take it, on one line, cut to limit characters."""
     text = " ".join(shlex.quote(a) for a in argv).replace("\n", "\\n")
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def pystack_path():
@@ -41,8 +42,9 @@ def available():
 
 def _run(argv):
     try:
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=TOOL_TIMEOUT,
-                           stdin=subprocess.DEVNULL)
+        p = subprocess.run(
+            argv, capture_output=True, text=True, timeout=TOOL_TIMEOUT, stdin=subprocess.DEVNULL
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return p.stdout
@@ -67,7 +69,7 @@ def python_stacks(core, exe=None):
         if m and cur is not None:
             cur.append((m.group(3), m.group(1), int(m.group(2))))
     for tid in stacks:
-        stacks[tid].reverse()                # pystack prints the outermost first
+        stacks[tid].reverse()  # pystack prints the outermost first
     return stacks or None
 
 
@@ -76,8 +78,15 @@ def native_stacks(core, exe=None):
     gdb = shutil.which("gdb")
     if not gdb:
         return None
-    argv = [gdb, "-nx", "-batch", "-ex", "set debuginfod enabled off",
-            "-ex", f"thread apply all bt {MAX_FRAMES}"]
+    argv = [
+        gdb,
+        "-nx",
+        "-batch",
+        "-ex",
+        "set debuginfod enabled off",
+        "-ex",
+        f"thread apply all bt {MAX_FRAMES}",
+    ]
     argv += [exe, core] if exe and os.path.exists(exe) else ["-c", core]
     out = _run(argv)
     if out is None:
@@ -114,13 +123,16 @@ def _pick(frames, max_frames):
     if not frames:
         return []
     picked = [frames[0]]
-    own = [f for f in frames[1:]
-           if f[2] is None or not (_LIBRARY.search(f[1]) or f[1].startswith(_SNAPCORE))]
+    own = [
+        f
+        for f in frames[1:]
+        if f[2] is None or not (_LIBRARY.search(f[1]) or f[1].startswith(_SNAPCORE))
+    ]
     if not own:
         own = frames[1:]
-    for f in own[:max_frames - 1]:
+    for f in own[: max_frames - 1]:
         if frames.index(f) > frames.index(picked[-1]) + 1:
-            picked.append(None)                  # frames left out
+            picked.append(None)  # frames left out
         picked.append(f)
     if frames.index(picked[-1]) < len(frames) - 1:
         picked.append(None)
@@ -149,8 +161,9 @@ def summarize(core, exe=None, python=False, max_frames=MAX_FRAMES):
             picked = _pick(frames, max_frames)
         else:
             picked = frames[:max_frames] + ([None] if len(frames) > max_frames else [])
-        lines.append(f"thread {tid}: " + " <- ".join("..." if f is None else _frame(*f)
-                                                     for f in picked))
+        lines.append(
+            f"thread {tid}: " + " <- ".join("..." if f is None else _frame(*f) for f in picked)
+        )
     return source, lines
 
 

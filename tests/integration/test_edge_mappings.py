@@ -4,12 +4,14 @@ test_kernel_diff.py compares these same mappings with the kernel's own core;
 here each one is checked against what the target wrote (tests/helpers.py
 edge_pattern mirrors mt.c fill()) and against what gdb reads from the core.
 """
+
 import os
 import re
 
 import pytest
 
 import snapcore
+
 from coreparse import Core
 from helpers import assert_runs_on, edge_pattern, gdb_batch, target_path
 
@@ -61,9 +63,10 @@ def test_edge_mappings_in_the_core(edge, tmp_path):
 
         # shared anonymous, memfd and a deleted file: shared with i_nlink 0, dumped whole
         for key, seed, name in (
-                ("shared_anon", 3, b"/dev/zero (deleted)"),
-                ("memfd", 4, b"/memfd:snapcore-memfd (deleted)"),
-                ("deleted", 5, f"{edge.files}/deleted-file (deleted)".encode())):
+            ("shared_anon", 3, b"/dev/zero (deleted)"),
+            ("memfd", 4, b"/memfd:snapcore-memfd (deleted)"),
+            ("deleted", 5, f"{edge.files}/deleted-file (deleted)".encode()),
+        ):
             ld = c.load_at(info[key])
             assert (ld.memsz, ld.filesz) == (2 * pg, 2 * pg), key
             assert c.read(ld.vaddr, 2 * pg) == edge_pattern(seed, 2 * pg), key
@@ -75,7 +78,7 @@ def test_edge_mappings_in_the_core(edge, tmp_path):
         file_bytes = edge_pattern(6, 3 * pg)
         assert c.read(ld.vaddr, pg) == file_bytes[:pg]
         assert c.read(ld.vaddr + pg, pg) == edge_pattern(7, pg)
-        assert c.read(ld.vaddr + 2 * pg, pg) == file_bytes[2 * pg:]
+        assert c.read(ld.vaddr + 2 * pg, pg) == file_bytes[2 * pg :]
 
         # the main thread's blocked and pending SIGUSR1, in its NT_PRSTATUS
         main = c.threads[0]
@@ -113,16 +116,15 @@ def test_coredump_filter_changes_are_honoured(edge, tmp_path):
     with snap(edge, tmp_path / "c31") as c:
         for key in ("shared_anon", "memfd", "deleted"):
             assert c.load_at(info[key]).filesz == 0, key
-        assert c.load_at(info["prot_none"]).filesz == 2 * pg      # private anon still on
+        assert c.load_at(info["prot_none"]).filesz == 2 * pg  # private anon still on
         exe_first = [e for e in c.file_note()[1] if e[3] == edge.exe.encode()][0][0]
-        assert c.load_at(exe_first).filesz == pg                 # ELF header page (bit 4)
+        assert c.load_at(exe_first).filesz == pg  # ELF header page (bit 4)
     # 0x3f: file-backed shared and private on -> the odd-named file and libc text dumped
     set_filter(0x3F)
     with snap(edge, tmp_path / "c3f") as c:
         ld = c.load_at(info["odd_name"])
         assert ld.filesz == pg and c.read(ld.vaddr, pg) == edge_pattern(8, pg)
-        text = [e for e in c.file_note()[1]
-                if b"libc.so" in e[3] and c.load_at(e[0]).flags & PF_X]
+        text = [e for e in c.file_note()[1] if b"libc.so" in e[3] and c.load_at(e[0]).flags & PF_X]
         assert text and all(c.load_at(e[0]).filesz == e[1] - e[0] for e in text)
     # 0x23: the ELF header bit off -> not even the executable's first page
     set_filter(0x23)
@@ -133,7 +135,7 @@ def test_coredump_filter_changes_are_honoured(edge, tmp_path):
         assert c.load_at(info["shared_anon"]).filesz == 2 * pg
         assert c.load_at(exe_first).filesz == pg
     with open(filter_path) as f:
-        assert int(f.read(), 16) == 0x23                         # left as the target had it
+        assert int(f.read(), 16) == 0x23  # left as the target had it
     assert_runs_on(edge)
 
 
@@ -158,7 +160,7 @@ def test_special_mappings_as_the_kernel_writes_them(edge, tmp_path):
         try:
             for name in ("[vvar]", "[vvar_vclock]"):
                 if name not in special:
-                    continue                       # older kernels have no [vvar_vclock]
+                    continue  # older kernels have no [vvar_vclock]
                 start, end = special[name]
                 ld = c.load_at(start)
                 assert (ld.vaddr, ld.memsz, ld.filesz) == (start, end - start, end - start)
@@ -166,12 +168,12 @@ def test_special_mappings_as_the_kernel_writes_them(edge, tmp_path):
                 try:
                     data_at = os.lseek(fd, ld.offset, os.SEEK_DATA)
                 except OSError:
-                    data_at = c.size                # no data after it at all
+                    data_at = c.size  # no data after it at all
                 assert data_at >= ld.offset + ld.filesz, name
         finally:
             os.close(fd)
         if edge.argv[0].endswith("mt32"):
-            assert "[vsyscall]" not in special      # no gate VMA in an ia32 process
+            assert "[vsyscall]" not in special  # no gate VMA in an ia32 process
         else:
             start, end = special["[vsyscall]"]
             ld = c.loads[-1]

@@ -1,4 +1,5 @@
 """Each error of the API produced by a real situation, and the CLI's answer to it."""
+
 import os
 import pickle
 import signal
@@ -17,13 +18,14 @@ def _import_everything():
     to read the source tree (a clean clone in a 0700 temporary directory)."""
     import importlib
     import pkgutil
+
     for m in pkgutil.walk_packages(snapcore.__path__, "snapcore."):
         if m.name != "snapcore.__main__":
             importlib.import_module(m.name)
 
 
 _import_everything()
-from helpers import assert_runs_on, have, snapcore_cli, task_states
+from helpers import assert_runs_on, have, snapcore_cli, task_states  # noqa: E402
 
 NOBODY = 65534
 
@@ -165,12 +167,14 @@ def test_kernel_thread(tmp_path):
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to nobody")
 def test_access_denied_as_nobody(mt, tmp_path):
     import tempfile
-    shared = tempfile.mkdtemp(prefix="snapcore-nobody-")   # reachable by nobody
+
+    shared = tempfile.mkdtemp(prefix="snapcore-nobody-")  # reachable by nobody
     os.chmod(shared, 0o777)
     try:
         _access_denied_as_nobody(mt, shared)
     finally:
         import shutil
+
         shutil.rmtree(shared, ignore_errors=True)
 
 
@@ -187,6 +191,7 @@ def _access_denied_as_nobody(mt, tmp_path):
     def cli():
         import contextlib
         import io
+
         main = snapcore.cli.main
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
@@ -205,7 +210,9 @@ def _access_denied_as_nobody(mt, tmp_path):
 def test_already_traced_names_the_tracer(mt, tmp_path):
     gdb = subprocess.Popen(
         ["gdb", "-nx", "-batch", "-p", str(mt.pid), "-ex", "shell sleep 3"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 20
         while task_states(mt.pid)[mt.pid][1] == 0:

@@ -1,4 +1,5 @@
 """End to end: a real multi-threaded target, snapshotted, read by real tools."""
+
 import os
 import re
 import signal
@@ -6,9 +7,22 @@ import signal
 import pytest
 
 import snapcore
-from helpers import (assert_runs_on, core_loads, gdb_batch, gdb_live_registers,
-                     have, pattern_buf, pattern_half, prstatus_regs, raw_notes, read_core_memory,
-                     run, target_path, wait_all_stopped)
+
+from helpers import (
+    assert_runs_on,
+    core_loads,
+    gdb_batch,
+    gdb_live_registers,
+    have,
+    pattern_buf,
+    pattern_half,
+    prstatus_regs,
+    raw_notes,
+    read_core_memory,
+    run,
+    target_path,
+    wait_all_stopped,
+)
 
 THREAD_FUNCS = ("command_loop", "sleeper_thread", "cond_waiter_thread", "pipe_reader_thread")
 MARKER = 0x5EED5EED12345678
@@ -23,8 +37,7 @@ def snap(mt, tmp_path):
 
 
 def test_gdb_shows_every_thread_and_the_global(mt, snap):
-    p = gdb_batch(target_path("mt"), snap.path, "thread apply all bt",
-                  "print/x snapcore_marker")
+    p = gdb_batch(target_path("mt"), snap.path, "thread apply all bt", "print/x snapcore_marker")
     out = p.stdout
     for fn in THREAD_FUNCS:
         assert re.search(rf"\b{fn} \(", out), f"{fn} missing from gdb backtraces:\n{out}"
@@ -38,12 +51,12 @@ def test_gdb_shows_every_thread_and_the_global(mt, snap):
 def test_result_describes_the_snapshot(mt, snap):
     assert snap.pid == mt.pid
     assert sorted(snap.tids) == sorted(mt.info["tids"])
-    assert snap.tids[0] == mt.pid                     # the main thread is the current one
+    assert snap.tids[0] == mt.pid  # the main thread is the current one
     assert snap.arch == "x86_64"
     st = os.stat(snap.path)
     assert st.st_size == snap.file_size
     assert st.st_mode & 0o777 == 0o600
-    assert snap.bytes_on_disk < snap.file_size        # sparse: untouched memory is holes
+    assert snap.bytes_on_disk < snap.file_size  # sparse: untouched memory is holes
     assert snap.segments == len(core_loads(snap.path))
     assert 0 < snap.pause_time <= snap.wall_time
 
@@ -56,7 +69,7 @@ def test_registers_equal_the_live_stopped_threads(spawn, tmp_path):
     try:
         wait_all_stopped(t.pid)
         s = snapcore.snapshot(t.pid, tmp_path / "core")
-        wait_all_stopped(t.pid)           # a job-control-stopped process stays stopped
+        wait_all_stopped(t.pid)  # a job-control-stopped process stays stopped
         live = gdb_live_registers(t.pid, target_path("mt"))
         wait_all_stopped(t.pid)
     finally:
@@ -68,8 +81,22 @@ def test_registers_equal_the_live_stopped_threads(spawn, tmp_path):
             core[tid] = regs
     assert set(core) == set(live) == set(t.info["tids"])
     for tid, regs in core.items():
-        for reg in ("rip", "rsp", "rbp", "rbx", "r12", "r13", "r14", "r15", "rax", "rdi",
-                    "rsi", "rdx", "eflags", "fs_base"):
+        for reg in (
+            "rip",
+            "rsp",
+            "rbp",
+            "rbx",
+            "r12",
+            "r13",
+            "r14",
+            "r15",
+            "rax",
+            "rdi",
+            "rsi",
+            "rdx",
+            "eflags",
+            "fs_base",
+        ):
             assert regs[reg] == live[tid][reg], (tid, reg, hex(regs[reg]), hex(live[tid][reg]))
     assert_runs_on(t)
 
@@ -98,8 +125,13 @@ def test_notes_have_the_kernel_sizes_and_order(mt, snap):
     notes = raw_notes(snap.path)
     kinds = [(n, t) for n, t, _ in notes]
     # T0: PRSTATUS, PRPSINFO, SIGINFO, AUXV, FILE, then its FP/XSTATE notes
-    assert kinds[:5] == [("CORE", 1), ("CORE", 3), ("CORE", 0x53494749), ("CORE", 6),
-                         ("CORE", 0x46494C45)]
+    assert kinds[:5] == [
+        ("CORE", 1),
+        ("CORE", 3),
+        ("CORE", 0x53494749),
+        ("CORE", 6),
+        ("CORE", 0x46494C45),
+    ]
     sizes = {1: 336, 3: 136, 0x53494749: 128, 2: 512}
     for name, ntype, desc in notes:
         if ntype in sizes and name == "CORE":
@@ -108,7 +140,7 @@ def test_notes_have_the_kernel_sizes_and_order(mt, snap):
     assert len(prstatus) == len(mt.info["tids"])
     # every PRSTATUS is followed by that thread's FP registers before the next one
     per_thread = []
-    for n, t, d in notes:
+    for n, t, _d in notes:
         if (n, t) == ("CORE", 1):
             per_thread.append([])
         elif per_thread:
@@ -128,6 +160,7 @@ def test_notes_have_the_kernel_sizes_and_order(mt, snap):
 
 def test_pyelftools_framing(snap):
     from elftools.elf.elffile import ELFFile
+
     with open(snap.path, "rb") as f:
         elf = ELFFile(f)
         assert elf.header["e_type"] == "ET_CORE"
@@ -146,15 +179,14 @@ def test_pyelftools_framing(snap):
             assert s["p_filesz"] in (0, 4096, s["p_memsz"])
             assert s["p_offset"] + s["p_filesz"] <= size
             if running is not None:
-                assert s["p_offset"] == running       # back to back, even when empty
+                assert s["p_offset"] == running  # back to back, even when empty
             running = s["p_offset"] + s["p_filesz"]
         assert running == size
 
 
 def test_known_buffers_hold_what_the_target_wrote(mt, snap):
     info = mt.info
-    assert read_core_memory(snap.path, info["buf"], info["buf_len"]) == pattern_buf(
-        info["buf_len"])
+    assert read_core_memory(snap.path, info["buf"], info["buf_len"]) == pattern_buf(info["buf_len"])
     touched = info["half_len"] // 4
     data = read_core_memory(snap.path, info["half"], info["half_len"])
     assert data[:touched] == pattern_half(touched)
@@ -173,12 +205,14 @@ def test_known_buffers_hold_what_the_target_wrote(mt, snap):
 
 def test_untouched_memory_is_not_committed(mt, tmp_path):
     """Reading the 3 untouched MiB must not fault them into the target."""
+
     def rss_of_half():
         with open(f"/proc/{mt.pid}/smaps") as f:
             text = f.read()
         start = f"{mt.info['half']:x}-"
-        block = text[text.index(start):]
+        block = text[text.index(start) :]
         return int(re.search(r"^Rss:\s+(\d+) kB", block, re.M).group(1))
+
     before = rss_of_half()
     snapcore.snapshot(mt.pid, tmp_path / "core")
     assert rss_of_half() == before
@@ -198,8 +232,9 @@ def test_other_link_modes_give_backtraces(spawn, tmp_path, exe):
     t = spawn(exe)
     t.wait_blocked()
     s = snapcore.snapshot(t.pid, tmp_path / "core")
-    out = gdb_batch(target_path(exe), s.path, "thread apply all bt",
-                    "print/x snapcore_marker").stdout
+    out = gdb_batch(
+        target_path(exe), s.path, "thread apply all bt", "print/x snapcore_marker"
+    ).stdout
     for fn in THREAD_FUNCS:
         assert fn in out, out
     assert f"= {MARKER:#x}" in out

@@ -14,6 +14,7 @@ kernel writes ``core`` in its cwd.  The two cores must agree on
 except for the differences in ``ALLOWED`` below: the one list of them (the
 README's "Compatibility" section repeats it, and a test keeps the two in step).
 """
+
 import os
 import re
 import signal
@@ -22,30 +23,38 @@ import struct
 import pytest
 
 import snapcore
+
 from coreparse import NT_AUXV, NT_FILE, NT_SIGINFO, NT_X86_XSAVE_LAYOUT, PT_LOAD, PT_NOTE, Core
-from helpers import (ROOT, assert_runs_on, edge_pattern, gdb_batch, run,
-                     snapshot_then_kernel_core, target_path)
+from helpers import (
+    ROOT,
+    assert_runs_on,
+    edge_pattern,
+    gdb_batch,
+    run,
+    snapshot_then_kernel_core,
+    target_path,
+)
 
 PF_DUMPCORE, PF_SIGNALED = 0x200, 0x400
 
 # Every way snapcore's core may differ from the kernel's, and why.  Nothing else may.
 ALLOWED = {
     "pr_info": "NT_PRSTATUS pr_info (si_signo): the kernel records the signal that killed "
-               "the process; a snapshot has none, so 0",
+    "the process; a snapshot has none, so 0",
     "pr_cursig": "NT_PRSTATUS pr_cursig: likewise the dumping signal, or 0",
     "pr_times": "NT_PRSTATUS pr_utime/pr_stime/pr_cutime/pr_cstime: the kernel's exact CPU "
-                "accounting at the dump; snapcore's /proc clock ticks at the snapshot",
+    "accounting at the dump; snapcore's /proc clock ticks at the snapshot",
     "pr_state": "NT_PRPSINFO pr_state/pr_sname: the kernel reports the dumping thread "
-                "running ('R'); snapcore the process's state before the freeze (e.g. 'S')",
+    "running ('R'); snapcore the process's state before the freeze (e.g. 'S')",
     "pr_flag": "NT_PRPSINFO pr_flag: PF_SIGNALED|PF_DUMPCORE are set in a dying process",
     "siginfo": "NT_SIGINFO: the dumping signal's siginfo; snapcore writes 128 zero bytes "
-               "(readers such as pystack then say the core was generated on demand)",
+    "(readers such as pystack then say the core was generated on demand)",
     "thread_order": "after the first thread, the kernel lists threads in the order they "
-                    "stopped for the dump; snapcore in TID order",
+    "stopped for the dump; snapcore in TID order",
     "snapcore_note": "snapcore adds one note after the kernel's, owner SNAPCORE (JSON "
-                     "metadata, which readers skip); PT_NOTE's p_filesz grows by its size, "
-                     "and the data, so every PT_LOAD's p_offset and the file size, move by "
-                     "the same whole number of pages",
+    "metadata, which readers skip); PT_NOTE's p_filesz grows by its size, "
+    "and the data, so every PT_LOAD's p_offset and the file size, move by "
+    "the same whole number of pages",
 }
 
 SNAPCORE_NOTE = ("SNAPCORE", 0x4D455441)
@@ -64,6 +73,7 @@ def differences(k, s):
             out.append((key, f"{what}: kernel {_short(kv)}, snapcore {_short(sv)}"))
 
     import dataclasses
+
     # snapcore's own note comes last; without it the layouts must be the kernel's
     def strip(core):
         notes = list(core.notes)
@@ -79,10 +89,14 @@ def differences(k, s):
         out.append(("snapcore_note", f"a SNAPCORE note of {extra} bytes more"))
     shift = (s.loads[0].offset - k.loads[0].offset) if k.loads and s.loads else 0
     if shift:
-        out.append(("snapcore_note" if extra and shift % 4096 == 0 else "program headers",
-                    f"data moved by {shift} bytes"))
-    ehdr_k, ehdr_s = bytearray(k.map[:k.ehdr_struct.size]), bytearray(s.map[:s.ehdr_struct.size])
-    if k.shdr0 is not None and s.shdr0 is not None:      # e_shoff follows the data
+        out.append(
+            (
+                "snapcore_note" if extra and shift % 4096 == 0 else "program headers",
+                f"data moved by {shift} bytes",
+            )
+        )
+    ehdr_k, ehdr_s = bytearray(k.map[: k.ehdr_struct.size]), bytearray(s.map[: s.ehdr_struct.size])
+    if k.shdr0 is not None and s.shdr0 is not None:  # e_shoff follows the data
         off = 40 if k.elfclass == 2 else 32
         fmt = "<Q" if k.elfclass == 2 else "<I"
         struct.pack_into(fmt, ehdr_s, off, struct.unpack_from(fmt, ehdr_s, off)[0] - shift)
@@ -100,17 +114,29 @@ def differences(k, s):
     # the bytes of every dumped page
     for kl, sl in zip(k.loads, s.loads):
         if (kl.vaddr, kl.filesz) != (sl.vaddr, sl.filesz):
-            continue                      # already reported with the program headers
+            continue  # already reported with the program headers
         kb, sb = k.load_bytes(kl), s.load_bytes(sl)
         if kb != sb:
-            pages = [kl.vaddr + o for o in range(0, kl.filesz, 4096)
-                     if kb[o:o + 4096] != sb[o:o + 4096]]
-            out.append(("memory", f"{len(pages)} page(s) differ in the PT_LOAD at "
-                                  f"{kl.vaddr:#x}, first at {pages[0]:#x}"))
+            pages = [
+                kl.vaddr + o
+                for o in range(0, kl.filesz, 4096)
+                if kb[o : o + 4096] != sb[o : o + 4096]
+            ]
+            out.append(
+                (
+                    "memory",
+                    f"{len(pages)} page(s) differ in the PT_LOAD at "
+                    f"{kl.vaddr:#x}, first at {pages[0]:#x}",
+                )
+            )
 
     # note types and order; thread order
-    differ("note order", "(owner, type) sequence", [(n, t) for n, t, _ in knotes],
-           [(n, t) for n, t, _ in snotes])
+    differ(
+        "note order",
+        "(owner, type) sequence",
+        [(n, t) for n, t, _ in knotes],
+        [(n, t) for n, t, _ in snotes],
+    )
     ktids, stids = [t.tid for t in k.threads], [t.tid for t in s.threads]
     differ("threads", "dumping thread first", ktids[:1], stids[:1])
     differ("threads", "thread set", sorted(ktids), sorted(stids))
@@ -126,21 +152,47 @@ def differences(k, s):
         who = f"thread {kt.tid}"
         # allowed only as "no signal" on snapcore's side
         sinfo = (sp["si_signo"], sp["si_code"], sp["si_errno"])
-        differ("pr_info" if sinfo == (0, 0, 0) else "NT_PRSTATUS pr_info", f"{who} pr_info",
-               (kp["si_signo"], kp["si_code"], kp["si_errno"]), sinfo)
-        differ("pr_cursig" if sp["pr_cursig"] == 0 else "NT_PRSTATUS pr_cursig",
-               f"{who} pr_cursig", kp["pr_cursig"], sp["pr_cursig"])
-        differ("pr_times", f"{who} times",
-               [kp[f] for f in ("pr_utime", "pr_stime", "pr_cutime", "pr_cstime")],
-               [sp[f] for f in ("pr_utime", "pr_stime", "pr_cutime", "pr_cstime")])
-        for f in ("pr_sigpend", "pr_sighold", "pr_pid", "pr_ppid", "pr_pgrp", "pr_sid", "pr_fpvalid"):
+        differ(
+            "pr_info" if sinfo == (0, 0, 0) else "NT_PRSTATUS pr_info",
+            f"{who} pr_info",
+            (kp["si_signo"], kp["si_code"], kp["si_errno"]),
+            sinfo,
+        )
+        differ(
+            "pr_cursig" if sp["pr_cursig"] == 0 else "NT_PRSTATUS pr_cursig",
+            f"{who} pr_cursig",
+            kp["pr_cursig"],
+            sp["pr_cursig"],
+        )
+        differ(
+            "pr_times",
+            f"{who} times",
+            [kp[f] for f in ("pr_utime", "pr_stime", "pr_cutime", "pr_cstime")],
+            [sp[f] for f in ("pr_utime", "pr_stime", "pr_cutime", "pr_cstime")],
+        )
+        for f in (
+            "pr_sigpend",
+            "pr_sighold",
+            "pr_pid",
+            "pr_ppid",
+            "pr_pgrp",
+            "pr_sid",
+            "pr_fpvalid",
+        ):
             differ(f, f"{who} {f}", kp[f], sp[f])
         kr, sr = k.regs(kt), s.regs(st)
-        differ("registers", f"{who} registers (index: kernel, snapcore)",
-               {j: hex(a) for j, (a, b) in enumerate(zip(kr, sr)) if a != b},
-               {j: hex(b) for j, (a, b) in enumerate(zip(kr, sr)) if a != b})
-        differ("thread notes", f"{who} register notes", [(n, t) for n, t, _ in kt.notes],
-               [(n, t) for n, t, _ in st.notes])
+        differ(
+            "registers",
+            f"{who} registers (index: kernel, snapcore)",
+            {j: hex(a) for j, (a, b) in enumerate(zip(kr, sr)) if a != b},
+            {j: hex(b) for j, (a, b) in enumerate(zip(kr, sr)) if a != b},
+        )
+        differ(
+            "thread notes",
+            f"{who} register notes",
+            [(n, t) for n, t, _ in kt.notes],
+            [(n, t) for n, t, _ in st.notes],
+        )
         for (n, t, kd), (_, _, sd) in zip(kt.notes, st.notes):
             differ("thread notes", f"{who} note {n}/{t:#x}", kd, sd)
 
@@ -156,8 +208,11 @@ def differences(k, s):
         differ("siginfo", "NT_SIGINFO", ksi, ssi)
     else:
         differ("NT_SIGINFO", "NT_SIGINFO", ksi, ssi)
-    for ntype, name in ((NT_AUXV, "NT_AUXV"), (NT_FILE, "NT_FILE"),
-                        (NT_X86_XSAVE_LAYOUT, "NT_X86_XSAVE_LAYOUT")):
+    for ntype, name in (
+        (NT_AUXV, "NT_AUXV"),
+        (NT_FILE, "NT_FILE"),
+        (NT_X86_XSAVE_LAYOUT, "NT_X86_XSAVE_LAYOUT"),
+    ):
         differ(name, name, k.process.get(ntype), s.process.get(ntype))
     return out
 
@@ -170,8 +225,7 @@ def _short(v):
 def assert_only_allowed(k, s):
     diffs = differences(k, s)
     unexpected = [f"{key}: {detail}" for key, detail in diffs if key not in ALLOWED]
-    assert not unexpected, "snapcore's core differs from the kernel's:\n" + "\n".join(
-        unexpected)
+    assert not unexpected, "snapcore's core differs from the kernel's:\n" + "\n".join(unexpected)
     return {key for key, _ in diffs}
 
 
@@ -190,8 +244,7 @@ def test_same_core_as_the_kernel(spawn, tmp_path, exe):
 
 def test_same_core_as_the_kernel_with_another_coredump_filter(spawn, tmp_path):
     """File-backed private and shared mappings dumped whole, anonymous shared not."""
-    t, k, s = snapshot_then_kernel_core(spawn, tmp_path, "mt", f"edge={tmp_path}",
-                                        filter_=0x3D)
+    t, k, s = snapshot_then_kernel_core(spawn, tmp_path, "mt", f"edge={tmp_path}", filter_=0x3D)
     with k, s:
         assert_only_allowed(k, s)
         libc = [e for e in k.file_note()[1] if b"libc.so" in e[3]]
@@ -201,7 +254,7 @@ def test_same_core_as_the_kernel_with_another_coredump_filter(spawn, tmp_path):
 def test_readme_lists_every_allowed_difference():
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
         readme = f.read()
-    section = readme[readme.index("## Compatibility"):]
+    section = readme[readme.index("## Compatibility") :]
     for key in ALLOWED:
         assert f"`{key}`" in section, f"README's Compatibility section does not list {key}"
 
@@ -214,8 +267,8 @@ def test_the_comparison_sees_a_changed_byte_and_register(mt, tmp_path):
     with Core(path) as c:
         ld = next(ld for ld in c.loads if ld.filesz)
         data[ld.offset + 100] ^= 0xFF
-        note_off = c.note_phdr.offset + 12 + 8          # first note's desc
-        data[note_off + 112 + 128] ^= 0x01              # pr_reg.rip of the first thread
+        note_off = c.note_phdr.offset + 12 + 8  # first note's desc
+        data[note_off + 112 + 128] ^= 0x01  # pr_reg.rip of the first thread
     with open(tmp_path / "b.core", "wb") as f:
         f.write(data)
     with Core(path) as a, Core(tmp_path / "b.core") as b:
@@ -235,13 +288,14 @@ def test_same_core_as_the_kernel_with_hugetlb(hugepages, spawn, tmp_path):
             pytest.skip("mmap(MAP_HUGETLB) failed in the target although pages were reserved")
         assert_only_allowed(k, s)
         ld = s.load_at(t.info["hugetlb"])
-        assert ld.filesz == ld.memsz == 2 << 20          # hugetlb private: bit 5, on
+        assert ld.filesz == ld.memsz == 2 << 20  # hugetlb private: bit 5, on
         assert s.read(ld.vaddr, 4096) == edge_pattern(9, 4096)
 
 
 @pytest.mark.slow
 def test_pn_xnum_core_same_as_the_kernel_and_read_by_gdb_and_eu_stack(
-        many_maps_allowed, spawn, tmp_path):
+    many_maps_allowed, spawn, tmp_path
+):
     """More than 65535 mappings: e_phnum is PN_XNUM, the count is in section 0's sh_info."""
     t, k, s = snapshot_then_kernel_core(spawn, tmp_path, "mt", "maps=70000")
     with k, s:
@@ -250,12 +304,18 @@ def test_pn_xnum_core_same_as_the_kernel_and_read_by_gdb_and_eu_stack(
         assert s.e_shoff == s.size - 64
         # 64 bytes per VMA exceed core_file_note_size_limit: no NT_FILE, as the kernel
         assert NT_FILE not in s.process
-        data_page = t.info["maps_base"] + 4096           # i = 1: written by the target
+        data_page = t.info["maps_base"] + 4096  # i = 1: written by the target
         assert s.read(data_page, 1) == b"\x01"
         path = s.path
     exe = target_path("mt")
-    out = gdb_batch(exe, path, "info threads", "thread apply all bt", "print/x snapcore_marker",
-                    f"print/x *(unsigned char *){data_page:#x}").stdout
+    out = gdb_batch(
+        exe,
+        path,
+        "info threads",
+        "thread apply all bt",
+        "print/x snapcore_marker",
+        f"print/x *(unsigned char *){data_page:#x}",
+    ).stdout
     for tid in t.info["tids"]:
         assert f"LWP {tid}" in out, out
     for fn in ("command_loop", "cond_waiter_thread", "pipe_reader_thread"):

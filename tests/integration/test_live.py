@@ -1,4 +1,5 @@
 """Live snapshots (--live): a copy-on-write image of one instant, the target paused briefly."""
+
 import os
 import re
 import struct
@@ -6,8 +7,19 @@ import struct
 import pytest
 
 import snapcore
-from helpers import (assert_runs_on, assert_untraced, eu_stack_tids, gdb_batch, have,
-                     pattern_buf, pattern_half, read_core_memory, snapcore_cli, target_path)
+
+from helpers import (
+    assert_runs_on,
+    assert_untraced,
+    eu_stack_tids,
+    gdb_batch,
+    have,
+    pattern_buf,
+    pattern_half,
+    read_core_memory,
+    snapcore_cli,
+    target_path,
+)
 
 THREAD_FUNCS = ("command_loop", "sleeper_thread", "cond_waiter_thread", "pipe_reader_thread")
 
@@ -34,8 +46,9 @@ def test_live_core_reads_like_a_normal_one(mt, tmp_path):
     assert s.pause_time < s.wall_time
     assert_runs_on(mt)
     assert_image_gone(mt.pid)
-    out = gdb_batch(target_path("mt"), s.path, "thread apply all bt",
-                    "print/x snapcore_marker").stdout
+    out = gdb_batch(
+        target_path("mt"), s.path, "thread apply all bt", "print/x snapcore_marker"
+    ).stdout
     for fn in THREAD_FUNCS:
         assert re.search(rf"\b{fn} \(", out), out
     assert "= 0x5eed5eed12345678" in out
@@ -58,9 +71,11 @@ def test_live_core_matches_a_normal_core_of_a_quiet_target(spawn, tmp_path):
     b = snapcore.snapshot(t.pid, tmp_path / "live", live=True)
     assert b.live
     from helpers import core_loads
+
     la, lb = core_loads(a.path), core_loads(b.path)
-    assert [(x["vaddr"], x["memsz"], x["filesz"], x["flags"]) for x in la] == \
-           [(x["vaddr"], x["memsz"], x["filesz"], x["flags"]) for x in lb]
+    assert [(x["vaddr"], x["memsz"], x["filesz"], x["flags"]) for x in la] == [
+        (x["vaddr"], x["memsz"], x["filesz"], x["flags"]) for x in lb
+    ]
     assert_runs_on(t)
     assert_image_gone(t.pid)
 
@@ -71,8 +86,15 @@ def _writers(core, info):
     out = []
     for i in range(n):
         count, base = struct.unpack_from("<QQ", raw, i * size)
-        out.append((count, [struct.unpack_from("<Q", read_core_memory(core, base + p * 4096, 8))[0]
-                            for p in range(pages)]))
+        out.append(
+            (
+                count,
+                [
+                    struct.unpack_from("<Q", read_core_memory(core, base + p * 4096, 8))[0]
+                    for p in range(pages)
+                ],
+            )
+        )
     return out
 
 
@@ -105,6 +127,7 @@ def test_live_core_is_one_instant(spawn, tmp_path):
 def test_the_consistency_check_can_fail(spawn):
     """Control: the same check on memory read from the running target does fail."""
     from snapcore import _native
+
     t = spawn("gen")
     info = t.info
     violations = 0
@@ -112,8 +135,10 @@ def test_the_consistency_check_can_fail(spawn):
         # page by page, as any copy of a running process does, with the count last
         raw = _native.readv(t.pid, info["writers"], info["nwriters"] * info["writer_size"])
         _, base = struct.unpack_from("<QQ", raw, 0)
-        stamps = [struct.unpack("<Q", _native.readv(t.pid, base + p * 4096, 8))[0]
-                  for p in range(info["pages"])]
+        stamps = [
+            struct.unpack("<Q", _native.readv(t.pid, base + p * 4096, 8))[0]
+            for p in range(info["pages"])
+        ]
         raw = _native.readv(t.pid, info["writers"], 8)
         count = struct.unpack("<Q", raw)[0]
         if not _consistent(count, stamps):
@@ -148,7 +173,9 @@ def test_seccomp_target_falls_back_and_says_so(spawn, tmp_path):
 
 def test_stopped_target_stays_stopped_in_live_mode(spawn, tmp_path):
     import signal
+
     from helpers import wait_all_stopped
+
     t = spawn("mt")
     t.wait_blocked()
     os.kill(t.pid, signal.SIGSTOP)

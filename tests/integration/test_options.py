@@ -10,6 +10,7 @@ for their exit status, their one-line message and for nothing having been
 touched.  The table of refusals is snapcore.capture.request.PATH_REFUSALS;
 docs/python-api.md shows it (test_docs_table_is_the_table).
 """
+
 import json
 import os
 import subprocess
@@ -19,9 +20,10 @@ import textwrap
 import pytest
 import zstandard
 
-from coreparse import PT_LOAD, Core
-from helpers import ROOT, TARGETS, assert_runs_on, assert_untraced, run, snapcore_cli
 from snapcore.capture.request import PATH_REFUSALS, PATHS, SnapshotOptions, path_table
+
+from coreparse import Core
+from helpers import ROOT, TARGETS, assert_runs_on, assert_untraced, run, snapcore_cli
 
 TREE = os.path.join(TARGETS, "tree.py")
 HANG2 = os.path.join(TARGETS, "hang2.py")
@@ -32,25 +34,44 @@ MAX_SIZE = 6 << 20
 
 # the three combinations every path runs; every option appears in one
 COMBOS = {
-    "mini-zstd": dict(mini=True, compress="zstd", metadata=True, coredump_filter=0x13,
-                      reason="combo one", stop_timeout=7.5, force=True),
+    "mini-zstd": dict(
+        mini=True,
+        compress="zstd",
+        metadata=True,
+        coredump_filter=0x13,
+        reason="combo one",
+        stop_timeout=7.5,
+        force=True,
+    ),
     "all": dict(all_mappings=True, metadata=True, force=True),
     "max-size": dict(max_size=MAX_SIZE, metadata=True, force=True),
 }
 # how a user spells them on a command line (written out here, not taken from snapcore)
 FLAGS = {
-    "mini": ["--mini"], "all_mappings": ["--all"], "compress": ["--compress", "zstd"],
-    "metadata": ["--metadata"], "coredump_filter": ["--filter", "0x13"],
-    "reason": ["--reason", "combo one"], "stop_timeout": ["--stop-timeout", "7.5"],
-    "force": ["--force"], "max_size": ["--max-size", str(MAX_SIZE)], "live": ["--live"],
+    "mini": ["--mini"],
+    "all_mappings": ["--all"],
+    "compress": ["--compress", "zstd"],
+    "metadata": ["--metadata"],
+    "coredump_filter": ["--filter", "0x13"],
+    "reason": ["--reason", "combo one"],
+    "stop_timeout": ["--stop-timeout", "7.5"],
+    "force": ["--force"],
+    "max_size": ["--max-size", str(MAX_SIZE)],
+    "live": ["--live"],
 }
-TRIGGER = {"single": "cli", "live": "cli", "tree": "cli", "self": "self", "run": "run",
-           "pytest": "pytest"}
+TRIGGER = {
+    "single": "cli",
+    "live": "cli",
+    "tree": "cli",
+    "self": "self",
+    "run": "run",
+    "pytest": "pytest",
+}
 
 
 def flags(opts, prefix=""):
     out = []
-    for name, value in opts.items():
+    for name, _value in opts.items():
         spelled = list(FLAGS[name])
         spelled[0] = "--" + prefix + spelled[0][2:]
         out += spelled
@@ -118,7 +139,7 @@ def check_core(w, opts, trigger):
         assert rec["mode"].startswith("mini") and rec["dropped"]
         assert dumped < 8 << 20, dumped
         for t in c.threads:
-            sp = c.regs(t)[19]                                     # rsp
+            sp = c.regs(t)[19]  # rsp
             ld = c.load_at(sp)
             assert ld.vaddr <= sp < ld.vaddr + ld.filesz, f"stack of {t.tid} not kept"
     # all: executable file mappings dumped whole (never, in a normal core)
@@ -156,8 +177,9 @@ def check_all(paths, opts, trigger, tmp_path, want_pids):
 
 
 def cores_in(d):
-    return sorted(str(d / n) for n in os.listdir(d)
-                  if n.startswith("core.") and not n.endswith(".json"))
+    return sorted(
+        str(d / n) for n in os.listdir(d) if n.startswith("core.") and not n.endswith(".json")
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -219,8 +241,22 @@ def run_run(opts, tmp_path):
     out.mkdir()
     _stale(out / "manifest.json")
     pidfile = str(tmp_path / "pids")
-    p = snapcore_cli("run", "--timeout", "1.5", "--grace", "0.5", "--out", out, "--no-stacks",
-                     *flags(opts), "--", sys.executable, HANG2, pidfile, timeout=120)
+    p = snapcore_cli(
+        "run",
+        "--timeout",
+        "1.5",
+        "--grace",
+        "0.5",
+        "--out",
+        out,
+        "--no-stacks",
+        *flags(opts),
+        "--",
+        sys.executable,
+        HANG2,
+        pidfile,
+        timeout=120,
+    )
     assert p.returncode == 124, p.stderr
     with open(pidfile) as f:
         pids = [int(x) for x in f.read().split()]
@@ -236,16 +272,32 @@ def pytest_suite(tmp_path, *args):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "SNAPCORE_"))}
     env["SNAPCORE_SUITE_PIDFILE"] = str(root / "child.pid")
     env["PYTHONPATH"] = ROOT
-    p = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
-                        "--snapcore-timeout", "2", "--snapcore-grace", "0.5", *args,
-                        "test_hang_suite.py::test_hangs"],
-                       cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "--snapcore-timeout",
+            "2",
+            "--snapcore-grace",
+            "0.5",
+            *args,
+            "test_hang_suite.py::test_hangs",
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return root, p
 
 
 def run_pytest(opts, tmp_path):
     root, p = pytest_suite(tmp_path, *flags(opts, prefix="snapcore-"))
-    assert p.returncode == 1, p.stdout + p.stderr           # the hung test failed
+    assert p.returncode == 1, p.stdout + p.stderr  # the hung test failed
     folders = sorted((root / "snapcore-hangs").iterdir())
     assert len(folders) == 1, folders
     cores = cores_in(folders[0])
@@ -269,8 +321,11 @@ def test_every_option_takes_effect(path, combo, tree, tmp_path):
         paths, pids = run_pytest(opts, tmp_path)
     check_all(paths, opts, TRIGGER[path], tmp_path, pids)
     if path == "live":
-        rec = json.loads(open(str(paths[0]) + ".json").read()) if opts.get("metadata") \
+        rec = (
+            json.loads(open(str(paths[0]) + ".json").read())
+            if opts.get("metadata")
             else Written(paths[0], opts, tmp_path).note_record
+        )
         assert rec["live"] is True and rec["live_fallback"] is None
     assert_runs_on(tree)
 
@@ -286,23 +341,29 @@ REFUSED = sorted(PATH_REFUSALS)
 def test_refused_before_anything_is_touched(option, path, tree, tmp_path):
     before = sorted(os.listdir(tmp_path))
     if option == "progress":
-        code = ("import os, snapcore\n"
-                "try:\n"
-                "    snapcore.snapshot(os.getpid(), 'core', progress=print)\n"
-                "except snapcore.InvalidRequest as e:\n"
-                "    print('refused', e)\n")
+        code = (
+            "import os, snapcore\n"
+            "try:\n"
+            "    snapcore.snapshot(os.getpid(), 'core', progress=print)\n"
+            "except snapcore.InvalidRequest as e:\n"
+            "    print('refused', e)\n"
+        )
         p = run([sys.executable, "-c", code], cwd=tmp_path)
-        assert p.stdout.startswith("refused progress cannot be used on the calling process"),\
+        assert p.stdout.startswith("refused progress cannot be used on the calling process"), (
             p.stdout + p.stderr
+        )
     elif path == "self":
-        code = ("import os, snapcore\n"
-                "try:\n"
-                f"    snapcore.snapshot(os.getpid(), 'core', {option}=True)\n"
-                "except snapcore.InvalidRequest as e:\n"
-                "    print('refused', e)\n")
+        code = (
+            "import os, snapcore\n"
+            "try:\n"
+            f"    snapcore.snapshot(os.getpid(), 'core', {option}=True)\n"
+            "except snapcore.InvalidRequest as e:\n"
+            "    print('refused', e)\n"
+        )
         p = run([sys.executable, "-c", code], cwd=tmp_path)
-        assert p.stdout.startswith(f"refused --{option} cannot be used on the calling"), \
+        assert p.stdout.startswith(f"refused --{option} cannot be used on the calling"), (
             p.stdout + p.stderr
+        )
     elif path == "tree":
         p = snapcore_cli(tree.pid, "--tree", "-o", tmp_path / "t", f"--{option}")
         assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
@@ -312,12 +373,12 @@ def test_refused_before_anything_is_touched(option, path, tree, tmp_path):
         p = snapcore_cli("run", "--timeout", "5", f"--{option}", "--", "touch", marker)
         assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
         assert "cannot be used with snapcore run" in p.stderr
-        assert not marker.exists()                         # CMD never started
+        assert not marker.exists()  # CMD never started
     elif path == "pytest":
         root, p = pytest_suite(tmp_path, f"--snapcore-{option}")
-        assert p.returncode == 4, p.stdout + p.stderr      # pytest's usage error
+        assert p.returncode == 4, p.stdout + p.stderr  # pytest's usage error
         assert f"--{option} cannot be used in the pytest plugin" in p.stderr
-        assert not (root / "child.pid").exists()           # no test ran
+        assert not (root / "child.pid").exists()  # no test ran
         before.append("suite")
     else:
         raise AssertionError(f"no check written for ({option}, {path})")
@@ -327,8 +388,14 @@ def test_refused_before_anything_is_touched(option, path, tree, tmp_path):
 
 
 def test_invalid_combinations_are_refused_by_the_options_themselves():
-    for bad in (dict(mini=True, all_mappings=True), dict(max_size=0), dict(compress="lz4"),
-                dict(stop_timeout=0), dict(coredump_filter=1 << 40), dict(trigger="cron")):
+    for bad in (
+        dict(mini=True, all_mappings=True),
+        dict(max_size=0),
+        dict(compress="lz4"),
+        dict(stop_timeout=0),
+        dict(coredump_filter=1 << 40),
+        dict(trigger="cron"),
+    ):
         with pytest.raises(ValueError):
             SnapshotOptions(**bad)
 
@@ -349,9 +416,9 @@ def test_progress_is_reported_on_single_live_and_tree(tree, tmp_path):
     code = textwrap.dedent(f"""
         import snapcore
         for name, call in (
-                ("single", lambda cb: snapcore.snapshot({tree.info['pids'][1]}, 'a',
+                ("single", lambda cb: snapcore.snapshot({tree.info["pids"][1]}, 'a',
                                                         progress=cb)),
-                ("live", lambda cb: snapcore.snapshot({tree.info['pids'][1]}, 'b', live=True,
+                ("live", lambda cb: snapcore.snapshot({tree.info["pids"][1]}, 'b', live=True,
                                                       progress=cb)),
                 ("tree", lambda cb: snapcore.snapshot_tree({tree.pid}, 'c', progress=cb))):
             calls = []

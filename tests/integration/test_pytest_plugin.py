@@ -1,4 +1,5 @@
 """The pytest plugin, on real hanging test suites run by a subprocess pytest."""
+
 import json
 import os
 import re
@@ -14,7 +15,7 @@ from helpers import TARGETS, run
 
 SUITES = os.path.join(TARGETS, "hangsuite")
 PYSTACK = os.path.join(os.path.dirname(sys.executable), "pystack")
-RUN_TIMEOUT = 120          # hard limit for one subprocess pytest run
+RUN_TIMEOUT = 120  # hard limit for one subprocess pytest run
 
 
 def alive(pid):
@@ -41,14 +42,28 @@ class Suite:
             (self.root / name).write_text(source)
 
     def run(self, *args):
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("PYTEST_", "SNAPCORE_"))}      # not the outer xdist's
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "SNAPCORE_"))
+        }  # not the outer xdist's
         env["SNAPCORE_SUITE_PIDFILE"] = str(self.pidfile)
         try:
-            p = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
-                                "-o", "console_output_style=classic", *args],
-                               cwd=self.root, env=env, capture_output=True, text=True,
-                               timeout=RUN_TIMEOUT)
+            p = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pytest",
+                    "-p",
+                    "no:cacheprovider",
+                    "-o",
+                    "console_output_style=classic",
+                    *args,
+                ],
+                cwd=self.root,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=RUN_TIMEOUT,
+            )
         finally:
             if self.pidfile.exists():
                 self.pids.append(int(self.pidfile.read_text()))
@@ -104,16 +119,21 @@ def test_hung_test_fails_with_cores_of_pytest_and_its_child(suite, workers):
     worker = re.search(r"\[(gw\d+)\]", out).group(1) if workers else None
     assert folder.name == "test_hang_suite.py--test_hangs" + (f"-{worker}" if worker else "")
     # the failure names the folder, and shows where the child was
-    assert f"Failed: snapcore: test still running after 2s; cores of 2 processes in {folder}/" \
-        in out
+    assert (
+        f"Failed: snapcore: test still running after 2s; cores of 2 processes in {folder}/" in out
+    )
     assert re.search(r"pid \d+ \(pytest\): core\.\d+\n", out), out
-    assert re.search(rf"pid {s.pids[0]} \(.*\), started by the test: core\.{s.pids[0]}; "
-                     r"stacks by pystack:\n.*thread \d+: child_hangs_here \(<string>:",
-                     out), out
+    assert re.search(
+        rf"pid {s.pids[0]} \(.*\), started by the test: core\.{s.pids[0]}; "
+        r"stacks by pystack:\n.*thread \d+: child_hangs_here \(<string>:",
+        out,
+    ), out
     # the terminal summary line
     assert "snapcore: 1 hung test" in out
-    assert (f"test_hang_suite.py::test_hangs: timed out after 2s, 2 cores in "
-            f"snapcore-hangs/{folder.name}/") in out
+    assert (
+        f"test_hang_suite.py::test_hangs: timed out after 2s, 2 cores in "
+        f"snapcore-hangs/{folder.name}/"
+    ) in out
 
     doc = json.loads((folder / "manifest.json").read_text())
     [me] = [e for e in doc["processes"] if e["caller"]]
@@ -122,7 +142,8 @@ def test_hung_test_fails_with_cores_of_pytest_and_its_child(suite, workers):
     assert child["pid"] == s.pids[0] and child["ppid"] == me["pid"]
     assert me["result"] == child["result"] == "ok"
     assert sorted(os.listdir(folder)) == sorted(
-        [f"core.{me['pid']}", f"core.{child['pid']}", "manifest.json", "snapcore-test.json"])
+        [f"core.{me['pid']}", f"core.{child['pid']}", "manifest.json", "snapcore-test.json"]
+    )
 
     # pystack shows the hung Python functions in each core
     theirs = pystack_out(folder / f"core.{me['pid']}")
@@ -130,8 +151,9 @@ def test_hung_test_fails_with_cores_of_pytest_and_its_child(suite, workers):
     assert "in child_hangs_here" in pystack_out(folder / f"core.{child['pid']}")
 
     # the paths are in the report (user_properties -> junitxml properties)
-    props = {pr.get("name"): pr.get("value")
-             for pr in ET.parse(s.root / "report.xml").iter("property")}
+    props = {
+        pr.get("name"): pr.get("value") for pr in ET.parse(s.root / "report.xml").iter("property")
+    }
     assert props["snapcore_dir"] == str(folder)
     assert props[f"snapcore_core_{child['pid']}"] == str(folder / f"core.{child['pid']}")
     # test_child_was_ended passed inside the session; and nothing is left now
@@ -188,7 +210,7 @@ def test_marker_and_ini_options(suite):
     p = s.run()
     assert p.returncode == 1, s.out
     assert re.search(r"\b1 failed, 1 passed\b", s.out), s.out
-    assert "snapcore: timeout 60s, cores into" in s.out          # the report header
+    assert "snapcore: timeout 60s, cores into" in s.out  # the report header
     [folder] = s.folders("hangs-here")
     assert folder.name == "test_sleepy.py--test_marked"
     assert "test still running after 1s" in s.out
@@ -219,8 +241,9 @@ def test_inactive_unless_asked(suite):
     s.add("test_quick.py", "def test_quick():\n    pass\n")
     p = s.run("-v")
     assert p.returncode == 0, s.out
-    assert "snapcore" not in "".join(line for line in s.out.splitlines(True)
-                                     if not line.startswith("plugins:"))
+    assert "snapcore" not in "".join(
+        line for line in s.out.splitlines(True) if not line.startswith("plugins:")
+    )
     assert s.folders() == []
 
 
@@ -228,5 +251,5 @@ def test_bad_timeout_is_a_usage_error(suite):
     s = suite()
     s.add("test_quick.py", "def test_quick():\n    pass\n")
     p = s.run("--snapcore-timeout=-3")
-    assert p.returncode == 4, s.out                  # pytest's usage error
+    assert p.returncode == 4, s.out  # pytest's usage error
     assert "snapcore: --snapcore-timeout cannot be negative" in s.out

@@ -10,6 +10,7 @@ What a reader should show comes from the target itself (its READY line: the
 tids, in the order of THREAD_FUNCS) and from the files on disk (build-ids),
 never from snapcore.
 """
+
 import os
 import re
 import sys
@@ -18,14 +19,22 @@ from dataclasses import dataclass
 import pytest
 
 import snapcore
-from helpers import (TARGETS, assert_runs_on, gdb_batch, have, run, snapshot_then_kernel_core,
-                     target_path)
+
+from helpers import (
+    TARGETS,
+    assert_runs_on,
+    gdb_batch,
+    have,
+    run,
+    snapshot_then_kernel_core,
+    target_path,
+)
 
 C_TARGETS = ["mt", "mt_nopie", "mt_static", "mt32"]
 ALL_TARGETS = C_TARGETS + ["python"]
 # the function each thread is blocked in, in the order of READY's "tids"
 THREAD_FUNCS = ("command_loop", "sleeper_thread", "cond_waiter_thread", "pipe_reader_thread")
-PY_THREAD_FUNCS = ("time_sleep", "PyThread_acquire_lock_timed")   # C frames of pythreads.py
+PY_THREAD_FUNCS = ("time_sleep", "PyThread_acquire_lock_timed")  # C frames of pythreads.py
 MARKER = 0x5EED5EED12345678
 # the syscall the main thread waits in (read), by target
 READ_NR = {"mt32": 3}
@@ -35,9 +44,9 @@ PYTHREADS = os.path.join(TARGETS, "pythreads.py")
 @dataclass
 class Snap:
     name: str
-    exe: str            # path of the executable
-    target: object      # helpers.Target
-    core: str           # snapcore's core
+    exe: str  # path of the executable
+    target: object  # helpers.Target
+    core: str  # snapcore's core
 
     @property
     def tids(self):
@@ -71,7 +80,7 @@ def snap_c(spawn, tmp_path, name):
 
 def snap_python(spawn, tmp_path):
     t = spawn([sys.executable, PYTHREADS])
-    t.wait_blocked(syscalls=(230,))                         # clock_nanosleep
+    t.wait_blocked(syscalls=(230,))  # clock_nanosleep
     t.wait_blocked(tid=t.info["tids"][1], syscalls=(202,))  # futex
     core = snapcore.snapshot(t.pid, tmp_path / "core").path
     return Snap("python", sys.executable, t, core)
@@ -112,10 +121,19 @@ def test_gdb(spawn, tmp_path, name):
         globals_ = {"print (int)_PyRuntime.initialized": "= 1"}
     else:
         # one from .data, one written at run time (only in the core's memory)
-        globals_ = {"print/x snapcore_marker": f"= {MARKER:#x}",
-                    "print tids": "= {%s}" % ", ".join(map(str, s.tids))}
-    p = gdb_batch(s.exe, s.core, "info threads", "thread apply all bt", "info sharedlibrary",
-                  *globals_, f"info registers {pc}")
+        globals_ = {
+            "print/x snapcore_marker": f"= {MARKER:#x}",
+            "print tids": "= {{{}}}".format(", ".join(map(str, s.tids))),
+        }
+    p = gdb_batch(
+        s.exe,
+        s.core,
+        "info threads",
+        "thread apply all bt",
+        "info sharedlibrary",
+        *globals_,
+        f"info registers {pc}",
+    )
     out = p.stdout
     threads = blocks(out, r"^Thread \d+ \(.*LWP (\d+)\)\):")
     assert sorted(threads) == sorted(s.tids), out + p.stderr
@@ -142,8 +160,7 @@ def test_gdb_says_of_our_core_what_it_says_of_the_kernels(spawn, tmp_path, name)
     appears for both or for neither)."""
     t, kcore, score = snapshot_then_kernel_core(spawn, tmp_path, name)
     exe = target_path(name)
-    cmds = ("thread apply all bt full", "thread apply all info registers",
-            "info sharedlibrary")
+    cmds = ("thread apply all bt full", "thread apply all info registers", "info sharedlibrary")
     with kcore, score:
         mine, theirs = (gdb_batch(exe, c.path, *cmds) for c in (score, kcore))
 
@@ -164,11 +181,22 @@ def test_gdb_says_of_our_core_what_it_says_of_the_kernels(spawn, tmp_path, name)
 
 def lldb_threads(exe, core):
     """{tid: backtrace text} from lldb's `thread list` and `thread backtrace all`."""
-    p = run(["lldb", "--batch", "-o", f"target create {exe} --core {core}", "-o", "thread list",
-             "-o", "thread backtrace all"], timeout=120)
+    p = run(
+        [
+            "lldb",
+            "--batch",
+            "-o",
+            f"target create {exe} --core {core}",
+            "-o",
+            "thread list",
+            "-o",
+            "thread backtrace all",
+        ],
+        timeout=120,
+    )
     out = p.stdout
     tid_of = {int(n): int(t) for n, t in re.findall(r"thread #(\d+): tid = (\d+)", out)}
-    bt = out[out.index("thread backtrace all"):] if "thread backtrace all" in out else ""
+    bt = out[out.index("thread backtrace all") :] if "thread backtrace all" in out else ""
     by_index = blocks(bt, r"^\*?\s*thread #(\d+),")
     return {tid_of[i]: text for i, text in by_index.items()}, out + p.stderr
 
@@ -254,7 +282,7 @@ def drgn_program(core, exe):
     try:
         prog.load_debug_info([exe], default=True)
     except drgn.MissingDebugInfoError:
-        pass                # e.g. the vDSO: what we check below needs only exe's symbols
+        pass  # e.g. the vDSO: what we check below needs only exe's symbols
     return drgn, prog
 
 
@@ -294,6 +322,7 @@ NOTE_TYPES = {"NT_FPREGSET": 2, "NT_PRXFPREG": 0x46E62B7F, "NT_X86_XSTATE": 0x20
 @pytest.mark.parametrize("name", ALL_TARGETS)
 def test_pyelftools(spawn, tmp_path, name):
     from elftools.elf.elffile import ELFFile
+
     s = snap_target(spawn, tmp_path, name)
     with open(s.core, "rb") as f:
         elf = ELFFile(f)
@@ -309,7 +338,7 @@ def test_pyelftools(spawn, tmp_path, name):
             assert seg["p_align"] == 4096 and seg["p_offset"] % 4096 == 0
             assert seg["p_paddr"] == 0
             assert seg["p_filesz"] in (0, 4096, seg["p_memsz"])
-            assert end is None or seg["p_offset"] == end      # back to back
+            assert end is None or seg["p_offset"] == end  # back to back
             end = seg["p_offset"] + seg["p_filesz"]
         assert end == size
         vaddrs = [x["p_vaddr"] for x in segs[1:]]

@@ -1,4 +1,5 @@
 """snapcore run --timeout: a real hung command tree, its cores, and its end."""
+
 import json
 import os
 import signal
@@ -32,15 +33,27 @@ def test_timeout_cores_both_processes_then_ends_the_tree(tmp_path):
     pids = []
     try:
         t0 = time.monotonic()
-        p = snapcore_cli("run", "--timeout", "2", "--grace", "0.5", "--out", out, "--",
-                         sys.executable, HANG2, pidfile, timeout=90)
+        p = snapcore_cli(
+            "run",
+            "--timeout",
+            "2",
+            "--grace",
+            "0.5",
+            "--out",
+            out,
+            "--",
+            sys.executable,
+            HANG2,
+            pidfile,
+            timeout=90,
+        )
         took = time.monotonic() - t0
         with open(pidfile) as f:
             pids = [int(x) for x in f.read().split()]
         parent, child = pids
         assert p.returncode == 124, p.stderr
         assert 2 <= took < 30
-        assert p.stdout == "hang2: both running\n"            # CMD's stdout, untouched
+        assert p.stdout == "hang2: both running\n"  # CMD's stdout, untouched
         # the tree is gone: killed and reaped (the child ignored SIGTERM, was orphaned
         # when its parent died, and was re-parented to snapcore, the subreaper)
         assert not exists(parent) and not exists(child)
@@ -62,7 +75,7 @@ def test_timeout_cores_both_processes_then_ends_the_tree(tmp_path):
         err = p.stderr
         assert f"(pid {parent}) still running after 2s" in err
         assert f"cores of 2 processes in {out}/" in err
-        assert "parent_waits_for_child (hang2.py:" in err       # the stack summary
+        assert "parent_waits_for_child (hang2.py:" in err  # the stack summary
         assert "child_sleeps_forever (<string>:" in err
         assert "terminated 2 processes" in err
         assert "Traceback" not in err
@@ -74,27 +87,42 @@ def test_default_directory_and_quiet(tmp_path):
     pidfile = str(tmp_path / "pids")
     pids = []
     try:
-        p = snapcore_cli("run", "-q", "--timeout", "1", "--grace", "0", "--",
-                         sys.executable, HANG2, pidfile, cwd=str(tmp_path), timeout=90)
+        p = snapcore_cli(
+            "run",
+            "-q",
+            "--timeout",
+            "1",
+            "--grace",
+            "0",
+            "--",
+            sys.executable,
+            HANG2,
+            pidfile,
+            cwd=str(tmp_path),
+            timeout=90,
+        )
         with open(pidfile) as f:
             pids = [int(x) for x in f.read().split()]
         assert p.returncode == 124
         dirs = [d for d in os.listdir(tmp_path) if d.startswith(f"snapcore-{pids[0]}-")]
         assert len(dirs) == 1
         assert sorted(os.listdir(tmp_path / dirs[0])) == sorted(
-            [f"core.{pids[0]}", f"core.{pids[1]}", "manifest.json"])
+            [f"core.{pids[0]}", f"core.{pids[1]}", "manifest.json"]
+        )
         assert "stacks by" not in p.stderr and len(p.stderr.splitlines()) == 3
         assert not any(exists(pid) for pid in pids)
     finally:
         kill_quietly(pids)
 
 
-@pytest.mark.parametrize("script,status", [("exit 0", 0), ("exit 3", 3),
-                                           ("kill -9 $$", 128 + 9),
-                                           ("kill -TERM $$", 128 + 15)])
+@pytest.mark.parametrize(
+    "script,status",
+    [("exit 0", 0), ("exit 3", 3), ("kill -9 $$", 128 + 9), ("kill -TERM $$", 128 + 15)],
+)
 def test_in_time_the_status_is_the_commands(tmp_path, script, status):
-    p = snapcore_cli("run", "--timeout", "20", "--", "sh", "-c", f"echo out; {script}",
-                     cwd=str(tmp_path))
+    p = snapcore_cli(
+        "run", "--timeout", "20", "--", "sh", "-c", f"echo out; {script}", cwd=str(tmp_path)
+    )
     assert p.returncode == status
     assert p.stdout == "out\n" and p.stderr == ""
     assert os.listdir(tmp_path) == []
@@ -102,11 +130,25 @@ def test_in_time_the_status_is_the_commands(tmp_path, script, status):
 
 def test_signals_are_passed_on(tmp_path):
     import subprocess
-    proc = subprocess.Popen([sys.executable, "-m", "snapcore", "run", "--timeout", "60", "--",
-                             "sh", "-c", "trap 'echo got TERM; exit 7' TERM; "
-                                         "echo ready; while :; do sleep 0.05; done"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=str(tmp_path))
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "snapcore",
+            "run",
+            "--timeout",
+            "60",
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo got TERM; exit 7' TERM; echo ready; while :; do sleep 0.05; done",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=str(tmp_path),
+    )
     try:
         assert proc.stdout.readline() == "ready\n"
         proc.send_signal(signal.SIGTERM)
@@ -118,15 +160,18 @@ def test_signals_are_passed_on(tmp_path):
         proc.wait(timeout=10)
 
 
-@pytest.mark.parametrize("argv,code,text", [
-    (["--timeout", "5", "--", "/nonexistent/cmd"], 127, "/nonexistent/cmd: command not found"),
-    (["--timeout", "5", "--", "/etc/passwd"], 126, "cannot execute"),
-    (["--", "true"], 2, "--timeout"),
-    (["--timeout", "5"], 2, "no command given"),
-    (["--timeout", "soon", "--", "true"], 2, "'soon' is not a number of seconds"),
-    (["--timeout", "-1", "--", "true"], 2, "must be positive"),
-    (["--timeout", "1", "--grace", "-2", "--", "true"], 2, "cannot be negative"),
-])
+@pytest.mark.parametrize(
+    "argv,code,text",
+    [
+        (["--timeout", "5", "--", "/nonexistent/cmd"], 127, "/nonexistent/cmd: command not found"),
+        (["--timeout", "5", "--", "/etc/passwd"], 126, "cannot execute"),
+        (["--", "true"], 2, "--timeout"),
+        (["--timeout", "5"], 2, "no command given"),
+        (["--timeout", "soon", "--", "true"], 2, "'soon' is not a number of seconds"),
+        (["--timeout", "-1", "--", "true"], 2, "must be positive"),
+        (["--timeout", "1", "--grace", "-2", "--", "true"], 2, "cannot be negative"),
+    ],
+)
 def test_bad_input_is_one_line(argv, code, text):
     p = snapcore_cli("run", *argv)
     assert p.returncode == code
@@ -137,8 +182,19 @@ def test_bad_input_is_one_line(argv, code, text):
 
 @pytest.mark.skipif(not have("gdb"), reason="gdb not installed")
 def test_native_processes_get_a_gdb_summary(tmp_path):
-    p = snapcore_cli("run", "--timeout", "1", "--grace", "0", "--out", tmp_path / "c", "--",
-                     "sleep", "60", timeout=90)
+    p = snapcore_cli(
+        "run",
+        "--timeout",
+        "1",
+        "--grace",
+        "0",
+        "--out",
+        tmp_path / "c",
+        "--",
+        "sleep",
+        "60",
+        timeout=90,
+    )
     assert p.returncode == 124
     assert "stacks by gdb" in p.stderr, p.stderr
     assert "sleep" in p.stderr.split("stacks by gdb", 1)[1]

@@ -1,4 +1,5 @@
 """Snapshots that include the calling process (through the helper process)."""
+
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import time
 import pytest
 
 import snapcore
+
 from helpers import assert_untraced, gdb_batch, raw_notes, run
 
 PYSTACK = os.path.join(os.path.dirname(sys.executable), "pystack")
@@ -34,7 +36,7 @@ def thread_section(out, tid):
     """pystack's text for one thread."""
     start = out.index(f"Traceback for thread {tid}")
     end = out.find("Traceback for thread", start + 1)
-    return out[start:end if end >= 0 else None]
+    return out[start : end if end >= 0 else None]
 
 
 def our_children():
@@ -84,7 +86,7 @@ def test_self_snapshot_default_path_and_existing_file(tmp_path, monkeypatch):
     assert snap.path == f"core.{os.getpid()}" and os.path.exists(snap.path)
     with pytest.raises(snapcore.OutputExists):
         snapcore.snapshot(os.getpid())
-    assert sorted(os.listdir(tmp_path)) == [f"core.{os.getpid()}"]     # no temp file left
+    assert sorted(os.listdir(tmp_path)) == [f"core.{os.getpid()}"]  # no temp file left
     assert_untraced(os.getpid())
 
 
@@ -105,14 +107,14 @@ def test_self_tree_while_a_thread_waits_for_the_child(child, tmp_path):
 
     result = snapcore.snapshot_tree(os.getpid(), tmp_path / "t")
 
-    assert child.returncode is None and "rc" not in box    # nothing was stolen
+    assert child.returncode is None and "rc" not in box  # nothing was stolen
     assert child.poll() is None
     assert_untraced(child.pid)
     assert_untraced(os.getpid())
     by_pid = {p.pid: p for p in result.processes}
     assert by_pid[os.getpid()].ok and by_pid[os.getpid()].is_caller
     assert by_pid[child.pid].ok, by_pid[child.pid].error
-    assert set(by_pid) == {os.getpid(), child.pid}       # the helper is not in the tree
+    assert set(by_pid) == {os.getpid(), child.pid}  # the helper is not in the tree
     doc = json.loads((tmp_path / "t" / "manifest.json").read_text())
     assert [p["caller"] for p in doc["processes"] if p["pid"] == os.getpid()] == [True]
 
@@ -120,15 +122,18 @@ def test_self_tree_while_a_thread_waits_for_the_child(child, tmp_path):
     assert "in waiter_thread_marker" in thread_section(ours, box["tid"])
     assert "in test_self_tree_while_a_thread_waits_for_the_child" in ours
     # our process was sleeping (in waitpid/futex), not stopped, in its NT_PRPSINFO
-    prpsinfo = [d for n, t, d in raw_notes(str(tmp_path / "t" / f"core.{os.getpid()}"))
-                if n == "CORE" and t == NT_PRPSINFO][0]
+    prpsinfo = [
+        d
+        for n, t, d in raw_notes(str(tmp_path / "t" / f"core.{os.getpid()}"))
+        if n == "CORE" and t == NT_PRPSINFO
+    ][0]
     assert prpsinfo[1:2] in (b"S", b"R")
     theirs = pystack(str(tmp_path / "t" / f"core.{child.pid}"))
     assert "in child_sleeps_here" in theirs
 
     child.send_signal(signal.SIGKILL)
     w.join(10)
-    assert box["rc"] == -signal.SIGKILL                  # the real status, not -SIGTRAP
+    assert box["rc"] == -signal.SIGKILL  # the real status, not -SIGTRAP
 
 
 def test_tree_of_our_child_while_a_thread_waits_for_it(child, tmp_path):
@@ -168,7 +173,7 @@ def test_interrupted_self_snapshot_leaves_nothing(tmp_path):
     Our threads are stopped while the helper dumps us, so the signal may only be
     handled once the dump is over; the finished core must be taken back then.
     """
-    data = os.urandom(200 << 20)             # makes the dump take a while
+    data = os.urandom(200 << 20)  # makes the dump take a while
     before = set(our_children())
 
     def interrupt(signum, frame):

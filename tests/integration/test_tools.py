@@ -5,6 +5,7 @@ target, gdb (backtraces, `info symbol`), eu-stack, readelf's build-ids, the
 zstd command-line decoder, the executable file on disk, and cores written by
 the kernel and by gcore.
 """
+
 import json
 import os
 import pty
@@ -20,8 +21,20 @@ import time
 import pytest
 
 import snapcore
-from helpers import (assert_runs_on, core_loads, gdb_batch, have, pattern_buf, raw_notes,
-                     read_core_memory, run, snapcore_cli, target_path, wait_all_stopped)
+
+from helpers import (
+    assert_runs_on,
+    core_loads,
+    gdb_batch,
+    have,
+    pattern_buf,
+    raw_notes,
+    read_core_memory,
+    run,
+    snapcore_cli,
+    target_path,
+    wait_all_stopped,
+)
 
 THREAD_FUNCS = ("command_loop", "sleeper_thread", "cond_waiter_thread", "pipe_reader_thread")
 THREAD_NAMES = {"mt", "sleeper", "waiter", "reader"}
@@ -94,7 +107,7 @@ def test_info_json_describes_the_live_process(mt, tmp_path):
     assert {t["name"] for t in r["threads"]} == THREAD_NAMES
     # sampled just before the freeze; the sleeper wakes every millisecond
     assert all(t["state"] in ("S", "R") for t in r["threads"])
-    assert r["threads"][0]["state"] == "S"             # blocked in read()
+    assert r["threads"][0]["state"] == "S"  # blocked in read()
     p = r["process"]
     assert p["pid"] == mt.pid and p["comm"] == "mt"
     assert p["executable"] == target_path("mt") and p["cmdline"] == [target_path("mt")]
@@ -103,8 +116,9 @@ def test_info_json_describes_the_live_process(mt, tmp_path):
     loads = core_loads(core)
     assert r["memory"]["dumped"] == sum(ld["filesz"] for ld in loads)
     assert r["memory"]["mapped"] == sum(ld["memsz"] for ld in loads)
-    assert [(m["start"], m["dumped"]) for m in r["mappings"]] == \
-        [(ld["vaddr"], ld["filesz"]) for ld in loads]
+    assert [(m["start"], m["dumped"]) for m in r["mappings"]] == [
+        (ld["vaddr"], ld["filesz"]) for ld in loads
+    ]
     mods = {m["file"]: m for m in r["modules"]}
     exe = mods[os.path.realpath(target_path("mt"))]
     assert exe["build_id"] == build_id_of(target_path("mt")) and exe["build_id_source"] == "core"
@@ -137,8 +151,8 @@ def test_info_reads_a_kernel_core(spawn, tmp_path):
     kdir.mkdir()
 
     def unlimited_core():
-        resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY,
-                                                  resource.RLIM_INFINITY))
+        resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+
     t = spawn("mt", cwd=str(kdir), preexec_fn=unlimited_core)
     t.wait_blocked()
     tids = live_tids(t.pid)
@@ -155,8 +169,7 @@ def test_info_reads_a_kernel_core(spawn, tmp_path):
     assert all(th["signal_name"] == "SIGABRT" for th in r["threads"])
     assert r["process"]["executable"] == os.path.realpath(target_path("mt"))
     mods = {m["file"]: m for m in r["modules"]}
-    assert mods[os.path.realpath(target_path("mt"))]["build_id"] == build_id_of(
-        target_path("mt"))
+    assert mods[os.path.realpath(target_path("mt"))]["build_id"] == build_id_of(target_path("mt"))
     # the target was killed on purpose: this test is about reading the kernel's core
 
 
@@ -195,13 +208,14 @@ def _masked(path):
     """The core's bytes with the SNAPCORE note's description blanked."""
     data = bytearray(open(path, "rb").read())
     from elftools.elf.elffile import ELFFile
+
     with open(path, "rb") as f:
         for seg in ELFFile(f).iter_segments():
             if seg["p_type"] == "PT_NOTE":
                 for n in seg.iter_notes():
                     if n["n_name"] == "SNAPCORE":
-                        off = n["n_offset"] + 12 + 12       # Nhdr + "SNAPCORE\0" padded
-                        data[off:off + n["n_descsz"]] = b"?" * n["n_descsz"]
+                        off = n["n_offset"] + 12 + 12  # Nhdr + "SNAPCORE\0" padded
+                        data[off : off + n["n_descsz"]] = b"?" * n["n_descsz"]
     return bytes(data)
 
 
@@ -214,7 +228,7 @@ def test_zstd_round_trip_equals_the_uncompressed_core(spawn, tmp_path):
     try:
         wait_all_stopped(t.pid)
         plain = snapcore.snapshot(t.pid, tmp_path / "plain")
-        wait_all_stopped(t.pid)           # back in the job-control stop, state 'T' again
+        wait_all_stopped(t.pid)  # back in the job-control stop, state 'T' again
         z = snapcore.snapshot(t.pid, compress="zstd", path=tmp_path / "core.zst")
         wait_all_stopped(t.pid)
     finally:
@@ -225,8 +239,7 @@ def test_zstd_round_trip_equals_the_uncompressed_core(spawn, tmp_path):
     p = snapcore_cli("decompress", tmp_path / "core.zst")
     assert p.returncode == 0 and p.stdout == "" and p.stderr == "", p.stderr
     # snapcore's decompress and the reference decoder agree byte for byte
-    run(["zstd", "-q", "-d", str(tmp_path / "core.zst"), "-o", str(tmp_path / "ref")],
-        check=True)
+    run(["zstd", "-q", "-d", str(tmp_path / "core.zst"), "-o", str(tmp_path / "ref")], check=True)
     ours = open(tmp_path / "core", "rb").read()
     assert open(tmp_path / "ref", "rb").read() == ours
     # ... and equal the uncompressed core, except the note that records the mode
@@ -258,23 +271,35 @@ def test_info_reads_zst_directly(mt, tmp_path):
 
 
 def test_compress_without_zstandard_is_a_clear_error(mt, tmp_path):
-    code = ("import sys; sys.modules['zstandard'] = None; from snapcore.cli import main; "
-            f"sys.exit(main(['{mt.pid}', '--compress', 'zstd', '-o', '{tmp_path}/c.zst']))")
+    code = (
+        "import sys; sys.modules['zstandard'] = None; from snapcore.cli import main; "
+        f"sys.exit(main(['{mt.pid}', '--compress', 'zstd', '-o', '{tmp_path}/c.zst']))"
+    )
     p = run([sys.executable, "-c", code], timeout=60)
     assert_one_line_error(p, 1, "zstandard", "pip install 'snapcore[zstd]'")
     assert os.listdir(tmp_path) == []
-    p = run([sys.executable, "-c", code.replace(f"'{mt.pid}', '--compress', 'zstd', '-o', "
-                                                f"'{tmp_path}/c.zst'", "'decompress', 'x.zst'")],
-            timeout=60, cwd=tmp_path)
+    p = run(
+        [
+            sys.executable,
+            "-c",
+            code.replace(
+                f"'{mt.pid}', '--compress', 'zstd', '-o', '{tmp_path}/c.zst'",
+                "'decompress', 'x.zst'",
+            ),
+        ],
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert_one_line_error(p, 1, "pip install 'snapcore[zstd]'")
     assert_runs_on(mt)
 
 
 def test_decompress_errors_leave_nothing(mt, tmp_path):
-    assert snapcore_cli(mt.pid, "--compress", "zstd", "-o", tmp_path / "c.zst",
-                        "-q").returncode == 0
+    assert (
+        snapcore_cli(mt.pid, "--compress", "zstd", "-o", tmp_path / "c.zst", "-q").returncode == 0
+    )
     data = open(tmp_path / "c.zst", "rb").read()
-    (tmp_path / "cut.zst").write_bytes(data[:len(data) // 2])
+    (tmp_path / "cut.zst").write_bytes(data[: len(data) // 2])
     p = snapcore_cli("decompress", tmp_path / "cut.zst")
     assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
     assert not (tmp_path / "cut").exists()
@@ -285,8 +310,9 @@ def test_decompress_errors_leave_nothing(mt, tmp_path):
     assert snapcore_cli("decompress", tmp_path / "c.zst", "--force").returncode == 0
     assert open(tmp_path / "c", "rb").read(4) == b"\x7fELF"
     assert_one_line_error(snapcore_cli("decompress", tmp_path / "c"), 2, "-o")
-    assert_one_line_error(snapcore_cli("decompress", tmp_path / "c", "-o", tmp_path / "x"),
-                          1, "not a zstandard")
+    assert_one_line_error(
+        snapcore_cli("decompress", tmp_path / "c", "-o", tmp_path / "x"), 1, "not a zstandard"
+    )
     assert_runs_on(mt)
 
 
@@ -303,7 +329,7 @@ def test_mini_core_gives_every_thread_a_backtrace(mt, tmp_path):
     size = os.path.getsize(tmp_path / "mini")
     assert size < full.file_size / 20, (size, full.file_size)
     out = assert_backtraces(target_path("mt"), str(tmp_path / "mini"), mt.info["tids"])
-    assert "libthread_db enabled" in out                # the thread lists are there too
+    assert "libthread_db enabled" in out  # the thread lists are there too
     # the 1 MiB pattern buffer is not what backtraces need: left out
     assert read_core_memory(tmp_path / "mini", mt.info["buf"], 4096) == b"\0" * 4096
     if have("eu-stack"):
@@ -318,7 +344,7 @@ def test_mini_core_gives_every_thread_a_backtrace(mt, tmp_path):
 def test_max_size_drops_the_largest_regions_first(mt, tmp_path):
     full = snapcore.snapshot(mt.pid, tmp_path / "full")
     mt.wait_blocked()
-    limit = full.file_size - (2 << 20)          # the 4 MiB buffer alone must go
+    limit = full.file_size - (2 << 20)  # the 4 MiB buffer alone must go
     p = snapcore_cli(mt.pid, "--max-size", str(limit), "-o", tmp_path / "fit", "--json")
     assert p.returncode == 0, p.stderr
     res = json.loads(p.stdout)
@@ -326,8 +352,9 @@ def test_max_size_drops_the_largest_regions_first(mt, tmp_path):
     assert os.path.getsize(tmp_path / "fit") <= limit
     assert [d["start"] for d in res["dropped"]] == [mt.info["half"]]
     # the smaller pattern buffer stayed, byte for byte
-    assert read_core_memory(tmp_path / "fit", mt.info["buf"], mt.info["buf_len"]) == \
-        pattern_buf(mt.info["buf_len"])
+    assert read_core_memory(tmp_path / "fit", mt.info["buf"], mt.info["buf_len"]) == pattern_buf(
+        mt.info["buf_len"]
+    )
     assert_backtraces(target_path("mt"), str(tmp_path / "fit"), mt.info["tids"])
     r = info_json(tmp_path / "fit")
     assert r["snapcore"]["truncated"] is True and r["snapcore"]["max_size"] == limit
@@ -353,7 +380,7 @@ def test_max_size_small_still_gives_backtraces(mt, tmp_path):
 def test_mini_and_max_size_in_other_link_modes(spawn, tmp_path, exe):
     if not os.path.exists(target_path(exe)):
         pytest.skip(f"{exe} not built (gcc -m32 unavailable?)")
-    read_nr = (3,) if exe == "mt32" else (0,)         # read(2) on i386 / x86_64
+    read_nr = (3,) if exe == "mt32" else (0,)  # read(2) on i386 / x86_64
     t = spawn(exe)
     t.wait_blocked(syscalls=read_nr)
     for opts, name in ((["--mini"], "mini"), (["--max-size", "1M"], "small")):
@@ -372,17 +399,20 @@ def test_all_dumps_every_readable_mapping(mt, tmp_path):
     assert p.returncode == 0, p.stderr
     with open(f"/proc/{mt.pid}/smaps") as f:
         smaps = f.read()
-    io_starts = {int(m.group(1), 16) for m in re.finditer(
-        r"^([0-9a-f]+)-[0-9a-f]+ .*?\nVmFlags:([^\n]*)", smaps, re.M | re.S)
-        if " io" in m.group(2)}
+    io_starts = {
+        int(m.group(1), 16)
+        for m in re.finditer(r"^([0-9a-f]+)-[0-9a-f]+ .*?\nVmFlags:([^\n]*)", smaps, re.M | re.S)
+        if " io" in m.group(2)
+    }
     for ld in core_loads(tmp_path / "all"):
         if ld["vaddr"] not in io_starts:
             assert ld["filesz"] == ld["memsz"], ld
     # the executable's text (never dumped by the kernel's rule) equals the file on disk
     exe = os.path.realpath(target_path("mt"))
     with open(f"/proc/{mt.pid}/maps") as f:
-        text = [ln.split() for ln in f if ln.split()[1].startswith("r-x") and
-                ln.rstrip().endswith(exe)][0]
+        text = [
+            ln.split() for ln in f if ln.split()[1].startswith("r-x") and ln.rstrip().endswith(exe)
+        ][0]
     start, end = (int(x, 16) for x in text[0].split("-"))
     with open(exe, "rb") as f:
         f.seek(int(text[2], 16))
@@ -396,8 +426,9 @@ def test_filter_overrides_coredump_filter(mt, tmp_path):
     assert snapcore_cli(mt.pid, "--filter", "0x37", "-o", tmp_path / "f", "-q").returncode == 0
     note = snapcore_note(tmp_path / "f")
     assert note["coredump_filter"] == "0x37" and note["filter_source"] == "option"
-    libc_text = [ld for ld in core_loads(tmp_path / "f") if ld["flags"] == 5 and
-                 ld["memsz"] > 1 << 20]
+    libc_text = [
+        ld for ld in core_loads(tmp_path / "f") if ld["flags"] == 5 and ld["memsz"] > 1 << 20
+    ]
     assert libc_text and all(ld["filesz"] == ld["memsz"] for ld in libc_text)
     assert_runs_on(mt)
 
@@ -413,7 +444,7 @@ def test_metadata_sidecar_and_note(mt, tmp_path):
     st = os.stat(side)
     assert st.st_mode & 0o777 == 0o600
     meta = json.loads(side.read_text())
-    assert meta == snapcore_note(core)              # the core carries the same record
+    assert meta == snapcore_note(core)  # the core carries the same record
     assert meta["final"] is True and meta["format"] == 1
     assert meta["reason"] == "hung in test" and meta["trigger"] == "cli"
     assert meta["snapcore_argv"][0] == "snapcore" and "--metadata" in meta["snapcore_argv"]
@@ -441,17 +472,21 @@ def test_metadata_sidecar_and_note(mt, tmp_path):
 
 
 def test_sidecar_of_a_compressed_core_has_the_final_facts(mt, tmp_path):
-    p = snapcore_cli(mt.pid, "--compress", "zstd", "-o", tmp_path / "c.zst", "--metadata",
-                     "-q")
+    p = snapcore_cli(mt.pid, "--compress", "zstd", "-o", tmp_path / "c.zst", "--metadata", "-q")
     assert p.returncode == 0, p.stderr
     meta = json.loads((tmp_path / "c.zst.json").read_text())
     assert meta["final"] is True and meta["pause_seconds"] > 0
     r = info_json(tmp_path / "c.zst")
     assert r["snapcore"]["final"] is False and r["snapcore"]["pause_seconds"] is None
-    assert {k: v for k, v in r["snapcore"].items() if k not in (
-        "final", "pause_seconds", "wall_seconds", "unreadable", "unreadable_omitted")} == \
-        {k: v for k, v in meta.items() if k not in (
-            "final", "pause_seconds", "wall_seconds", "unreadable", "unreadable_omitted")}
+    assert {
+        k: v
+        for k, v in r["snapcore"].items()
+        if k not in ("final", "pause_seconds", "wall_seconds", "unreadable", "unreadable_omitted")
+    } == {
+        k: v
+        for k, v in meta.items()
+        if k not in ("final", "pause_seconds", "wall_seconds", "unreadable", "unreadable_omitted")
+    }
     assert_runs_on(mt)
 
 
@@ -497,8 +532,9 @@ def run_on_pty(argv, env_extra, timeout=120):
     """Run argv with stderr on a pseudo-terminal; return (rc, stdout, terminal output)."""
     master, slave = pty.openpty()
     env = dict(os.environ, **env_extra)
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=slave, env=env)
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave, env=env
+    )
     os.close(slave)
     chunks = []
     deadline = time.monotonic() + timeout
@@ -511,7 +547,7 @@ def run_on_pty(argv, env_extra, timeout=120):
                 continue
             try:
                 data = os.read(master, 65536)
-            except OSError:            # EIO: the child closed the terminal
+            except OSError:  # EIO: the child closed the terminal
                 break
             if not data:
                 break
@@ -529,8 +565,7 @@ def run_on_pty(argv, env_extra, timeout=120):
 def test_progress_bar_only_on_a_terminal(mt, tmp_path):
     cli = [sys.executable, "-m", "snapcore", str(mt.pid), "-f"]
     # a snapshot longer than the delay draws a bar on the terminal, then erases it
-    rc, out, term = run_on_pty(cli + ["-o", str(tmp_path / "a")],
-                               {"SNAPCORE_PROGRESS_DELAY": "0"})
+    rc, out, term = run_on_pty(cli + ["-o", str(tmp_path / "a")], {"SNAPCORE_PROGRESS_DELAY": "0"})
     assert rc == 0 and str(tmp_path / "a") in out
     assert re.search(r"\[[=> ]+\] +\d+% .*/s", term), term
     assert "100%" in term and term.endswith("\r\x1b[K"), repr(term)
@@ -538,8 +573,9 @@ def test_progress_bar_only_on_a_terminal(mt, tmp_path):
     rc, out, term = run_on_pty(cli + ["-o", str(tmp_path / "b")], {})
     assert rc == 0 and term == "", repr(term)
     # --quiet: nothing at all, even past the delay
-    rc, out, term = run_on_pty(cli + ["-o", str(tmp_path / "c"), "-q"],
-                               {"SNAPCORE_PROGRESS_DELAY": "0"})
+    rc, out, term = run_on_pty(
+        cli + ["-o", str(tmp_path / "c"), "-q"], {"SNAPCORE_PROGRESS_DELAY": "0"}
+    )
     assert rc == 0 and out == "" and term == ""
     # not a terminal: nothing on stderr
     p = run(cli + ["-o", str(tmp_path / "d")], env=dict(os.environ, SNAPCORE_PROGRESS_DELAY="0"))
@@ -553,8 +589,23 @@ def test_progress_bar_only_on_a_terminal(mt, tmp_path):
 def test_help_names_every_option():
     p = snapcore_cli("--help")
     assert p.returncode == 0
-    for opt in ("--all", "--mini", "--max-size", "--compress", "--metadata", "--reason",
-                "--json", "--quiet", "--filter", "%p", "%e", "%t", "%h", "info", "decompress"):
+    for opt in (
+        "--all",
+        "--mini",
+        "--max-size",
+        "--compress",
+        "--metadata",
+        "--reason",
+        "--json",
+        "--quiet",
+        "--filter",
+        "%p",
+        "%e",
+        "%t",
+        "%h",
+        "info",
+        "decompress",
+    ):
         assert opt in p.stdout, opt
     p = snapcore_cli("info", "--help")
     assert p.returncode == 0 and "--json" in p.stdout and "kernel" in p.stdout
@@ -562,14 +613,17 @@ def test_help_names_every_option():
     assert p.returncode == 0 and "-o" in p.stdout and "sparse" in p.stdout
 
 
-@pytest.mark.parametrize("args,fragment", [
-    (["--max-size", "lots"], "not a size"),
-    (["--max-size", "0"], "positive"),
-    (["--mini", "--all"], "exclude each other"),
-    (["--compress", "lz4"], "invalid choice"),
-    (["--filter", "xyz"], "coredump_filter"),
-    (["--reason"], "expected one argument"),
-])
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["--max-size", "lots"], "not a size"),
+        (["--max-size", "0"], "positive"),
+        (["--mini", "--all"], "exclude each other"),
+        (["--compress", "lz4"], "invalid choice"),
+        (["--filter", "xyz"], "coredump_filter"),
+        (["--reason"], "expected one argument"),
+    ],
+)
 def test_usage_errors(args, fragment):
     p = snapcore_cli("1", *args)
     assert_one_line_error(p, 2, fragment)

@@ -1,4 +1,5 @@
 """snapshot_tree / snapcore PID --tree: real process trees, read back by pystack and gdb."""
+
 import json
 import os
 import signal
@@ -9,6 +10,7 @@ import time
 import pytest
 
 import snapcore
+
 from helpers import TARGETS, Target, assert_untraced, gdb_batch, raw_notes, run, snapcore_cli
 
 TREE = os.path.join(TARGETS, "tree.py")
@@ -75,7 +77,7 @@ def assert_tree_runs_on(t):
 
 
 def test_every_process_gets_a_core_and_runs_on(tree, tmp_path):
-    t = tree("2,1")                       # root, 2 children, 1 grandchild each
+    t = tree("2,1")  # root, 2 children, 1 grandchild each
     pids = t.info["pids"]
     assert len(pids) == 5
     out = tmp_path / "hang"
@@ -83,7 +85,7 @@ def test_every_process_gets_a_core_and_runs_on(tree, tmp_path):
     assert_tree_runs_on(t)
 
     assert sorted(p.pid for p in result.processes) == sorted(pids)
-    assert result.processes[0].pid == t.pid          # parents before children
+    assert result.processes[0].pid == t.pid  # parents before children
     assert not result.failed, [(p.pid, p.error) for p in result.failed]
     doc = json.loads((out / "manifest.json").read_text())
     assert doc["root"] == t.pid
@@ -97,7 +99,7 @@ def test_every_process_gets_a_core_and_runs_on(tree, tmp_path):
         assert entry["comm"].startswith("python")
         assert entry["cmdline"][:2] == [sys.executable, TREE]
         assert entry["python"] is True
-        assert pid in entry["threads"] and len(entry["threads"]) == 2    # main + ticker
+        assert pid in entry["threads"] and len(entry["threads"]) == 2  # main + ticker
         with open(f"/proc/{pid}/stat") as f:
             assert entry["ppid"] == int(f.read().rsplit(")", 1)[1].split()[1])
     assert by_pid[t.pid]["ppid"] == os.getpid()
@@ -115,8 +117,8 @@ def test_every_process_gets_a_core_and_runs_on(tree, tmp_path):
 
 def test_one_failing_process_does_not_lose_the_others(tree, tmp_path):
     t = tree("2")
-    zombie = int(t.command("zombie").split()[1])       # a child of the root that exited
-    stopped = int(t.command("stop").split()[1])        # a child in a job-control stop
+    zombie = int(t.command("zombie").split()[1])  # a child of the root that exited
+    stopped = int(t.command("stop").split()[1])  # a child in a job-control stop
     out = tmp_path / "hang"
     result = snapcore.snapshot_tree(t.pid, out)
 
@@ -137,8 +139,11 @@ def test_one_failing_process_does_not_lose_the_others(tree, tmp_path):
         if pid != stopped:
             assert_untraced(pid)
     # its core says it was stopped, like the kernel's would (pr_sname 'T')
-    prpsinfo = [d for n, typ, d in raw_notes(str(out / f"core.{stopped}"))
-                if n == "CORE" and typ == NT_PRPSINFO][0]
+    prpsinfo = [
+        d
+        for n, typ, d in raw_notes(str(out / f"core.{stopped}"))
+        if n == "CORE" and typ == NT_PRPSINFO
+    ][0]
     assert prpsinfo[1:2] == b"T"
     os.kill(stopped, signal.SIGCONT)
     assert t.ping()
@@ -154,13 +159,15 @@ def test_processes_that_come_and_go_during_the_freeze(tmp_path):
             root = result.get(sh.pid)
             assert root.ok, root.error
             for p in result.failed:
-                assert p.error_type in ("NoSuchProcess", "TargetExited", "ZombieProcess"), \
-                    (p.pid, p.error)
+                assert p.error_type in ("NoSuchProcess", "TargetExited", "ZombieProcess"), (
+                    p.pid,
+                    p.error,
+                )
             for p in result.ok:
                 assert os.path.exists(p.core)
             assert_untraced(sh.pid)
             leftovers = [f for f in os.listdir(tmp_path / f"run{i}") if f.startswith(".")]
-            assert not leftovers, leftovers           # no temp file of a failed core
+            assert not leftovers, leftovers  # no temp file of a failed core
         assert sh.poll() is None
     finally:
         sh.kill()
@@ -201,7 +208,7 @@ def test_existing_manifest_is_refused_unless_forced(tree, tmp_path):
 
 def test_no_such_root(tmp_path):
     with pytest.raises(snapcore.NoSuchProcess):
-        snapcore.snapshot_tree(2 ** 22 + 7, tmp_path / "t")
+        snapcore.snapshot_tree(2**22 + 7, tmp_path / "t")
     assert not (tmp_path / "t").exists()
 
 
@@ -215,13 +222,13 @@ def test_cli_tree(tree, tmp_path):
     assert p.returncode == 0, p.stderr
     assert p.stderr == ""
     lines = p.stdout.splitlines()
-    assert len(lines) == 4                     # one per process, then the summary
+    assert len(lines) == 4  # one per process, then the summary
     for pid in t.info["pids"]:
         assert any(line.startswith(f"{out}/core.{pid}: pid {pid} ") for line in lines)
     assert "3 cores of a tree of 3 processes" in lines[-1]
     assert_tree_runs_on(t)
 
-    p = snapcore_cli(t.pid, "--tree", "-o", out)          # manifest exists
+    p = snapcore_cli(t.pid, "--tree", "-o", out)  # manifest exists
     assert p.returncode == 1 and p.stdout == ""
     assert p.stderr.count("\n") == 1 and p.stderr.startswith("snapcore: error: ")
     assert "manifest.json already exists" in p.stderr
@@ -249,7 +256,7 @@ def test_cli_tree_warns_about_a_process_it_could_not_dump(tree, tmp_path):
 
 
 def test_cli_tree_no_such_process(tmp_path):
-    p = snapcore_cli(2 ** 22 + 7, "--tree", "-o", tmp_path / "t")
+    p = snapcore_cli(2**22 + 7, "--tree", "-o", tmp_path / "t")
     assert p.returncode == 1 and p.stdout == ""
     assert p.stderr.startswith("snapcore: error: no process with pid")
     assert p.stderr.count("\n") == 1
@@ -272,11 +279,14 @@ def test_cli_tree_terminated_midway_resumes_everything(tmp_path):
         codes = []
         for i, delay in enumerate((0, 0.05, 0.1, 0.2, 0.4)):
             out = tmp_path / f"t{i}"
-            p = subprocess.Popen([sys.executable, "-m", "snapcore", str(t.pid), "--tree",
-                                  "-q", "-o", str(out)],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            p = subprocess.Popen(
+                [sys.executable, "-m", "snapcore", str(t.pid), "--tree", "-q", "-o", str(out)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             deadline = time.monotonic() + 30
-            while not out.exists() and p.poll() is None:      # it is about to freeze
+            while not out.exists() and p.poll() is None:  # it is about to freeze
                 assert time.monotonic() < deadline
                 time.sleep(0.002)
             time.sleep(delay)
@@ -287,15 +297,15 @@ def test_cli_tree_terminated_midway_resumes_everything(tmp_path):
             codes.append(p.returncode)
             if p.returncode == 143:
                 assert err == "snapcore: error: terminated; every process was resumed\n"
-                assert not out.exists(), os.listdir(out)      # no core, no directory
+                assert not out.exists(), os.listdir(out)  # no core, no directory
             else:
                 assert sorted(os.listdir(out)) == sorted(
-                    ["manifest.json"] + [f"core.{pid}" for pid in pids])
+                    ["manifest.json"] + [f"core.{pid}" for pid in pids]
+                )
             for pid in pids:
                 assert_untraced(pid)
         assert t.proc.poll() is None
-        assert 143 in codes, codes                 # at least one was stopped midway
+        assert 143 in codes, codes  # at least one was stopped midway
     finally:
         kill_all(t.info.get("pids", []))
         t.close()
-

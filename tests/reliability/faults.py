@@ -2,6 +2,7 @@
 
 Trial counts are small in CI and large under `make soak` (SNAPCORE_SOAK=1).
 """
+
 import os
 import time
 

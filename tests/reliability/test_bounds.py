@@ -1,4 +1,5 @@
 """Every wait is bounded: stuck threads, churn, exit and exec during a snapshot."""
+
 import os
 import signal
 import subprocess
@@ -8,13 +9,14 @@ import time
 import pytest
 
 import snapcore
+
 from faults import trials, wait_traced
 from helpers import assert_runs_on, assert_untraced, eu_stack_tids, have, task_states
 
 
 def test_thread_that_cannot_stop_gives_a_clear_error_in_bounded_time(spawn, tmp_path):
     t = spawn("mt")
-    assert t.command("vfork 6") == "ok"          # a thread enters a D-state vfork wait
+    assert t.command("vfork 6") == "ok"  # a thread enters a D-state vfork wait
     deadline = time.monotonic() + 10
     while "D" not in {s for s, _ in task_states(t.pid).values()}:
         assert time.monotonic() < deadline, task_states(t.pid)
@@ -23,7 +25,7 @@ def test_thread_that_cannot_stop_gives_a_clear_error_in_bounded_time(spawn, tmp_
     with pytest.raises(snapcore.ThreadStopTimeout) as ei:
         snapcore.snapshot(t.pid, tmp_path / "core", stop_timeout=1.0)
     elapsed = time.monotonic() - t0
-    assert elapsed < 10, elapsed                       # the bound, not the 6 s vfork
+    assert elapsed < 10, elapsed  # the bound, not the 6 s vfork
     stuck = [tid for tid, (s, _) in task_states(t.pid).items() if s == "D"]
     assert ei.value.tids == stuck
     assert "did not stop within 1s" in str(ei.value) and "--stop-timeout" in str(ei.value)
@@ -33,9 +35,21 @@ def test_thread_that_cannot_stop_gives_a_clear_error_in_bounded_time(spawn, tmp_
     assert_runs_on(t)
     # and the CLI says so in one line
     t2 = time.monotonic()
-    p = subprocess.run([sys.executable, "-m", "snapcore", str(t.pid), "-o",
-                        str(tmp_path / "core"), "--stop-timeout", "0.5"],
-                       capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snapcore",
+            str(t.pid),
+            "-o",
+            str(tmp_path / "core"),
+            "--stop-timeout",
+            "0.5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if any(s == "D" for s, _ in task_states(t.pid).values()):
         assert p.returncode == 1 and p.stderr.count("\n") == 1, p.stderr
         assert "did not stop" in p.stderr
@@ -46,7 +60,7 @@ def test_thread_that_cannot_stop_gives_a_clear_error_in_bounded_time(spawn, tmp_
 def test_thread_churn(spawn, tmp_path):
     t = spawn("churn")
     outcomes = {}
-    for i in range(trials(10, 100)):
+    for _i in range(trials(10, 100)):
         t0 = time.monotonic()
         try:
             snapcore.snapshot(t.pid, tmp_path / "core", force=True, stop_timeout=5)
@@ -61,7 +75,7 @@ def test_thread_churn(spawn, tmp_path):
 
 @pytest.mark.skipif(not have("eu-stack"), reason="elfutils not installed")
 def test_exec_during_snapshots(spawn, tmp_path):
-    t = spawn("execloop")              # re-executes itself every ~3 ms, same pid
+    t = spawn("execloop")  # re-executes itself every ~3 ms, same pid
     outcomes = {}
     good = None
     for i in range(trials(15, 150)):
@@ -90,11 +104,12 @@ def test_target_killed_mid_snapshot(spawn, tmp_path):
         t.wait_blocked()
         err = {}
 
-        def killer():
+        def killer(t=t):
             if wait_traced(t.pid, timeout=30):
                 os.kill(t.pid, signal.SIGKILL)
 
         import threading
+
         k = threading.Thread(target=killer)
         k.start()
         path = tmp_path / f"core.{i}"

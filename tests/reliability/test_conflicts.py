@@ -1,4 +1,5 @@
 """Another tracer, or a second snapcore, on the same target."""
+
 import os
 import subprocess
 import sys
@@ -7,6 +8,7 @@ import time
 import pytest
 
 import snapcore
+
 from faults import wait_traced
 from helpers import assert_runs_on, have, task_states
 
@@ -14,9 +16,12 @@ from helpers import assert_runs_on, have, task_states
 def test_second_snapcore_fails_cleanly_and_first_succeeds(spawn, tmp_path):
     t = spawn("mt", "mib=256")
     t.wait_blocked()
-    first = subprocess.Popen([sys.executable, "-m", "snapcore", str(t.pid), "-o",
-                              str(tmp_path / "first")], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "snapcore", str(t.pid), "-o", str(tmp_path / "first")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert wait_traced(t.pid, timeout=30, proc=first)
         with pytest.raises(snapcore.AlreadyTraced) as ei:
@@ -35,15 +40,22 @@ def test_second_snapcore_fails_cleanly_and_first_succeeds(spawn, tmp_path):
 @pytest.mark.skipif(not have("strace"), reason="strace not installed")
 def test_traced_by_strace(spawn, tmp_path):
     t = spawn("mt")
-    st = subprocess.Popen(["strace", "-p", str(t.pid), "-o", os.devnull],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    st = subprocess.Popen(
+        ["strace", "-p", str(t.pid), "-o", os.devnull],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 20
         while task_states(t.pid)[t.pid][1] == 0:
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        p = subprocess.run([sys.executable, "-m", "snapcore", str(t.pid), "-o",
-                            str(tmp_path / "core")], capture_output=True, text=True, timeout=60)
+        p = subprocess.run(
+            [sys.executable, "-m", "snapcore", str(t.pid), "-o", str(tmp_path / "core")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert p.returncode == 1
         assert f"traced by PID {st.pid} (strace)" in p.stderr and p.stderr.count("\n") == 1
     finally:
@@ -57,6 +69,7 @@ def test_snapshot_of_our_child_while_another_thread_waits_for_it(spawn, tmp_path
     """Any thread of a tracer's process can collect its tracees' ptrace stops; a
     Popen.wait() in another thread must neither see them nor lose the child."""
     import threading
+
     t = spawn("mt")
     t.wait_blocked()
     waited = {}
@@ -66,7 +79,7 @@ def test_snapshot_of_our_child_while_another_thread_waits_for_it(spawn, tmp_path
 
     w = threading.Thread(target=waiter, daemon=True)
     w.start()
-    time.sleep(0.1)                                   # blocked in waitpid()
+    time.sleep(0.1)  # blocked in waitpid()
     for i in range(3):
         snapcore.snapshot(t.pid, tmp_path / f"core.{i}")
         snapcore.snapshot(t.pid, tmp_path / f"live.{i}", live=True)

@@ -1,4 +1,5 @@
 """SIGKILL, SIGINT and SIGTERM of snapcore at any moment: the target runs on."""
+
 import os
 import random
 import signal
@@ -11,12 +12,16 @@ import pytest
 from faults import trials, wait_traced
 from helpers import assert_runs_on, assert_untraced
 
-BIG = ("mt", "mib=192", "threads=40")          # 192 MiB of random data and 40 extra threads
+BIG = ("mt", "mib=192", "threads=40")  # 192 MiB of random data and 40 extra threads
 
 
 def _cli(pid, out, *extra):
-    return subprocess.Popen([sys.executable, "-m", "snapcore", str(pid), "-o", str(out), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "snapcore", str(pid), "-o", str(out), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 class _TraceWatch:
@@ -24,6 +29,7 @@ class _TraceWatch:
 
     def __init__(self, pid):
         import threading
+
         self.traced = False
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, args=(pid,), daemon=True)
@@ -84,9 +90,9 @@ def test_sigkill_at_random_moments(spawn, tmp_path, mode):
         seen = _TraceWatch(t.pid)
         try:
             if i % 2 == 0:
-                time.sleep(rng.uniform(0, whole * 1.1))       # anywhere, start-up included
+                time.sleep(rng.uniform(0, whole * 1.1))  # anywhere, start-up included
             else:
-                seen.wait(timeout=30, proc=p)                 # after the freeze began
+                seen.wait(timeout=30, proc=p)  # after the freeze began
                 time.sleep(rng.uniform(0, whole / 3))
             traced = seen.traced and p.poll() is None
             p.send_signal(signal.SIGKILL)
@@ -118,15 +124,18 @@ def test_sigkill_at_random_moments(spawn, tmp_path, mode):
     while time.monotonic() < deadline and _image_children(t.pid)[1]:
         time.sleep(0.05)
     left = _image_children(t.pid)[1]
-    print(f"\n{mode}: {n} SIGKILL trials, {killed_while_traced} once the freeze had begun, "
-          f"{completed} after the core was complete, 0 harmed, 0 partial files, "
-          f"{len(left)} image zombies left ({len(zombies)} seen while being reaped)")
+    print(
+        f"\n{mode}: {n} SIGKILL trials, {killed_while_traced} once the freeze had begun, "
+        f"{completed} after the core was complete, 0 harmed, 0 partial files, "
+        f"{len(left)} image zombies left ({len(zombies)} seen while being reaped)"
+    )
     assert left == [], f"forked images left as zombies of the target: {left}"
     assert killed_while_traced >= n // 4, "kills did not land inside snapshots"
 
 
 def assert_complete_core(path):
     from elftools.elf.elffile import ELFFile
+
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         segs = list(ELFFile(f).iter_segments())
@@ -136,6 +145,7 @@ def assert_complete_core(path):
 
 def _states(pid):
     from helpers import task_states
+
     return task_states(pid)
 
 
@@ -156,7 +166,7 @@ def _interrupt(spawn, tmp_path, sig, code, word):
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("snapcore: error: ") and word in lines[0]
     assert "Traceback" not in stderr
-    assert os.listdir(tmp_path) == []                     # no core, no temp file
+    assert os.listdir(tmp_path) == []  # no core, no temp file
     assert_runs_on(t)
 
 
@@ -178,7 +188,7 @@ def test_live_snapshot_interrupted(spawn, tmp_path, sig, code):
     seen = _TraceWatch(t.pid)
     try:
         seen.wait(timeout=30, proc=p)
-        time.sleep(0.05)                               # copying from the image now
+        time.sleep(0.05)  # copying from the image now
         p.send_signal(sig)
         stdout, stderr = p.communicate(timeout=60)
     finally:

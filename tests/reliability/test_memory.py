@@ -1,4 +1,5 @@
 """Memory: the target gains nothing from being read; snapcore itself stays small."""
+
 import re
 import subprocess
 import sys
@@ -6,6 +7,7 @@ import sys
 import pytest
 
 import snapcore
+
 from helpers import assert_runs_on, assert_untraced, read_core_memory
 
 # VmHWM is the high-water RSS of this process's own address space.  getrusage's
@@ -42,8 +44,12 @@ def test_target_rss_does_not_grow(spawn, tmp_path):
 def test_snapcore_peak_rss_is_bounded(spawn, tmp_path):
     t = spawn("mt", "mib=384")
     t.wait_blocked()
-    p = subprocess.run([sys.executable, "-c", PEAK, str(t.pid), "-o", str(tmp_path / "core"),
-                        "-q"], capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-c", PEAK, str(t.pid), "-o", str(tmp_path / "core"), "-q"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stderr
     peak_kb = int(re.search(r"MAXRSS (\d+)", p.stdout).group(1))
     assert peak_kb < 64 * 1024, f"snapcore peaked at {peak_kb} KiB for a 384 MiB target"
@@ -52,6 +58,7 @@ def test_snapcore_peak_rss_is_bounded(spawn, tmp_path):
 
 def _region(pid, start):
     from snapcore import procfs
+
     for v in procfs.read_smaps(pid):
         if v.start == start:
             return v
@@ -67,7 +74,7 @@ def test_copy_on_write_shared_pages_stay_shared(spawn, tmp_path, live):
     """
     t = spawn("cowshare", "64")
     before = _region(t.pid, t.info["buf"])
-    assert before.shared_rss >= 60 << 20, before          # shared with the child
+    assert before.shared_rss >= 60 << 20, before  # shared with the child
     s = snapcore.snapshot(t.pid, tmp_path / "core", live=live)
     assert s.live == live
     after = _region(t.pid, t.info["buf"])

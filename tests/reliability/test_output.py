@@ -1,4 +1,5 @@
 """The output is private, atomic, and a failed write leaves nothing behind."""
+
 import errno
 import os
 import resource
@@ -9,6 +10,7 @@ import sys
 import pytest
 
 import snapcore
+
 from helpers import assert_runs_on
 
 
@@ -35,16 +37,21 @@ def test_disk_full(spawn, tmp_path):
     t.wait_blocked()
     mnt = tmp_path / "small"
     mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], check=True,
-                   timeout=30)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], check=True, timeout=30
+    )
     try:
         with pytest.raises(snapcore.OutputError) as ei:
             snapcore.snapshot(t.pid, mnt / "core")
         assert ei.value.errno == errno.ENOSPC
-        assert os.listdir(mnt) == []                         # no partial file, no temp file
+        assert os.listdir(mnt) == []  # no partial file, no temp file
         assert_runs_on(t)
-        p = subprocess.run([sys.executable, "-m", "snapcore", str(t.pid), "-o",
-                            str(mnt / "core")], capture_output=True, text=True, timeout=60)
+        p = subprocess.run(
+            [sys.executable, "-m", "snapcore", str(t.pid), "-o", str(mnt / "core")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert p.returncode == 1 and p.stderr.count("\n") == 1
         assert "No space left on device" in p.stderr and "Traceback" not in p.stderr
         assert os.listdir(mnt) == []
@@ -61,9 +68,13 @@ def test_file_size_limit_is_an_output_error(spawn, tmp_path):
     def limit():
         resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
 
-    p = subprocess.run([sys.executable, "-m", "snapcore", str(t.pid), "-o",
-                        str(tmp_path / "core")], capture_output=True, text=True, timeout=60,
-                       preexec_fn=limit)
+    p = subprocess.run(
+        [sys.executable, "-m", "snapcore", str(t.pid), "-o", str(tmp_path / "core")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=limit,
+    )
     assert p.returncode == 1, p.stderr
     assert "File too large" in p.stderr and p.stderr.count("\n") == 1
     assert os.listdir(tmp_path) == []

@@ -1,4 +1,5 @@
 """Signals sent to the target while it is frozen are all delivered afterwards."""
+
 import ctypes
 import os
 import signal
@@ -8,6 +9,7 @@ import time
 import pytest
 
 import snapcore
+
 from faults import tracer_of, trials, wait_traced
 from helpers import assert_runs_on, assert_untraced, wait_all_stopped
 
@@ -68,10 +70,10 @@ def test_signals_sent_during_snapshots_are_all_delivered(spawn, tmp_path, live):
     n = trials(10, 100)
     expected = [0] * 7
     sent = during = 0
-    for i in range(n):
+    for _i in range(n):
         bg = Background(t.pid, tmp_path / "core", live)
         traced = wait_traced(t.pid, timeout=30)
-        assert traced or live          # a live freeze can be too short to observe
+        assert traced or live  # a live freeze can be too short to observe
         plan = [(signal.SIGUSR1, None, 0), (signal.SIGUSR2, w1, 1), (signal.SIGWINCH, None, 2)]
         for k in range(4):
             for rep in range(3):
@@ -89,8 +91,10 @@ def test_signals_sent_during_snapshots_are_all_delivered(spawn, tmp_path, live):
         assert_untraced(t.pid)
         wait_counts(t, expected)
     assert_runs_on(t)
-    print(f"\n{'live' if live else 'normal'}: {sent} signals sent ({during} while the "
-          f"target was frozen), 0 lost")
+    print(
+        f"\n{'live' if live else 'normal'}: {sent} signals sent ({during} while the "
+        f"target was frozen), 0 lost"
+    )
     if not live:
         assert during >= sent // 4, "signals did not land inside snapshots"
 

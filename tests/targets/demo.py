@@ -4,6 +4,7 @@ Starts tests/targets/bin/mt (four threads blocked in named functions), takes a
 core with `python -m snapcore`, shows that the target kept running, prints
 gdb's `thread apply all bt` of the core, then stops the target.
 """
+
 import os
 import shutil
 import subprocess
@@ -24,8 +25,7 @@ def main():
         t.wait_blocked()
         core = os.path.join(OUT, f"core.{t.pid}")
         print(f"$ python -m snapcore {t.pid} -o {os.path.relpath(core)}", flush=True)
-        rc = subprocess.call([sys.executable, "-m", "snapcore", str(t.pid), "-o", core,
-                              "--force"])
+        rc = subprocess.call([sys.executable, "-m", "snapcore", str(t.pid), "-o", core, "--force"])
         if rc != 0:
             return rc
         assert_runs_on(t)
@@ -33,14 +33,29 @@ def main():
         if not shutil.which("gdb"):
             print("gdb is not installed: skipping the backtrace (apt-get install gdb)")
             return 0
-        cmd = ["gdb", "-nx", "-batch", "-ex", "set debuginfod enabled off",
-               "-ex", "thread apply all bt", exe, core]
-        print("$ gdb -batch -ex 'thread apply all bt' "
-              f"{os.path.relpath(exe)} {os.path.relpath(core)}", flush=True)
+        cmd = [
+            "gdb",
+            "-nx",
+            "-batch",
+            "-ex",
+            "set debuginfod enabled off",
+            "-ex",
+            "thread apply all bt",
+            exe,
+            core,
+        ]
+        print(
+            "$ gdb -batch -ex 'thread apply all bt' "
+            f"{os.path.relpath(exe)} {os.path.relpath(core)}",
+            flush=True,
+        )
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         print(out.stdout)
-        missing = [fn for fn in ("command_loop", "sleeper_thread", "cond_waiter_thread",
-                                 "pipe_reader_thread") if fn not in out.stdout]
+        missing = [
+            fn
+            for fn in ("command_loop", "sleeper_thread", "cond_waiter_thread", "pipe_reader_thread")
+            if fn not in out.stdout
+        ]
         if missing:
             print(f"demo: gdb did not show {missing}", file=sys.stderr)
             return 1

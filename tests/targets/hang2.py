@@ -5,6 +5,7 @@ the child sleeps forever (child_sleeps_forever) and ignores SIGTERM, so it
 is only ended by SIGKILL, after its parent is gone (an orphan by then).
 Both pids go to PIDFILE ("PARENT CHILD") once the child is running.
 """
+
 import os
 import signal
 import subprocess

@@ -21,6 +21,7 @@ its last command and answers whatever comes meanwhile before it returns.
     ping  -> "pong N"   N = commands answered so far (grows while the target runs)
     exit  -> exits 0
 """
+
 import fcntl
 import json
 import os
@@ -52,7 +53,7 @@ def handle_io(signum, frame):
                 return
             continue
         if not chunk:
-            os._exit(0)                           # the test closed our stdin
+            os._exit(0)  # the test closed our stdin
         for line in chunk.decode().splitlines():
             answered += 1
             if line.startswith("ping"):
@@ -76,8 +77,7 @@ def outer():
 def main():
     # the worker inherits a mask that blocks SIGIO; the main thread unblocks it
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGIO})
-    worker = threading.Thread(target=worker_loop, args=(stop_event,), name="worker",
-                              daemon=True)
+    worker = threading.Thread(target=worker_loop, args=(stop_event,), name="worker", daemon=True)
     worker.start()
     while not worker_tid:
         time.sleep(0.001)
@@ -86,9 +86,17 @@ def main():
     fcntl.fcntl(0, fcntl.F_SETFL, fl | os.O_ASYNC | os.O_NONBLOCK)
     fcntl.fcntl(0, fcntl.F_SETOWN, os.getpid())
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGIO})
-    sys.stdout.write("READY " + json.dumps({
-        "pid": os.getpid(), "tids": [threading.get_native_id(), worker_tid[0]],
-        "marker": MARKER}) + "\n")
+    sys.stdout.write(
+        "READY "
+        + json.dumps(
+            {
+                "pid": os.getpid(),
+                "tids": [threading.get_native_id(), worker_tid[0]],
+                "marker": MARKER,
+            }
+        )
+        + "\n"
+    )
     sys.stdout.flush()
     outer()
 

@@ -17,6 +17,7 @@ subtree is up, a process prints one line, "READY {json}", with "pid" and
 
 The main thread of the root waits in root_loop(), the others in child_loop().
 """
+
 import json
 import os
 import signal
@@ -43,8 +44,9 @@ def start_children(fanout):
         argv = [sys.executable, os.path.abspath(__file__), "--child"]
         if fanout[1:]:
             argv += ["--fanout", ",".join(str(n) for n in fanout[1:])]
-        p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                             bufsize=1)
+        p = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+        )
         line = p.stdout.readline()
         assert line.startswith("READY"), line
         kids.append((p, json.loads(line[5:])))
@@ -66,12 +68,11 @@ def serve(kids):
         elif cmd == "pingall":
             all_ticks = {os.getpid(): ticks}
             for p, _ in kids:
-                all_ticks.update({int(k): v for k, v in
-                                  json.loads(ask(p, "pingall")[6:]).items()})
+                all_ticks.update({int(k): v for k, v in json.loads(ask(p, "pingall")[6:]).items()})
             reply = "pongs " + json.dumps(all_ticks)
         elif cmd == "zombie":
             z = subprocess.Popen([sys.executable, "-c", "pass"])
-            held.append(z)                       # never waited for
+            held.append(z)  # never waited for
             while True:
                 with open(f"/proc/{z.pid}/stat") as f:
                     if f.read().rsplit(")", 1)[1].split()[0] == "Z":
@@ -110,8 +111,11 @@ def main():
     threading.Thread(target=ticker, daemon=True, name="ticker").start()
     kids = start_children(fanout)
     pids = [os.getpid()] + [pid for _, info in kids for pid in info["pids"]]
-    print("READY " + json.dumps({"pid": os.getpid(), "pids": pids,
-                                 "children": [p.pid for p, _ in kids]}), flush=True)
+    print(
+        "READY "
+        + json.dumps({"pid": os.getpid(), "pids": pids, "children": [p.pid for p, _ in kids]}),
+        flush=True,
+    )
     if "--child" in args:
         child_loop(kids)
     else:

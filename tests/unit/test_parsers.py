@@ -1,4 +1,5 @@
 """Pure parsers and builders, on captured text (no processes needed)."""
+
 import struct
 
 import pytest
@@ -10,10 +11,12 @@ from snapcore.elf import notes
 from snapcore.elf.layout import CoreLayout, Load
 from snapcore.elf.structs import PN_XNUM, iter_notes, note
 
-STAT = ("4242 (a (weird) name) S 1 4242 4242 0 -1 4194560 120 0 0 0 7 3 1 2 20 0 4 0 "
-        "1234 10000000 300 18446744073709551615 1 1 0 0 0 0 0 4096 1 0 0 0 17 1 0 0 0 0 0 "
-        "94000000000000 94000000001000 94000000002000 140720000000000 140720000000100 "
-        "140720000000100 140720000000200 0")
+STAT = (
+    "4242 (a (weird) name) S 1 4242 4242 0 -1 4194560 120 0 0 0 7 3 1 2 20 0 4 0 "
+    "1234 10000000 300 18446744073709551615 1 1 0 0 0 0 0 4096 1 0 0 0 17 1 0 0 0 0 0 "
+    "94000000000000 94000000001000 94000000002000 140720000000000 140720000000100 "
+    "140720000000100 140720000000200 0"
+)
 
 SMAPS = """\
 55d0c0a00000-55d0c0a01000 r--p 00000000 fe:00 260386                     /usr/bin/my prog
@@ -73,28 +76,42 @@ def test_parse_smaps_rejects_garbage():
         procfs.parse_smaps("Rss: 4 kB\n")
 
 
-@pytest.mark.parametrize("name,special", [
-    ("[vdso]", True), ("[vvar]", True), ("[uprobes]", True), ("[heap]", False),
-    ("[stack]", False), ("[anon:my arena]", False), ("/lib/x.so", False), ("", False)])
+@pytest.mark.parametrize(
+    "name,special",
+    [
+        ("[vdso]", True),
+        ("[vvar]", True),
+        ("[uprobes]", True),
+        ("[heap]", False),
+        ("[stack]", False),
+        ("[anon:my arena]", False),
+        ("/lib/x.so", False),
+        ("", False),
+    ],
+)
 def test_special_mappings(name, special):
     v = procfs.Vma(0, 4096, "r--p", 0, 0, 0, 0, name)
     assert v.special is special
 
 
 def test_parse_status():
-    text = ("Name:\tmt\nState:\tS (sleeping)\nTgid:\t10\nPPid:\t1\nTracerPid:\t0\n"
-            "Uid:\t1000\t1000\t1000\t1000\nGid:\t100\t100\t100\t100\nSigPnd:\t0000000000000200\n"
-            "ShdPnd:\t0000000000000000\nSigBlk:\t0000000000010000\nSeccomp:\t0\nKthread:\t0\n"
-            "Threads:\t4\n")
+    text = (
+        "Name:\tmt\nState:\tS (sleeping)\nTgid:\t10\nPPid:\t1\nTracerPid:\t0\n"
+        "Uid:\t1000\t1000\t1000\t1000\nGid:\t100\t100\t100\t100\nSigPnd:\t0000000000000200\n"
+        "ShdPnd:\t0000000000000000\nSigBlk:\t0000000000010000\nSeccomp:\t0\nKthread:\t0\n"
+        "Threads:\t4\n"
+    )
     st = procfs.parse_status(text)
     assert st.uid[0] == 1000 and st.gid[0] == 100 and st.sig_pnd == 0x200
     assert st.sig_blk == 0x10000 and st.threads == 4 and not st.kthread and st.state == "S"
 
 
 def test_parse_thread_status():
-    text = ("Name:\tmt\nUmask:\t0022\nState:\tt (tracing stop)\nTgid:\t10\n"
-            "SigQ:\t0/100\nSigPnd:\t0000000000000200\nShdPnd:\t0000000000000000\n"
-            "SigBlk:\t0000000000010000\nSigIgn:\t0000000000000000\n")
+    text = (
+        "Name:\tmt\nUmask:\t0022\nState:\tt (tracing stop)\nTgid:\t10\n"
+        "SigQ:\t0/100\nSigPnd:\t0000000000000200\nShdPnd:\t0000000000000000\n"
+        "SigBlk:\t0000000000010000\nSigIgn:\t0000000000000000\n"
+    )
     assert procfs.parse_thread_status(text) == ("t", 0x200, 0x10000)
     with pytest.raises(ValueError):
         procfs.parse_thread_status("Name:\tmt\n")
@@ -106,12 +123,24 @@ def test_unescape_maps_name():
 
 def test_prstatus_layout_x86_64():
     regs = bytes(range(216))
-    d = X86_64.build_prstatus(tid=77, ppid=1, pgrp=2, sid=3, sigpend=0x200, sighold=0x400,
-                              utime=150, stime=0, cutime=0, cstime=0, regs=regs, fpvalid=True)
+    d = X86_64.build_prstatus(
+        tid=77,
+        ppid=1,
+        pgrp=2,
+        sid=3,
+        sigpend=0x200,
+        sighold=0x400,
+        utime=150,
+        stime=0,
+        cutime=0,
+        cstime=0,
+        regs=regs,
+        fpvalid=True,
+    )
     assert len(d) == 336
     assert struct.unpack_from("<iiii", d, 32) == (77, 1, 2, 3)
     assert struct.unpack_from("<QQ", d, 16) == (0x200, 0x400)
-    assert d[112:112 + 216] == regs
+    assert d[112 : 112 + 216] == regs
     assert struct.unpack_from("<i", d, 328) == (1,)
     sec, usec = struct.unpack_from("<qq", d, 48)
     assert sec * CLK_TCK + usec * CLK_TCK // 1_000_000 == 150
@@ -119,37 +148,81 @@ def test_prstatus_layout_x86_64():
 
 def test_prstatus_layout_i386():
     regs = bytes(68)
-    d = I386.build_prstatus(tid=5, ppid=6, pgrp=7, sid=8, sigpend=1 << 40, sighold=3,
-                            utime=0, stime=0, cutime=0, cstime=0, regs=regs, fpvalid=False)
+    d = I386.build_prstatus(
+        tid=5,
+        ppid=6,
+        pgrp=7,
+        sid=8,
+        sigpend=1 << 40,
+        sighold=3,
+        utime=0,
+        stime=0,
+        cutime=0,
+        cstime=0,
+        regs=regs,
+        fpvalid=False,
+    )
     assert len(d) == 144
     assert struct.unpack_from("<iiii", d, 24) == (5, 6, 7, 8)
-    assert struct.unpack_from("<II", d, 16) == (0, 3)          # 32-bit sigsets
+    assert struct.unpack_from("<II", d, 16) == (0, 3)  # 32-bit sigsets
 
 
 def test_wrong_register_size_is_refused():
     with pytest.raises(ValueError):
-        X86_64.build_prstatus(tid=1, ppid=0, pgrp=0, sid=0, sigpend=0, sighold=0, utime=0,
-                              stime=0, cutime=0, cstime=0, regs=bytes(68), fpvalid=False)
+        X86_64.build_prstatus(
+            tid=1,
+            ppid=0,
+            pgrp=0,
+            sid=0,
+            sigpend=0,
+            sighold=0,
+            utime=0,
+            stime=0,
+            cutime=0,
+            cstime=0,
+            regs=bytes(68),
+            fpvalid=False,
+        )
 
 
 def test_prpsinfo_fields():
-    d = X86_64.build_prpsinfo(state_index=1, sname="S", nice=-5, flag=0x400000, uid=1000,
-                              gid=100, pid=9, ppid=1, pgrp=9, sid=9, fname=b"mt",
-                              psargs=notes.psargs_field(b"./mt\0arg\0"))
+    d = X86_64.build_prpsinfo(
+        state_index=1,
+        sname="S",
+        nice=-5,
+        flag=0x400000,
+        uid=1000,
+        gid=100,
+        pid=9,
+        ppid=1,
+        pgrp=9,
+        sid=9,
+        fname=b"mt",
+        psargs=notes.psargs_field(b"./mt\0arg\0"),
+    )
     assert len(d) == 136
     assert d[0:4] == bytes([1, ord("S"), 0, 251])
     assert struct.unpack_from("<QIIiiii", d, 8) == (0x400000, 1000, 100, 9, 1, 9, 9)
     assert d[40:56].rstrip(b"\0") == b"mt"
-    assert d[56:].rstrip(b"\0") == b"./mt arg "                 # kernel keeps the trailing space
+    assert d[56:].rstrip(b"\0") == b"./mt arg "  # kernel keeps the trailing space
 
 
 def test_psargs_truncates_to_79():
     assert len(notes.psargs_field(b"x" * 200)) == 79
 
 
-@pytest.mark.parametrize("letter,expect", [("R", (0, "R")), ("S", (1, "S")), ("D", (2, "D")),
-                                           ("T", (3, "T")), ("t", (3, "T")), ("Z", (4, "Z")),
-                                           ("I", (2, "D"))])
+@pytest.mark.parametrize(
+    "letter,expect",
+    [
+        ("R", (0, "R")),
+        ("S", (1, "S")),
+        ("D", (2, "D")),
+        ("T", (3, "T")),
+        ("t", (3, "T")),
+        ("Z", (4, "Z")),
+        ("I", (2, "D")),
+    ],
+)
 def test_state_index(letter, expect):
     assert notes.state_index(letter) == expect
 
@@ -182,15 +255,18 @@ def test_note_padding_and_roundtrip():
 
 
 def test_layout_offsets_back_to_back():
-    loads = [Load(0x1000, 0x2000, 0x2000, 6), Load(0x5000, 0x1000, 0, 4),
-             Load(0x9000, 0x3000, 0x1000, 5)]
+    loads = [
+        Load(0x1000, 0x2000, 0x2000, 6),
+        Load(0x5000, 0x1000, 0, 4),
+        Load(0x9000, 0x3000, 0x1000, 5),
+    ]
     lay = CoreLayout(X86_64, b"n" * 100, loads)
     assert lay.data_off % 4096 == 0 and lay.data_off >= lay.notes_off + 100
     assert lay.offsets == [lay.data_off, lay.data_off + 0x2000, lay.data_off + 0x2000]
     assert lay.file_size == lay.data_off + 0x3000
     hdr = lay.header_block()
     assert len(hdr) == lay.notes_off + 100
-    assert struct.unpack_from("<H", hdr, 56)[0] == 4                  # e_phnum
+    assert struct.unpack_from("<H", hdr, 56)[0] == 4  # e_phnum
 
 
 def test_pn_xnum_threshold():
@@ -204,16 +280,17 @@ def test_pn_xnum_threshold():
     assert (e_phnum, e_shentsize, e_shnum) == (PN_XNUM, 64, 1)
     assert e_shoff == many.data_end
     off, shdr = many.trailer_block()
-    assert off == e_shoff and struct.unpack_from("<I", shdr, 44)[0] == PN_XNUM    # sh_info
+    assert off == e_shoff and struct.unpack_from("<I", shdr, 44)[0] == PN_XNUM  # sh_info
     assert many.file_size == e_shoff + 64
 
 
 def test_xsave_layout_from_xcr0():
     xstate = bytearray(600)
-    struct.pack_into("<Q", xstate, 464, 0b10000111)                  # x87|SSE|AVX|bit 7
+    struct.pack_into("<Q", xstate, 464, 0b10000111)  # x87|SSE|AVX|bit 7
 
     def fake_cpuid(leaf, sub):
         return {2: (256, 576, 0, 0), 7: (1024, 1408, 0, 0)}[sub]
+
     d = notes.build_xsave_layout(bytes(xstate), fake_cpuid)
     assert struct.unpack("<8I", d) == (2, 256, 576, 0, 7, 1024, 1408, 0)
 
@@ -221,7 +298,7 @@ def test_xsave_layout_from_xcr0():
 def test_auxv_through_null_ia32():
     """/proc/PID/auxv of an ia32 process runs on past AT_NULL (it scans 64-bit words)."""
     entries = struct.pack("<6I", 33, 0xF7FAF000, 6, 4096, 0, 0)
-    proc_text = entries + struct.pack("<4I", 0x1F8BFBFF, 0, 0, 0)   # as captured
+    proc_text = entries + struct.pack("<4I", 0x1F8BFBFF, 0, 0, 0)  # as captured
     assert procfs.auxv_through_null(proc_text, 4) == entries
     assert procfs.auxv_through_null(entries, 4) == entries
     as64 = struct.pack("<4Q", 6, 4096, 0, 0)
@@ -237,5 +314,5 @@ def test_ia32_tls_note_only_when_a_slot_is_in_use():
     used = struct.pack("<IIII", 12, 0xF683FB40, 0xFFFFF, 0x51) + empty[16:]
     assert I386.regset_active(0x200, used)
     assert not I386.regset_active(0x200, empty)
-    assert X86_64.regset_active(0x202, b"\0" * 512)       # no rule: any data counts
+    assert X86_64.regset_active(0x202, b"\0" * 512)  # no rule: any data counts
     assert not X86_64.regset_active(0x202, b"")

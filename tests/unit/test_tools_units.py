@@ -1,5 +1,6 @@
 """Units of issue 8 that need no target: naming, sizes, selection passes,
 sparse decompression, the metadata record, build-ids from an ELF image."""
+
 import json
 import os
 import re
@@ -8,14 +9,14 @@ import subprocess
 import pytest
 
 from snapcore import metadata
-from snapcore.cli.common import size as _size
-from snapcore.cli.decompress import write_sparse
-from snapcore.read.coreinfo import build_id_from_image
 from snapcore.capture.plan import NONE, READ, VmaPlan
+from snapcore.capture.publish import CoreFile, expand_output
 from snapcore.capture.request import SnapshotOptions
 from snapcore.capture.select import Dropped, Selection, _split, select_max_size, select_mini
-from snapcore.capture.publish import CoreFile, expand_output
+from snapcore.cli.common import size as _size
+from snapcore.cli.decompress import write_sparse
 from snapcore.procfs import Vma
+from snapcore.read.coreinfo import build_id_from_image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MT = os.path.join(os.path.dirname(HERE), "targets", "bin", "mt")
@@ -28,11 +29,14 @@ P = 4096
 def test_expand_output(tmp_path):
     assert expand_output(None, 42) == "core.42"
     assert expand_output(None, 42, suffix=".zst") == "core.42.zst"
-    assert expand_output("x/%p.%e.%t.%h.%%", 42, comm="a/b", now=1700000000.7,
-                         host="box") == "x/42.a!b.1700000000.box.%"
+    assert (
+        expand_output("x/%p.%e.%t.%h.%%", 42, comm="a/b", now=1700000000.7, host="box")
+        == "x/42.a!b.1700000000.box.%"
+    )
     assert expand_output(str(tmp_path), 7) == os.path.join(str(tmp_path), "core.7")
-    assert expand_output(str(tmp_path) + "/", 7, suffix=".zst") == \
-        os.path.join(str(tmp_path), "core.7.zst")
+    assert expand_output(str(tmp_path) + "/", 7, suffix=".zst") == os.path.join(
+        str(tmp_path), "core.7.zst"
+    )
     assert expand_output("plain.core", 7, suffix=".zst") == "plain.core"
     (tmp_path / "d42").mkdir()
     assert expand_output(str(tmp_path / "d%p"), 42) == str(tmp_path / "d42" / "core.42")
@@ -41,9 +45,17 @@ def test_expand_output(tmp_path):
             expand_output(bad, 1)
 
 
-@pytest.mark.parametrize("text,value", [("4096", 4096), ("4K", 4096), ("1.5M", 3 << 19),
-                                        ("2GiB", 2 << 30), ("10mb", 10 << 20),
-                                        (" 1T ", 1 << 40)])
+@pytest.mark.parametrize(
+    "text,value",
+    [
+        ("4096", 4096),
+        ("4K", 4096),
+        ("1.5M", 3 << 19),
+        ("2GiB", 2 << 30),
+        ("10mb", 10 << 20),
+        (" 1T ", 1 << 40),
+    ],
+)
 def test_size_parser(text, value):
     assert _size(text) == value
 
@@ -51,6 +63,7 @@ def test_size_parser(text, value):
 @pytest.mark.parametrize("text", ["", "M", "-1K", "1X", "0", "1.2.3"])
 def test_size_parser_rejects(text):
     import argparse
+
     with pytest.raises(argparse.ArgumentTypeError):
         _size(text)
 
@@ -59,8 +72,16 @@ def test_size_parser_rejects(text):
 
 
 def vma(start, pages, name="", perms="rw-p", offset=0):
-    return Vma(start=start, end=start + pages * P, perms=perms, offset=offset, dev_major=0,
-               dev_minor=0, inode=0, name=name)
+    return Vma(
+        start=start,
+        end=start + pages * P,
+        perms=perms,
+        offset=offset,
+        dev_major=0,
+        dev_minor=0,
+        inode=0,
+        name=name,
+    )
 
 
 def plan(v, has_file=False, filesz=None):
@@ -88,23 +109,24 @@ def test_select_mini_keeps_only_essential_bytes():
     a, b = plan(vma(0x10000, 4)), plan(vma(0x20000, 4))
     out, sel = select_mini([a, b], [(0x11000, 0x12000)])
     assert sum(x.filesz for x in out) == P
-    assert sel.dropped == [Dropped(0x10000, 0x14000, 3 * P, "mini"),
-                           Dropped(0x20000, 0x24000, 4 * P, "mini")]
+    assert sel.dropped == [
+        Dropped(0x10000, 0x14000, 3 * P, "mini"),
+        Dropped(0x20000, 0x24000, 4 * P, "mini"),
+    ]
     assert not sel.truncated
 
 
 def test_select_max_size_drops_largest_anonymous_first():
-    big = plan(vma(0x100000, 64))                   # anonymous, 256 KiB
-    mid = plan(vma(0x200000, 16))                   # anonymous, 64 KiB
-    small = plan(vma(0x300000, 2))                  # anonymous, 8 KiB
-    data = plan(vma(0x400000, 32), has_file=True)   # file data, 128 KiB
-    stack = plan(vma(0x500000, 64))                 # a thread stack, top 2 pages live
-    essential = [(0x53e000, 0x540000)]
+    big = plan(vma(0x100000, 64))  # anonymous, 256 KiB
+    mid = plan(vma(0x200000, 16))  # anonymous, 64 KiB
+    small = plan(vma(0x300000, 2))  # anonymous, 8 KiB
+    data = plan(vma(0x400000, 32), has_file=True)  # file data, 128 KiB
+    stack = plan(vma(0x500000, 64))  # a thread stack, top 2 pages live
+    essential = [(0x53E000, 0x540000)]
     plans = [big, mid, small, data, stack]
     total = sum(p.filesz for p in plans)
     # largest first, whatever their kind, until it fits
-    out, sel, minimum = select_max_size(plans, essential, total - 300 * 1024,
-                                        stacks={0x500000})
+    out, sel, minimum = select_max_size(plans, essential, total - 300 * 1024, stacks={0x500000})
     assert [d.start for d in sel.dropped] == [0x100000, 0x400000] and sel.truncated
     assert minimum == 2 * P
     assert sum(p.filesz for p in out) <= total - 300 * 1024
@@ -118,7 +140,7 @@ def test_select_max_size_drops_largest_anonymous_first():
     assert {p.start: p.filesz for p in out if p.filesz} == {0x300000: 2 * P, 0x500000: 64 * P}
     # no room: only the essential bytes stay
     out, sel, _ = select_max_size(plans, essential, 8 * 1024, stacks={0x500000})
-    assert {p.start: p.filesz for p in out if p.filesz} == {0x53e000: 2 * P}
+    assert {p.start: p.filesz for p in out if p.filesz} == {0x53E000: 2 * P}
     # enough room: nothing changes
     out, sel, _ = select_max_size(plans, essential, total)
     assert out == plans and sel.dropped == [] and not sel.truncated
@@ -129,8 +151,8 @@ def test_select_max_size_drops_largest_anonymous_first():
 
 def test_write_sparse_leaves_zero_pages_as_holes(tmp_path):
     import io
-    data = (b"\0" * (3 << 20) + b"x" * 5000 + b"\0" * (2 << 20) + b"tail"
-            + b"\0" * 123)
+
+    data = b"\0" * (3 << 20) + b"x" * 5000 + b"\0" * (2 << 20) + b"tail" + b"\0" * 123
     out = CoreFile(tmp_path / "out")
     n = write_sparse(io.BytesIO(data).read, out)
     out.finish(n)
@@ -143,34 +165,53 @@ def test_write_sparse_leaves_zero_pages_as_holes(tmp_path):
 
 
 def test_parse_limits():
-    text = ("Limit                     Soft Limit           Hard Limit           Units     \n"
-            "Max core file size        0                    unlimited            bytes     \n"
-            "Max open files            1024                 4096                 files     \n")
-    assert metadata.parse_limits(text) == {"max_core_file_size": ["0", "unlimited"],
-                                           "max_open_files": ["1024", "4096"]}
+    text = (
+        "Limit                     Soft Limit           Hard Limit           Units     \n"
+        "Max core file size        0                    unlimited            bytes     \n"
+        "Max open files            1024                 4096                 files     \n"
+    )
+    assert metadata.parse_limits(text) == {
+        "max_core_file_size": ["0", "unlimited"],
+        "max_open_files": ["1024", "4096"],
+    }
 
 
 def test_note_reserves_room_and_final_fits():
-    sel = Selection(mode="max-size", max_size=1 << 20, truncated=True,
-                    dropped=[Dropped(0x1000, 0x3000, 8192, "max-size")])
-    rec = metadata.new_record(facts={"pid": 1, "comm": "x", "cmdline": ["x"], "cwd": "/",
-                                     "exe": "/x", "limits": {}, "cgroup": []},
-                              uid=0, gid=0,
-                              options=SnapshotOptions(max_size=1 << 20, reason="r",
-                                                      trigger="api"),
-                              filt=0x33, threads=[{"tid": 1, "name": "x", "state": "S"}], selection=sel,
-                              started=1700000000.5)
+    sel = Selection(
+        mode="max-size",
+        max_size=1 << 20,
+        truncated=True,
+        dropped=[Dropped(0x1000, 0x3000, 8192, "max-size")],
+    )
+    rec = metadata.new_record(
+        facts={
+            "pid": 1,
+            "comm": "x",
+            "cmdline": ["x"],
+            "cwd": "/",
+            "exe": "/x",
+            "limits": {},
+            "cgroup": [],
+        },
+        uid=0,
+        gid=0,
+        options=SnapshotOptions(max_size=1 << 20, reason="r", trigger="api"),
+        filt=0x33,
+        threads=[{"tid": 1, "name": "x", "state": "S"}],
+        selection=sel,
+        started=1700000000.5,
+    )
     desc = metadata.note_desc(rec)
     assert json.loads(desc)["final"] is False and desc.endswith(b" ")
     bad = [(0x1000 * i, 4096, 14) for i in range(1000)]
-    final = metadata.fit_final(rec, len(desc), pause=0.01, wall=0.02, unreadable=bad,
-                               unreadable_omitted=0)
+    final = metadata.fit_final(
+        rec, len(desc), pause=0.01, wall=0.02, unreadable=bad, unreadable_omitted=0
+    )
     assert len(final) == len(desc)
     rec2 = metadata.parse_note(final)
     assert rec2["final"] is True and rec2["truncated"] is True
     assert len(rec2["unreadable"]) + rec2["unreadable_omitted"] == 1000
-    assert rec2["dropped"] == [{"start": 0x1000, "end": 0x3000, "bytes": 8192,
-                                "why": "max-size"}]
+    assert rec2["dropped"] == [{"start": 0x1000, "end": 0x3000, "bytes": 8192, "why": "max-size"}]
     assert metadata.parse_note(b"not json") is None
 
 

@@ -2,6 +2,7 @@
 
 Copied as test_c_hang_suite.py by tests/integration/test_pytest_plugin.py.
 """
+
 import ctypes
 import os
 import subprocess
@@ -12,9 +13,9 @@ CHILD = "import time\ndef child_of_the_c_hang():\n    time.sleep(300)\nchild_of_
 
 def deadlock_in_c():
     libc = ctypes.CDLL(None)
-    mutex = ctypes.create_string_buffer(64)        # a PTHREAD_MUTEX_NORMAL, all zeros
+    mutex = ctypes.create_string_buffer(64)  # a PTHREAD_MUTEX_NORMAL, all zeros
     libc.pthread_mutex_lock(mutex)
-    libc.pthread_mutex_lock(mutex)                 # futex wait: restarted after signals
+    libc.pthread_mutex_lock(mutex)  # futex wait: restarted after signals
 
 
 def test_c_hang():

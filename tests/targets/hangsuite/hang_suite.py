@@ -4,6 +4,7 @@ Copied into a temporary directory as test_hang_suite.py and run there with
 --snapcore-timeout.  test_hangs starts a Python child that sleeps forever and
 waits for it; the child's pid goes to $SNAPCORE_SUITE_PIDFILE.
 """
+
 import os
 import subprocess
 import sys
