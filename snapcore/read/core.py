@@ -78,6 +78,11 @@ class CoreReader:
                 self.e_machine, self.e_machine
             )
             self.arch = arch_for_machine(machine)
+            ph_end = elf.header["e_phoff"] + elf.num_segments() * elf.header["e_phentsize"]
+            if ph_end > self.source.size:
+                raise CoreFormatError(
+                    path, "truncated: the program headers end past the end of the file"
+                )
             self.has_sections = elf.num_sections() > 0
             self.loads = []
             self.notes = []

@@ -269,6 +269,12 @@ def _report(core, want_symbols):
                 offset=(f[2] * page_size + ld.vaddr - f[0]) if f else None,
             )
         )
+    end = max((ld.offset + ld.filesz for ld in core.loads), default=0)
+    if end > core.source.size:
+        warnings.append(
+            f"truncated: the segments need {end} bytes, the file holds {core.source.size}; "
+            "memory past the end reads as zeros"
+        )
     memory = dict(
         mapped=sum(m["size"] for m in mappings),
         dumped=sum(m["dumped"] for m in mappings),
