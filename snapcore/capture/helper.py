@@ -47,6 +47,7 @@ While the helper dumps the caller it sends nothing: the caller cannot read.
 import os
 import pickle
 import queue
+import select
 import signal
 import socket
 import subprocess
@@ -227,27 +228,37 @@ class Helper:
                 return
 
     def _reap(self, timeout):
-        if self._status is not None:
-            return self._status
+        """The helper's exit status (negative: killed by that signal), waiting at most
+        timeout seconds before killing it."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc is not None:
-                try:
-                    self._status = self._proc.wait(timeout=0.05)
-                except subprocess.TimeoutExpired:
+        pidfd = _pidfd(self.pid)
+        try:
+            while self._status is None:
+                self._status = self._poll()
+                left = deadline - time.monotonic()
+                if self._status is not None:
+                    break
+                if left <= 0:
+                    self._kill()
+                    deadline = time.monotonic() + 10.0
                     continue
-                return self._status
-            try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:
-                self._status = 0
-                return 0
-            if pid:
-                self._status = os.waitstatus_to_exitcode(status)
-                return self._status
-            time.sleep(0.005)
-        self._kill()
-        return self._reap(10.0)
+                if pidfd is not None:
+                    select.select([pidfd], [], [], min(left, 0.5))  # readable once it exits
+                else:
+                    time.sleep(0.002)
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+        return self._status
+
+    def _poll(self):
+        if self._proc is not None:
+            return self._proc.poll()
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            return 0
+        return os.waitstatus_to_exitcode(status) if pid else None
 
     def _kill(self):
         try:
@@ -265,6 +276,14 @@ class Helper:
         if rc is not None and rc < 0:
             return f"was killed by {signal.Signals(-rc).name}{err}"
         return f"exited unexpectedly (status {rc}){err}"
+
+
+def _pidfd(pid):
+    """A pidfd for pid (Linux 5.3+, Python 3.9+), or None."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
 
 
 def _forked_child_fds(keep):
