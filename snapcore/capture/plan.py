@@ -15,10 +15,9 @@ the bytes a reader sees.
 
 import os
 import stat
-from dataclasses import dataclass
 
 from .. import _native
-from ..elf.layout import Load, pflags
+from ..elf.layout import pflags
 from ..procfs import unescape_maps_name
 
 # coredump_filter bits (include/linux/sched/coredump.h, MMF_DUMP_* - 2)
@@ -39,29 +38,64 @@ NONE = "none"  # p_filesz 0
 PRELOADED = "preloaded"  # live mode: copied from the frozen target before the fork
 
 
-@dataclass
 class VmaPlan:
     """One PT_LOAD: a VMA, or a piece of one when a selection pass split it.
 
-    The dumped bytes are [start, start + filesz).
+    The dumped bytes are [start, start + filesz).  A class with __slots__: one
+    per mapping, and a process can have 65,000 mappings.
     """
 
-    vma: object
-    filesz: int
-    fill: str
-    why: str
-    has_file: bool
-    backing_fd: int = -1
-    fault_absent: bool = False
-    start: int = None  # None: the whole VMA
-    end: int = None
-    backing_base: int = None  # file offset of vma.start in backing_fd (None: vma.offset)
+    __slots__ = (
+        "vma",
+        "filesz",
+        "fill",
+        "why",
+        "has_file",
+        "backing_fd",
+        "fault_absent",
+        "start",
+        "end",
+        "backing_base",
+    )
 
-    def __post_init__(self):
-        if self.start is None:
-            self.start = self.vma.start
-        if self.end is None:
-            self.end = self.vma.end
+    def __init__(
+        self,
+        vma,
+        filesz,
+        fill,
+        why,
+        has_file,
+        backing_fd=-1,
+        fault_absent=False,
+        start=None,
+        end=None,
+        backing_base=None,
+    ):
+        self.vma = vma
+        self.filesz = filesz
+        self.fill = fill
+        self.why = why
+        self.has_file = has_file
+        self.backing_fd = backing_fd
+        self.fault_absent = fault_absent
+        self.start = vma.start if start is None else start  # None: the whole VMA
+        self.end = vma.end if end is None else end
+        self.backing_base = backing_base  # file offset of vma.start in backing_fd (None:
+        #                                   vma.offset)
+
+    def replace(self, **changes):
+        """A copy with some fields changed (a piece of this plan)."""
+        fields = {name: getattr(self, name) for name in self.__slots__}
+        fields.update(changes)
+        return VmaPlan(**fields)
+
+    def __eq__(self, other):
+        return isinstance(other, VmaPlan) and all(
+            getattr(self, n) == getattr(other, n) for n in self.__slots__
+        )
+
+    def __repr__(self):
+        return "VmaPlan(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__) + ")"
 
     @property
     def size(self):
@@ -71,11 +105,19 @@ class VmaPlan:
     def first_piece(self):
         return self.start == self.vma.start
 
-    def load(self):
+    # what elf.layout.CoreLayout reads of a segment (elf.layout.Load's fields)
+    @property
+    def vaddr(self):
+        return self.start
+
+    @property
+    def memsz(self):
+        return self.end - self.start
+
+    @property
+    def flags(self):
         v = self.vma
-        return Load(
-            self.start, self.size, self.filesz, pflags(v.readable, v.writable, v.executable)
-        )
+        return pflags(v.readable, v.writable, v.executable)
 
 
 class BackingFiles:

@@ -14,7 +14,6 @@ undumped memory (gdb falls back to the mapped file, then zeros).
 """
 
 import bisect
-import dataclasses
 import struct
 from dataclasses import dataclass, field
 
@@ -233,14 +232,13 @@ def _split(plan, keep, why):
     """plan as pieces: each kept range starts a piece and is its p_filesz."""
     if keep == [(plan.start, plan.start + plan.filesz)]:
         return [plan]
-    replace = dataclasses.replace
     pieces = []
     if not keep or keep[0][0] > plan.start:
         first_end = keep[0][0] if keep else plan.end
-        pieces.append(replace(plan, start=plan.start, end=first_end, filesz=0, fill=NONE, why=why))
+        pieces.append(plan.replace(start=plan.start, end=first_end, filesz=0, fill=NONE, why=why))
     for k, (a, b) in enumerate(keep):
         end = keep[k + 1][0] if k + 1 < len(keep) else plan.end
-        pieces.append(replace(plan, start=a, end=end, filesz=b - a))
+        pieces.append(plan.replace(start=a, end=end, filesz=b - a))
     return pieces
 
 
@@ -321,29 +319,27 @@ def select(options, plans, arch, read, auxv, threads, notes_for, kernel_notes_le
     if not options.mini and options.max_size is None:
         sel = Selection(mode=options.mode)
         blob = notes_for(sel)
-        return plans, sel, blob, CoreLayout(arch, blob, [p.load() for p in plans])
+        return plans, sel, blob, CoreLayout(arch, blob, plans)
     essential = essential_ranges(arch, auxv, threads, plans, page, read)
     if options.mini:
         plans, sel = select_mini(plans, essential)
         sel.mode = options.mode
         sel.max_size = options.max_size
         blob = notes_for(sel)
-        layout = CoreLayout(arch, blob, [p.load() for p in plans])
+        layout = CoreLayout(arch, blob, plans)
         if options.max_size is not None and layout.file_size > options.max_size:
             raise CoreTooLarge(options.max_size, layout.file_size)
         return plans, sel, blob, layout
     stacks = stack_vmas(arch, threads, plans)
     # the headers grow with the pieces and the dropped list: fit, measure, refit
-    overhead = CoreLayout(
-        arch, b"\0" * (kernel_notes_len + 4096), [p.load() for p in plans]
-    ).data_off
+    overhead = CoreLayout(arch, b"\0" * (kernel_notes_len + 4096), plans).data_off
     for _ in range(8):
         budget = options.max_size - overhead
         fitted, sel, minimum = select_max_size(plans, essential, max(0, budget), stacks)
         sel.mode = options.mode
         sel.max_size = options.max_size
         blob = notes_for(sel)
-        layout = CoreLayout(arch, blob, [p.load() for p in fitted])
+        layout = CoreLayout(arch, blob, fitted)
         if layout.file_size <= options.max_size:
             return fitted, sel, blob, layout
         headers = layout.file_size - sum(p.filesz for p in fitted)

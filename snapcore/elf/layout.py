@@ -25,13 +25,15 @@ the page size.  The writer streams: the header block is written once, the
 segment data by the C copy loop at the offsets computed here.
 """
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .structs import PF_R, PF_W, PF_X, PN_XNUM, PT_LOAD, PT_NOTE
 
 
-@dataclass(frozen=True)
-class Load:
+class Load(NamedTuple):
+    """A segment as the layout needs it; anything with these attributes will do
+    (capture.plan.VmaPlan has them)."""
+
     vaddr: int
     memsz: int
     filesz: int
@@ -67,24 +69,31 @@ class CoreLayout:
         self.file_size = self.data_end + (elf.shdr.size if self.xnum else 0)
 
     def header_block(self):
-        """ELF header, program headers and notes: bytes [0, notes_off + len(notes))."""
+        """ELF header, program headers and notes: bytes [0, notes_off + len(notes)).
+
+        Packed into one buffer: 65,000 program headers as separate bytes
+        objects would cost more memory than the headers themselves.
+        """
         elf = self.arch.elf
-        parts = [
-            elf.pack_ehdr(
-                e_machine=self.arch.e_machine,
-                e_phoff=self.phoff,
-                e_phnum=PN_XNUM if self.xnum else self.phnum,
-                e_shoff=self.shoff,
-                e_shnum=1 if self.xnum else 0,
-                e_shentsize=elf.shdr.size if self.xnum else 0,
-            )
-        ]
-        parts.append(elf.pack_phdr(PT_NOTE, 0, self.notes_off, 0, len(self.notes), 0, 4))
+        buf = bytearray(self.notes_off + len(self.notes))
+        ehdr = elf.pack_ehdr(
+            e_machine=self.arch.e_machine,
+            e_phoff=self.phoff,
+            e_phnum=PN_XNUM if self.xnum else self.phnum,
+            e_shoff=self.shoff,
+            e_shnum=1 if self.xnum else 0,
+            e_shentsize=elf.shdr.size if self.xnum else 0,
+        )
+        buf[: len(ehdr)] = ehdr
+        size = elf.phdr.size
+        at = self.phoff
+        elf.pack_phdr_into(buf, at, PT_NOTE, 0, self.notes_off, 0, len(self.notes), 0, 4)
         page = self.arch.page_size
         for ld, off in zip(self.loads, self.offsets):
-            parts.append(elf.pack_phdr(PT_LOAD, ld.flags, off, ld.vaddr, ld.filesz, ld.memsz, page))
-        parts.append(self.notes)
-        return b"".join(parts)
+            at += size
+            elf.pack_phdr_into(buf, at, PT_LOAD, ld.flags, off, ld.vaddr, ld.filesz, ld.memsz, page)
+        buf[self.notes_off :] = self.notes
+        return buf
 
     def trailer_block(self):
         """(offset, bytes) to write after the data, or None."""

@@ -88,13 +88,27 @@ class ElfClass:
             e_shstrndx,
         )
 
-    def pack_phdr(self, p_type, p_flags, p_offset, p_vaddr, p_filesz, p_memsz, p_align, p_paddr=0):
+    def _phdr_fields(self, p_type, p_flags, p_offset, p_vaddr, p_filesz, p_memsz, p_align, p_paddr):
         if self.elfclass == ELFCLASS64:
-            return self.phdr.pack(
-                p_type, p_flags, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_align
-            )
+            return p_type, p_flags, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_align
+        return p_type, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_flags, p_align
+
+    def pack_phdr(self, p_type, p_flags, p_offset, p_vaddr, p_filesz, p_memsz, p_align, p_paddr=0):
         return self.phdr.pack(
-            p_type, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_flags, p_align
+            *self._phdr_fields(
+                p_type, p_flags, p_offset, p_vaddr, p_filesz, p_memsz, p_align, p_paddr
+            )
+        )
+
+    def pack_phdr_into(
+        self, buf, at, p_type, p_flags, p_offset, p_vaddr, p_filesz, p_memsz, p_align, p_paddr=0
+    ):
+        self.phdr.pack_into(
+            buf,
+            at,
+            *self._phdr_fields(
+                p_type, p_flags, p_offset, p_vaddr, p_filesz, p_memsz, p_align, p_paddr
+            ),
         )
 
     def unpack_phdr(self, data, offset=0):

@@ -100,7 +100,7 @@ def test_split_keeps_ranges_as_pieces():
     assert sum(x.size for x in pieces) == p.size
     assert [x.first_piece for x in pieces] == [True, False, False]
     # the load of a piece covers the piece; the copy reads the right file offset
-    assert pieces[1].load().vaddr == 0x12000 and pieces[1].load().memsz == 3 * P
+    assert pieces[1].vaddr == 0x12000 and pieces[1].memsz == 3 * P
     assert _split(p, [(p.start, p.end)], "mini") == [p]
     assert [(x.filesz, x.fill) for x in _split(p, [], "mini")] == [(0, NONE)]
 
