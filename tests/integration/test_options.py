@@ -430,3 +430,33 @@ def test_progress_is_reported_on_single_live_and_tree(tree, tmp_path):
     p = run([sys.executable, "-c", code], cwd=tmp_path, timeout=120)
     assert p.returncode == 0 and p.stdout == "ok\n", p.stdout + p.stderr
     assert_untraced(tree.pid)
+
+
+def test_metadata_records_the_trigger_and_the_measured_pause(tree, tmp_path):
+    """The record's pause is the one measured (self: 0.0 before), its trigger the path."""
+    code = textwrap.dedent(f"""
+        import json, os, snapcore
+        s = snapcore.snapshot(os.getpid(), "self.core", mini=True, metadata=True)
+        rec = json.load(open("self.core.json"))
+        print(json.dumps([s.pause_time, rec["pause_seconds"], rec["trigger"], rec["mode"]]))
+        s = snapcore.snapshot({tree.info["pids"][1]}, "api.core", metadata=True)
+        rec = json.load(open("api.core.json"))
+        print(json.dumps([s.pause_time, rec["pause_seconds"], rec["trigger"], rec["mode"]]))
+        t = snapcore.snapshot_tree({tree.pid}, "t", metadata=True)
+        for p in t.processes:
+            rec = json.load(open(p.snapshot.metadata_path))
+            print(json.dumps([p.snapshot.pause_time, rec["pause_seconds"], rec["trigger"],
+                              rec["mode"]]))
+    """)
+    p = run([sys.executable, "-c", code], cwd=tmp_path, timeout=120)
+    assert p.returncode == 0, p.stderr
+    rows = [json.loads(line) for line in p.stdout.splitlines()]
+    assert [r[2:] for r in rows] == [
+        ["self", "mini"],
+        ["api", "normal"],
+        ["tree", "normal"],
+        ["tree", "normal"],
+    ]
+    for measured, recorded, _, _ in rows:
+        assert measured > 0 and recorded == round(measured, 6)
+    assert_runs_on(tree)

@@ -309,3 +309,41 @@ def test_cli_tree_terminated_midway_resumes_everything(tmp_path):
     finally:
         kill_all(t.info.get("pids", []))
         t.close()
+
+
+RETITLE = """
+import ctypes, sys, time
+with open("/proc/self/stat") as f:
+    fields = f.read().rsplit(")", 1)[1].split()
+start, end = int(fields[45]), int(fields[46])      # arg_start, arg_end
+title = b"postgres: checkpointer"
+ctypes.memset(start, 0, end - start)               # what setproctitle does
+ctypes.memmove(start, title, len(title))
+print("READY", flush=True)
+time.sleep(600)
+"""
+
+
+def test_manifest_cmdline_of_a_retitled_process_has_no_padding(tmp_path):
+    """A process that rewrote its title (PostgreSQL, setproctitle) leaves its
+    argument area as NUL padding: the manifest lists the title, not 50 empty args."""
+    p = subprocess.Popen(
+        [sys.executable, "-c", RETITLE, "x" * 200, "y" * 200],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert p.stdout.readline() == "READY\n"
+        with open(f"/proc/{p.pid}/cmdline", "rb") as f:
+            raw = f.read()
+        assert raw.startswith(b"postgres: checkpointer\0\0\0")  # the padding is there
+        tree = snapcore.snapshot_tree(p.pid, tmp_path / "t", metadata=True)
+        doc = json.loads((tmp_path / "t" / "manifest.json").read_text())
+        assert doc["processes"][0]["cmdline"] == ["postgres: checkpointer"]
+        assert tree.processes[0].cmdline == ["postgres: checkpointer"]
+        side = json.loads((tmp_path / "t" / f"core.{p.pid}.json").read_text())
+        assert side["cmdline"] == ["postgres: checkpointer"]
+        assert_untraced(p.pid)
+    finally:
+        p.kill()
+        p.wait()
