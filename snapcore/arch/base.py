@@ -31,6 +31,14 @@ class Arch:
     nr_clone: int = -1
     nr_wait4: int = -1
     wait_syscalls: frozenset = frozenset()  # wait4, waitid (and waitpid): a parent's waits
+    nr_reg: str = ""  # holds the number of the syscall a stopped thread is in (or -1)
+    ret_reg: str = ""  # a syscall's number going in, its result coming out
+    arg_regs: tuple = ()  # a syscall's six arguments
+    tls_reg: str = None  # the thread pointer (glibc's struct pthread), if a register holds it
+    red_zone: int = 0  # bytes below the stack pointer a leaf function may use
+    # f(first thread's ThreadNotes, cpuid) -> [(owner, type, desc)]: notes the kernel
+    # writes once per core for this architecture, after the threads'
+    process_notes: object = field(default=None, hash=False)
     # note_type -> f(GETREGSET bytes) -> bool, for regsets whose kernel active() hook
     # looks at more than "GETREGSET worked" (fill_thread_core_info skips inactive ones)
     regset_in_use: dict = field(default_factory=dict, hash=False)

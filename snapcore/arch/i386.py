@@ -11,6 +11,7 @@ from ..elf.structs import (
     NT_PRXFPREG,
     NT_X86_XSTATE,
 )
+from . import x86
 from .base import Arch
 
 _USER_DESC = struct.Struct("<IIII")  # entry_number, base_addr, limit, flags (bitfields)
@@ -75,6 +76,10 @@ I386 = Arch(
     sp_reg="esp",
     has_vsyscall=False,
     wait_syscalls=frozenset({7, 114, 284}),  # waitpid, wait4, waitid
+    nr_reg="orig_eax",
+    ret_reg="eax",
+    arg_regs=("ebx", "ecx", "edx", "esi", "edi", "ebp"),
+    process_notes=x86.process_notes,
     regset_in_use={NT_386_TLS: tls_in_use},
 )
 

@@ -3,6 +3,7 @@
 import struct
 
 from ..elf.structs import ELF64, NT_386_IOPERM, NT_PRFPREG, NT_PRSTATUS, NT_X86_SHSTK, NT_X86_XSTATE
+from . import x86
 from .base import Arch
 
 X86_64 = Arch(
@@ -61,6 +62,12 @@ X86_64 = Arch(
     nr_clone=56,
     nr_wait4=61,
     wait_syscalls=frozenset({61, 247}),  # wait4, waitid
+    nr_reg="orig_rax",
+    ret_reg="rax",
+    arg_regs=("rdi", "rsi", "rdx", "r10", "r8", "r9"),
+    tls_reg="fs_base",
+    red_zone=128,  # the System V x86_64 ABI
+    process_notes=x86.process_notes,
 )
 
 assert X86_64.prstatus.size == 336 and X86_64.prpsinfo.size == 136

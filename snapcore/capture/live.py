@@ -72,7 +72,7 @@ def choose_thread(pid, arch, threads, frozen):
         if ft is None or ft.deliver_sig or ft.group_stop:
             continue
         regs = arch.regs(t.regset(NT_PRSTATUS))
-        orig = regs["orig_rax"]
+        orig = regs[arch.nr_reg]
         if orig >= 1 << 63:  # -1: not in a system call
             continue
         try:
@@ -80,7 +80,7 @@ def choose_thread(pid, arch, threads, frozen):
                 continue
         except SnapcoreError:
             continue
-        rip = regs["rip"]
+        rip = regs[arch.pc_reg]
         if (
             read_memory(pid, rip - len(arch.syscall_insn), len(arch.syscall_insn))
             != arch.syscall_insn
@@ -110,10 +110,10 @@ class Injection:
         """
         arch = self.arch
         regs = arch.regs(self.saved)
-        regs["rip"] -= len(arch.syscall_insn)
-        regs["rax"] = nr
-        regs["orig_rax"] = -1
-        for name, value in zip(("rdi", "rsi", "rdx", "r10", "r8", "r9"), args):
+        regs[arch.pc_reg] -= len(arch.syscall_insn)
+        regs[arch.ret_reg] = nr
+        regs[arch.nr_reg] = -1
+        for name, value in zip(arch.arg_regs, args):
             regs[name] = value
         tid = self.tid
         if options:
@@ -135,7 +135,7 @@ class Injection:
                     continue
                 if event == 0 and sig == signal.SIGTRAP:
                     now = arch.regs(_native.getregset(tid, NT_PRSTATUS))
-                    result = now["rax"]
+                    result = now[arch.ret_reg]
                     if result >= 1 << 63:
                         result -= 1 << 64
                     break  # the single-step trap after the syscall
@@ -288,8 +288,8 @@ def _reap_from(pid, arch, child, tid):
         saved = _native.getregset(tid, NT_PRSTATUS)
         regs = arch.regs(saved)
         if (
-            regs["orig_rax"] >= 1 << 63
-            or read_memory(pid, regs["rip"] - len(arch.syscall_insn), len(arch.syscall_insn))
+            regs[arch.nr_reg] >= 1 << 63
+            or read_memory(pid, regs[arch.pc_reg] - len(arch.syscall_insn), len(arch.syscall_insn))
             != arch.syscall_insn
         ):
             return False

@@ -33,7 +33,6 @@ from ..errors import CoreTooLarge
 from ..procfs import auxv_map
 from .plan import NONE
 
-RED_ZONE = 128  # x86_64 ABI: below the stack pointer, still live
 STACK_CAP = 8 << 20  # the most of one thread's stack kept (default RLIMIT_STACK)
 RTLD_DATA_CAP = 1 << 20  # a library's data mapping is kept whole up to this size
 MAX_LINK_MAPS = 65536
@@ -181,11 +180,11 @@ def essential_ranges(arch, auxv, threads, plans, page_size, read):
     for t in threads:
         regs = arch.regs(t.regset(NT_PRSTATUS))
         sp = regs[arch.sp_reg]
-        v = index.find(max(0, sp - RED_ZONE)) or index.find(sp)
+        v = index.find(max(0, sp - arch.red_zone)) or index.find(sp)
         if v is not None:
-            lo = max(v.start, sp - RED_ZONE)
+            lo = max(v.start, sp - arch.red_zone)
             ranges.append((lo, min(v.end, lo + STACK_CAP)))
-        tp = regs.get("fs_base")
+        tp = regs.get(arch.tls_reg) if arch.tls_reg else None
         if tp:
             ranges.append((tp - page_size, tp + page_size))
     ranges += rtld_ranges(read, auxv, arch.word_size, index)

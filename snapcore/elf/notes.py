@@ -21,13 +21,10 @@ from .structs import (
     NT_PRPSINFO,
     NT_PRSTATUS,
     NT_SIGINFO,
-    NT_X86_XSAVE_LAYOUT,
-    NT_X86_XSTATE,
     note,
 )
 
 SIGINFO_SIZE = 128
-XCR0_OFFSET = 464  # xstate_fx_sw_bytes.xfeatures in the FXSAVE sw_reserved area
 _RSDTZW = "RSDTZW"
 
 
@@ -120,23 +117,6 @@ def file_note_fits(entries, vma_count, word_size, page_size, limit):
         size = size * 5 // 4
 
 
-def build_xsave_layout(xstate, cpuid):
-    """NT_X86_XSAVE_LAYOUT from the XCR0 word of an XSAVE image and CPUID leaf 0xD.
-
-    One {type, size, offset, flags=0} per enabled extended feature (bit >= 2),
-    as arch/x86/kernel/fpu/xstate.c dump_xsave_layout_desc() writes it.
-    """
-    if xstate is None or len(xstate) < XCR0_OFFSET + 8:
-        return None
-    (xcr0,) = struct.unpack_from("<Q", xstate, XCR0_OFFSET)
-    out = []
-    for bit in range(2, 64):
-        if xcr0 & (1 << bit):
-            eax, ebx, _, _ = cpuid(0xD, bit)
-            out.append(struct.pack("<IIII", bit, eax, ebx, 0))
-    return b"".join(out) if out else None
-
-
 def desc_offset(owner):
     """Offset of a note's desc from the start of its record."""
     return 12 + ((len(owner) + 1 + 3) & ~3)
@@ -202,7 +182,7 @@ def build_notes(arch, proc, threads, cpuid, file_note_limit=4 << 20):
         for ntype, owner, data in t.regsets:
             if ntype != NT_PRSTATUS:
                 out.append(note(owner, ntype, data))
-    layout = build_xsave_layout(threads[0].regset(NT_X86_XSTATE) if threads else None, cpuid)
-    if layout is not None:
-        out.append(note("LINUX", NT_X86_XSAVE_LAYOUT, layout))
+    if arch.process_notes is not None:
+        for owner, ntype, desc in arch.process_notes(threads[0] if threads else None, cpuid):
+            out.append(note(owner, ntype, desc))
     return b"".join(out)

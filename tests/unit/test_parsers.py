@@ -5,7 +5,7 @@ import struct
 import pytest
 
 from snapcore import procfs
-from snapcore.arch import I386, X86_64
+from snapcore.arch import I386, X86_64, x86
 from snapcore.arch.base import CLK_TCK
 from snapcore.elf import notes
 from snapcore.elf.layout import CoreLayout, Load
@@ -291,7 +291,7 @@ def test_xsave_layout_from_xcr0():
     def fake_cpuid(leaf, sub):
         return {2: (256, 576, 0, 0), 7: (1024, 1408, 0, 0)}[sub]
 
-    d = notes.build_xsave_layout(bytes(xstate), fake_cpuid)
+    d = x86.build_xsave_layout(bytes(xstate), fake_cpuid)
     assert struct.unpack("<8I", d) == (2, 256, 576, 0, 7, 1024, 1408, 0)
 
 
