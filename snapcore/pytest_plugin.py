@@ -15,8 +15,8 @@ The timer covers the whole test (setup, call, teardown).  When it runs out,
 a watchdog thread:
 
     1. snapshot_tree(pytest's pid) into DIR/<test id>[-<xdist worker>]/
-       (pytest through a helper process, the processes the test started by
-       the watchdog's tracer thread; see tree.py and selfsnap.py)
+       (pytest through the helper process, the processes the test started by
+       the watchdog's tracer thread; see capture/tree.py and capture/helper.py)
     2. adds the paths to the test's user_properties
     3. interrupts the main thread: a signal whose handler raises pytest's
        Failed with a message naming the folder (pytest-timeout's "signal"

@@ -262,7 +262,7 @@ def _require_comparable_kernel_core():
     if sort_vma != "0":
         pytest.skip(
             "kernel.core_sort_vma is on: the kernel orders its PT_LOADs by dump size "
-            "(README, Compatibility), snapcore keeps address order"
+            "(docs/kernel-differences.md), snapcore keeps address order"
         )
 
 

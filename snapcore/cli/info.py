@@ -1,8 +1,8 @@
 """snapcore info CORE [--json]: what a core holds.
 
 Reads snapcore's cores and those of the kernel and gcore, plain or .zst.
---json prints one object with the schema documented in snapcore/coreinfo.py
-and README.md ("schema": "snapcore-info/1").
+--json prints one object with the schema documented in read/coreinfo.py
+and docs/formats.md ("schema": "snapcore-info/1").
 
 Exit status: 0 described; 1 the file cannot be read or is not a core;
 2 usage error.
@@ -33,7 +33,7 @@ def build_parser():
     p.add_argument(
         "--json",
         action="store_true",
-        help="print one JSON object (schema snapcore-info/1, see README)",
+        help="print one JSON object (schema snapcore-info/1, see docs/formats.md)",
     )
     p.add_argument(
         "--no-symbols", action="store_true", help="do not open the mapped ELF files to name the pcs"

@@ -6,7 +6,7 @@ pyelftools parses the ELF header, the program headers and the note records;
 the note payloads are decoded here from their kernel layouts.
 
 ``inspect_core(path)`` returns a dict with the stable schema below (also in
-README.md).  Addresses and sizes are integers; absent facts are null.
+docs/formats.md).  Addresses and sizes are integers; absent facts are null.
 
     schema      "snapcore-info/1"
     core        {path, compressed ("zstd"|null), file_size, core_size, arch,
