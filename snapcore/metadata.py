@@ -20,7 +20,7 @@ Keys of the JSON object (format 1); every key is always present:
     final           true once the post-copy keys hold their values
     time            when the snapshot began, ISO 8601 UTC (ms);  time_unix: whole seconds
     host            node name
-    mode            "normal" | "all" | "mini" | "max-size"
+    mode            "normal", or "all", "mini", "max-size" joined by "+" ("mini+max-size")
     reason          free text given by the user (--reason), or null
     trigger         what started the snapshot: "cli", "api", "self", "tree", "run", "pytest"
     live            true when memory was copied from a live (forked) image

@@ -199,17 +199,20 @@ def fork_away(arch, first):
 
     The target must reap its exit-signal-0 child itself, which only an injected
     wait4 can make it do.  So the target's own child lives for milliseconds:
-    it forks a second image (a plain fork, exit signal SIGCHLD) and is then
-    killed and reaped at once.  The second image is orphaned to init (or the
-    nearest subreaper), which reaps it like any child, so a snapcore killed
-    while it copies leaves nothing behind in the target.  Both images are
-    traced from birth and never run the target's code.
+    it forks a second image (exit signal SIGCHLD, so not the target's to reap)
+    and is then killed and reaped at once.  The second image is orphaned to init
+    (or the nearest subreaper), which reaps it like any child, so a snapcore
+    killed while it copies leaves nothing behind in the target.  Both images are
+    traced from birth and never run the target's code, and both share the
+    target's fd table (CLONE_FILES): an image holds no reference of its own to
+    the target's files, so a pipe's EOF or a lock's release is never delayed by
+    the seconds a large copy takes.
     """
     saved = _native.getregset(first, NT_PRSTATUS)
     inj = Injection(first, arch, saved)
     rc = inj.run(
         arch.nr_clone,
-        (signal.SIGCHLD, 1, 0, 0, 0),
+        (CLONE_FILES | signal.SIGCHLD, 1, 0, 0, 0),
         options=_native.PTRACE_O_TRACEFORK | _native.PTRACE_O_EXITKILL,
         want_event=_native.PTRACE_EVENT_FORK,
     )

@@ -463,7 +463,8 @@ def _write_manifest(result, force):
 
 
 def read_manifest(outdir):
-    """The manifest of a tree snapshot, as a dict (core paths made absolute)."""
+    """The manifest of a tree snapshot, as a dict; each process with a core gets
+    "core_path", the core's file name joined to outdir."""
     with open(os.path.join(outdir, MANIFEST)) as f:
         doc = json.load(f)
     for p in doc["processes"]:

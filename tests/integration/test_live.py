@@ -2,7 +2,11 @@
 
 import os
 import re
+import select
 import struct
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -19,6 +23,7 @@ from helpers import (
     read_core_memory,
     snapcore_cli,
     target_path,
+    task_states,
 )
 
 THREAD_FUNCS = ("command_loop", "sleeper_thread", "cond_waiter_thread", "pipe_reader_thread")
@@ -212,3 +217,98 @@ def test_live_compressed_core_keeps_the_nofork_regions(spawn, tmp_path):
     assert_untraced(t.pid)
     t.ping()
     assert_image_gone(t.pid)
+
+
+HOLDER = """
+import os, sys
+w = int(sys.argv[1])
+ballast = [os.urandom(1 << 20) for _ in range(768)]     # a live copy that takes a while
+print("READY", flush=True)
+sys.stdin.readline()
+os.close(w)
+print("closed", flush=True)
+sys.stdin.readline()
+"""
+
+
+def _image_of(pid):
+    """The live image being copied: a traced process running pid's executable, not
+    pid's child (the image snapcore reads from is orphaned at once)."""
+    exe = os.readlink(f"/proc/{pid}/exe")
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == pid:
+            continue
+        try:
+            if os.readlink(f"/proc/{name}/exe") != exe:
+                continue
+            with open(f"/proc/{name}/status") as f:
+                st = dict(line.split(":", 1) for line in f)
+        except OSError:
+            continue
+        if int(st["TracerPid"]) and int(st["PPid"]) != pid:
+            return int(name)
+    return None
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except FileNotFoundError:
+        return False
+
+
+def test_live_image_holds_no_reference_to_the_targets_files(tmp_path):
+    """The target closes the last write end of a pipe while its live image is being
+    copied: the reader sees EOF at once, not when the image dies (the images share
+    the target's fd table instead of holding copies of it)."""
+    r, w = os.pipe()
+    t = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(w)],
+        pass_fds=(w,),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    os.close(w)
+    cli = None
+    try:
+        assert t.stdout.readline() == "READY\n"
+        cli = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "snapcore",
+                str(t.pid),
+                "--live",
+                "-q",
+                "-o",
+                str(tmp_path / "core"),
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        while _image_of(t.pid) is None or any(tr for _, tr in task_states(t.pid).values()):
+            assert cli.poll() is None and time.monotonic() < deadline  # wait: copying
+            time.sleep(0.0002)
+        img = _image_of(t.pid)
+        t.stdin.write("close\n")
+        t.stdin.flush()
+        assert t.stdout.readline() == "closed\n"
+        readable, _, _ = select.select([r], [], [], 5.0)
+        image_alive = _alive(img)
+        assert readable and os.read(r, 1) == b"", "no EOF while the image lives"
+        assert image_alive, "EOF came only once the image was gone (it held the pipe)"
+        _, err = cli.communicate(timeout=120)
+        assert cli.returncode == 0, err
+        assert_untraced(t.pid)
+        t.stdin.write("bye\n")
+        t.stdin.flush()
+        assert t.wait(timeout=30) == 0
+    finally:
+        os.close(r)
+        for p in (cli, t):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
