@@ -22,7 +22,13 @@ import time
 
 from .. import _native, metadata, procfs
 from ..elf import notes as elfnotes
-from ..errors import NoSuchProcess, SnapshotCancelled, TargetExited, UnsupportedTarget
+from ..errors import (
+    LiveUnavailable,
+    NoSuchProcess,
+    SnapshotCancelled,
+    TargetExited,
+    UnsupportedTarget,
+)
 from . import collect, live
 from .copy import CoreWriter
 from .freeze import Freezer, Unstable
@@ -80,12 +86,11 @@ class Job:
         want_live = self.options.live
         self.states = collect.thread_states(self.pid)
         nofork = live.nofork_vmas(self.pid) if want_live else None
-        for attempt in range(1, self.ATTEMPTS + 1):
-            freezer = (
-                held
-                if held is not None and attempt == 1
-                else Freezer(self.pid, self.options.stop_timeout, self.cancel)
-            )
+        changed = 0  # freezes that did not hold
+        paused = 0.0  # every freeze counts, a retried one too
+        while True:
+            freezer = held or Freezer(self.pid, self.options.stop_timeout, self.cancel)
+            held = None
             image = None
             try:
                 try:
@@ -94,7 +99,8 @@ class Job:
                     with self.phase("collect"):
                         threads, arch = collect.collect_threads(self.pid, frozen)
                 except Unstable as exc:
-                    if attempt == self.ATTEMPTS:
+                    changed += 1
+                    if changed == self.ATTEMPTS:
                         raise UnsupportedTarget(
                             self.pid,
                             f"process {self.pid} kept changing while it was being "
@@ -119,10 +125,20 @@ class Job:
             finally:
                 with self.phase("resume"):
                     freezer.resume()
-            pause = freezer.pause_seconds
+            paused += freezer.pause_seconds
             if image is not None:
                 try:
                     image.hand_off()
+                except LiveUnavailable as exc:
+                    # the target ran on meanwhile: take a normal snapshot now instead
+                    image.dispose()
+                    self.fallback = f"{exc}, after the target was resumed"
+                    want_live = False
+                    continue
+                except BaseException:
+                    image.dispose()
+                    raise
+                try:
                     snap = self._write(threads, arch, image=image)
                 except NoSuchProcess as exc:
                     raise TargetExited(self.pid) from exc
@@ -131,7 +147,7 @@ class Job:
                 snap.live = True
                 snap.cow_time = image.lifetime
                 snap.missing = image.missing
-            snap.pause_time = pause
+            snap.pause_time = paused
             snap.fallback = self.fallback
             return snap
 

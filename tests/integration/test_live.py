@@ -176,6 +176,41 @@ def test_seccomp_target_falls_back_and_says_so(spawn, tmp_path):
     assert_image_gone(t.pid)
 
 
+@pytest.mark.parametrize(
+    "room,where", [(0, "the injected clone failed"), (1, "after the target was resumed")]
+)
+def test_no_room_for_an_image_falls_back_to_a_normal_core(spawn, tmp_path, room, where):
+    """A pids cgroup with room for no image (the clone fails while frozen) or for one
+    (the image's own fork fails after the target resumed): a normal core, and why."""
+    base = "/sys/fs/cgroup/pids"
+    if not os.path.isdir(base):
+        base = "/sys/fs/cgroup"  # cgroup v2
+    cg = os.path.join(base, f"snapcore-test-{os.getpid()}-{room}")
+    t = spawn("mt")
+    t.wait_blocked()
+    os.mkdir(cg)
+    try:
+        with open(os.path.join(cg, "cgroup.procs"), "w") as f:
+            f.write(str(t.pid))
+        with open(os.path.join(cg, "pids.current")) as f:
+            current = int(f.read())
+        with open(os.path.join(cg, "pids.max"), "w") as f:
+            f.write(str(current + room))
+        s = snapcore.snapshot(t.pid, tmp_path / "core", live=True)
+        assert not s.live and where in s.fallback, s.fallback
+        assert "Resource temporarily unavailable" in s.fallback, s.fallback
+        out = gdb_batch(target_path("mt"), s.path, "thread apply all bt").stdout
+        for fn in THREAD_FUNCS:
+            assert re.search(rf"\b{fn} \(", out), out
+        assert_untraced(t.pid)
+        assert_image_gone(t.pid)
+        assert_runs_on(t)
+    finally:
+        with open(os.path.join(base, "cgroup.procs"), "w") as f:
+            f.write(str(t.pid))
+        os.rmdir(cg)
+
+
 def test_stopped_target_stays_stopped_in_live_mode(spawn, tmp_path):
     import signal
 
