@@ -234,13 +234,20 @@ class Outputs:
         if self.sidecar is not None:
             self.sidecar.abort()
 
-    def disk_usage(self):
-        """(st_size, st_blocks * 512) of the published core."""
+    def describe(self, snap, record, t0):
+        """Fill in what a Snapshot says of the published files (and the wall time)."""
+        snap.path = self.core.path
+        snap.metadata = record
+        snap.metadata_path = self.sidecar_path
+        snap.wall_time = time.monotonic() - t0
         try:
             st = os.stat(self.core.path)
         except OSError:
-            return 0, 0
-        return st.st_size, st.st_blocks * 512
+            snap.bytes_on_disk = 0
+            return
+        snap.bytes_on_disk = st.st_blocks * 512
+        if snap.compressed:
+            snap.file_size = st.st_size
 
 
 # ---------------------------------------------------------------------------

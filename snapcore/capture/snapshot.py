@@ -65,13 +65,7 @@ def snapshot(pid, path=None, options=None, *, progress=None, **changes):
     except BaseException:
         outputs.abort()
         raise
-    snap.path = path
-    snap.metadata = record
-    snap.metadata_path = outputs.sidecar_path
-    snap.wall_time = time.monotonic() - t0
-    size, snap.bytes_on_disk = outputs.disk_usage()
-    if options.compress:
-        snap.file_size = size
+    outputs.describe(snap, record, t0)
     return snap
 
 

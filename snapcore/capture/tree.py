@@ -333,20 +333,15 @@ class _TreeJob:
             t0=time.monotonic(),
             progress=False,
         )
-        try:
+
+        def dump():
             snap, file_size, record = self.helper.run_job(spec, outputs.core.fd)
             outputs.publish(file_size, record)
-        except SnapshotCancelled:
-            outputs.abort()
-            raise
-        except SnapcoreError as exc:
-            outputs.abort()
-            _set_error(res, exc)
-            return
-        except BaseException:
-            outputs.abort()
-            raise
-        _set_result(res, snap, outputs, record, spec.t0)
+            return snap, record
+
+        done = _attempt(res, outputs, dump)
+        if done is not None:
+            _set_result(res, done[0], outputs, done[1], spec.t0)
 
     def _write(self, pid, frozen, status):
         res = self.results[pid]
@@ -365,51 +360,54 @@ class _TreeJob:
         )
         self.current = job
         try:
-            snap = job.write_frozen(frozen)
-        except SnapshotCancelled:
-            outputs.abort()
-            raise
-        except SnapcoreError as exc:
-            outputs.abort()
-            _set_error(res, exc)
-            return
-        except BaseException:
-            outputs.abort()
-            raise
+            snap = _attempt(res, outputs, lambda: job.write_frozen(frozen))
         finally:
             self.bytes_before += job.total
             self.current = None
-        self.written[pid] = (job, outputs, snap, t0)
+        if snap is not None:
+            self.written[pid] = (job, outputs, snap, t0)
 
     def _publish(self, pid):
         """After the tree resumed: the final record (with this process's pause), publish."""
         job, outputs, snap, t0 = self.written.pop(pid)
         res = self.results[pid]
-        try:
+
+        def publish():
             file_size, record = job.finish(snap, time.monotonic() - t0)
             outputs.publish(file_size, record)
-        except SnapcoreError as exc:
-            outputs.abort()
-            _set_error(res, exc)
-            return
-        except BaseException:
-            outputs.abort()
-            raise
-        _set_result(res, snap, outputs, record, t0)
+            return record
+
+        record = _attempt(res, outputs, publish)
+        if record is not None:
+            _set_result(res, snap, outputs, record, t0)
 
     def _check_cancel(self):
         if self.cancel.is_set():
             raise SnapshotCancelled()
 
 
+def _attempt(res, outputs, step):
+    """step() for one process of the tree; None if it failed.
+
+    A SnapcoreError of one process goes into its manifest entry and the tree
+    goes on; a cancel, or anything else, ends the tree.  Either way the
+    process's files are dropped.
+    """
+    try:
+        return step()
+    except SnapcoreError as exc:
+        outputs.abort()
+        if isinstance(exc, SnapshotCancelled):
+            raise
+        _set_error(res, exc)
+        return None
+    except BaseException:
+        outputs.abort()
+        raise
+
+
 def _set_result(res, snap, outputs, record, t0):
-    snap.path = outputs.path
-    snap.metadata = record
-    snap.metadata_path = outputs.sidecar_path
-    snap.wall_time = time.monotonic() - t0
-    size, snap.bytes_on_disk = outputs.disk_usage()
-    if snap.compressed:
-        snap.file_size = size
+    outputs.describe(snap, record, t0)
     res.snapshot = snap
     res.core = outputs.path
     res.threads = list(snap.tids)

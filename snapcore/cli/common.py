@@ -112,24 +112,22 @@ def mask(text):
     return value
 
 
-def seconds(text):
+def _number_of_seconds(text, ok, rule):
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds")
-    if not value > 0:
-        raise argparse.ArgumentTypeError("the timeout must be positive")
+    if not ok(value):
+        raise argparse.ArgumentTypeError(rule)
     return value
+
+
+def seconds(text):
+    return _number_of_seconds(text, lambda v: v > 0, "the timeout must be positive")
 
 
 def nonneg_seconds(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds")
-    if not value >= 0:
-        raise argparse.ArgumentTypeError("the grace period cannot be negative")
-    return value
+    return _number_of_seconds(text, lambda v: v >= 0, "the grace period cannot be negative")
 
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
