@@ -15,7 +15,7 @@ STAMP       := $(VENV)/.snapcore-installed
 
 all: build
 
-$(STAMP): setup.py pyproject.toml csrc/snapcore.c csrc/snapcore.h csrc/build_shim.py
+$(STAMP): setup.py pyproject.toml snapcore/_version.py csrc/snapcore.c csrc/snapcore.h csrc/build_shim.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'

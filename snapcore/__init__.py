@@ -14,10 +14,9 @@ from .errors import (AccessDenied, AlreadyTraced, CoreTooLarge, KernelThread, Mi
                      SnapshotCancelled,
                      SyscallError, TargetError, TargetExited, ThreadStopTimeout,
                      UnsupportedTarget, ZombieProcess)
+from ._version import __version__
 from .snapshot import Snapshot, snapshot
 from .tree import ProcessResult, TreeSnapshot, snapshot_tree
-
-__version__ = "0.1.0"
 
 __all__ = [
     "snapshot", "Snapshot", "snapshot_tree", "TreeSnapshot", "ProcessResult",

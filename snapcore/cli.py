@@ -19,7 +19,7 @@ import json
 import signal
 import sys
 
-from . import __version__
+from ._version import __version__
 from .errors import SnapcoreError
 from .snapshot import snapshot
 

@@ -43,6 +43,8 @@ import os
 import re
 import socket
 
+from ._version import __version__
+
 
 SNAPCORE_OWNER = "SNAPCORE"
 NT_SNAPCORE_METADATA = 0x4D455441
@@ -51,7 +53,6 @@ RESERVE_EXTRA = 2048        # room left in the note for the post-copy keys
 
 
 def version():
-    from . import __version__
     return __version__
 
 
