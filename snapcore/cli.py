@@ -98,7 +98,8 @@ def build_parser():
                     "without stopping it for long or killing it.",
         epilog="other commands: 'snapcore info CORE [--json]' describes a core (also "
                ".zst, kernel and gcore cores); 'snapcore decompress CORE.zst [-o CORE]' "
-               "restores a sparse core.  "
+               "restores a sparse core; 'snapcore run', 'snapcore completion bash|zsh', "
+               "'snapcore manpage': see their --help.  "
                "exit status: 0 core written, 1 snapshot failed, 2 usage error, "
                "130 interrupted, 143 terminated",
     )
@@ -160,6 +161,8 @@ SUBCOMMANDS = {
     "info": "info",
     "decompress": "decompress",
     "run": "run",
+    "completion": "completion",
+    "manpage": "manpage",
 }
 
 

@@ -315,6 +315,24 @@ def have(tool):
     return shutil.which(tool) is not None
 
 
+# SNAPCORE_REQUIRE_ORACLES=1 (CI): whatever a test needs and does not find (a reader, a tool,
+# a Python interpreter to use as a target) fails that test instead of skipping it.
+# conftest.py turns every other skip into a failure too.
+STRICT = os.environ.get("SNAPCORE_REQUIRE_ORACLES") == "1"
+
+
+def missing(why):
+    """Skip the test for want of something; under SNAPCORE_REQUIRE_ORACLES=1, fail it."""
+    if STRICT:
+        pytest.fail(f"{why} (SNAPCORE_REQUIRE_ORACLES=1 requires it)", pytrace=False)
+    pytest.skip(why)
+
+
+def require_tool(tool):
+    if not have(tool):
+        missing(f"{tool} is not installed")
+
+
 def gdb_batch(exe, core, *commands, timeout=120):
     argv = ["gdb", "-nx", "-batch", "-ex", "set debuginfod enabled off"]
     for c in commands:
