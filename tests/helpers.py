@@ -333,6 +333,44 @@ def require_tool(tool):
         missing(f"{tool} is not installed")
 
 
+# ---------------------------------------------------------------------------
+# Python interpreters to run as targets
+
+
+def supported_pythons():
+    """["3.9", ...]: the versions snapcore supports, from its classifiers (pyproject.toml)."""
+    import importlib.metadata
+    classifiers = importlib.metadata.metadata("snapcore").get_all("Classifier") or []
+    found = [m.group(1) for c in classifiers
+             if (m := re.fullmatch(r"Programming Language :: Python :: (3\.\d+)", c))]
+    return sorted(found, key=lambda v: tuple(map(int, v.split("."))))
+
+
+def python_interpreter(version):
+    """The path of a CPython X.Y: pyenv's newest X.Y.Z, else pythonX.Y on PATH, else None."""
+    root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
+    found = []
+    versions = os.path.join(root, "versions")
+    if os.path.isdir(versions):
+        for name in os.listdir(versions):
+            m = re.fullmatch(rf"{re.escape(version)}\.(\d+)", name)
+            exe = os.path.join(versions, name, "bin", f"python{version}")
+            if m and os.access(exe, os.X_OK):
+                found.append((int(m.group(1)), exe))
+    if found:
+        return max(found)[1]
+    return shutil.which(f"python{version}")
+
+
+def require_python(version):
+    """python_interpreter(version), or skip (fail under SNAPCORE_REQUIRE_ORACLES=1)."""
+    exe = python_interpreter(version)
+    if exe is None:
+        missing(f"no Python {version} interpreter (pyenv install {version}, or python{version} "
+                f"on PATH)")
+    return exe
+
+
 def gdb_batch(exe, core, *commands, timeout=120):
     argv = ["gdb", "-nx", "-batch", "-ex", "set debuginfod enabled off"]
     for c in commands:
