@@ -15,12 +15,15 @@ CI or SNAPCORE_REQUIRE_ORACLES=1, a skipped session otherwise.
 """
 import glob
 import os
+import re
 import shlex
 
 import nox
 
-SUPPORTED = ["3.9", "3.10", "3.11", "3.12", "3.13"]
 HERE = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(HERE, "pyproject.toml"), encoding="utf-8") as f:
+    # the supported versions are the classifiers' (the one list)
+    SUPPORTED = re.findall(r'"Programming Language :: Python :: (3\.\d+)"', f.read())
 
 nox.options.sessions = ["tests"]
 nox.options.error_on_missing_interpreters = bool(
