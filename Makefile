@@ -90,6 +90,7 @@ LINT_FILES := noxfile.py setup.py snapcore/_version.py snapcore/clidoc.py \
 	tests/unit/test_clidoc.py tests/unit/test_packaging.py
 lint: $(TOOLS)
 	$(VENV)/bin/ruff check $(LINT_FILES)
+	$(VENV)/bin/ruff format --check $(LINT_FILES)
 	$(VENV)/bin/ruff check --select F .
 
 clean:

@@ -13,6 +13,7 @@ CI or SNAPCORE_REQUIRE_ORACLES=1, a skipped session otherwise.
     SNAPCORE_MATRIX_TESTS   pytest arguments instead of the whole suite
                             (e.g. "tests/unit tests/integration/test_foundation.py")
 """
+
 import glob
 import os
 import re
@@ -27,7 +28,8 @@ with open(os.path.join(HERE, "pyproject.toml"), encoding="utf-8") as f:
 
 nox.options.sessions = ["tests"]
 nox.options.error_on_missing_interpreters = bool(
-    os.environ.get("CI") or os.environ.get("SNAPCORE_REQUIRE_ORACLES") == "1")
+    os.environ.get("CI") or os.environ.get("SNAPCORE_REQUIRE_ORACLES") == "1"
+)
 
 
 def _pyenv_bins():
@@ -41,12 +43,25 @@ os.environ["PATH"] = os.pathsep.join(_pyenv_bins() + [os.environ.get("PATH", "")
 @nox.session(python=SUPPORTED)
 def tests(session):
     session.install(f"{HERE}[test]")
-    session.run("python", "-c", "import snapcore, sys; print('snapcore', snapcore.__version__, "
-                "'from', snapcore.__file__, 'on', sys.version)")
-    scratch = session.create_tmp()
-    session.chdir(scratch)
+    session.chdir(session.create_tmp())
+    session.run(
+        "python",
+        "-c",
+        "import snapcore, sys; print('snapcore', snapcore.__version__, "
+        "'from', snapcore.__file__, 'on', sys.version)",
+    )
     args = shlex.split(os.environ.get("SNAPCORE_MATRIX_TESTS", "")) or ["tests"]
     args = [a if os.path.isabs(a) or a.startswith("-") else os.path.join(HERE, a) for a in args]
-    session.run("pytest", "-n", "auto", "-p", "no:cacheprovider", "-c",
-                os.path.join(HERE, "pyproject.toml"), "--rootdir", HERE, *args,
-                *session.posargs)
+    session.run(
+        "pytest",
+        "-n",
+        "auto",
+        "-p",
+        "no:cacheprovider",
+        "-c",
+        os.path.join(HERE, "pyproject.toml"),
+        "--rootdir",
+        HERE,
+        *args,
+        *session.posargs,
+    )

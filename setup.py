@@ -5,6 +5,7 @@ the build of ``snapcore._shim`` stays in a setup.py.  The shim is built for
 Python's stable ABI (cffi's default), so one wheel serves every supported
 Python: bdist_wheel is told so here, and the wheel is tagged cp39-abi3.
 """
+
 from setuptools import setup
 
 setup(

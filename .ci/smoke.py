@@ -16,6 +16,7 @@ script of this environment, and checks, with readers other than snapcore:
 and that ``snapcore manpage`` and ``snapcore completion bash`` work.  Used by
 .ci/check-dist (sdist and wheel) and by cibuildwheel's test-command.
 """
+
 import json
 import os
 import re
@@ -30,7 +31,7 @@ from elftools.elf.elffile import ELFFile
 import snapcore
 
 NT_PRSTATUS = 1
-PRSTATUS_PID_OFFSET = 32        # struct elf_prstatus: pr_info (12), pr_cursig + pad, 2 sigsets
+PRSTATUS_PID_OFFSET = 32  # struct elf_prstatus: pr_info (12), pr_cursig + pad, 2 sigsets
 
 
 def fail(message):
@@ -61,8 +62,7 @@ def check_core(path, pid, exe):
     with open(path, "rb") as f:
         elf = ELFFile(f)
         if elf.header["e_type"] != "ET_CORE" or elf.header["e_machine"] != "EM_X86_64":
-            fail(f"{path}: not an x86_64 core ({elf.header['e_type']}, "
-                 f"{elf.header['e_machine']})")
+            fail(f"{path}: not an x86_64 core ({elf.header['e_type']}, {elf.header['e_machine']})")
         segs = list(elf.iter_segments())
         if segs[0]["p_type"] != "PT_NOTE" or len(segs) < 2:
             fail(f"{path}: PT_NOTE is not first, or there is no PT_LOAD")
@@ -94,8 +94,7 @@ def check_gdb(path, exe):
             fail("gdb is not installed (SNAPCORE_REQUIRE_ORACLES=1)")
         print("smoke: gdb not installed, its check skipped")
         return
-    p = run(["gdb", "-nx", "-batch", "-ex", "set debuginfod enabled off", "-ex", "bt",
-             exe, path])
+    p = run(["gdb", "-nx", "-batch", "-ex", "set debuginfod enabled off", "-ex", "bt", exe, path])
     if not re.search(r"^#0 .*\bclock_nanosleep|^#0 .*\bnanosleep", p.stdout, re.M):
         fail(f"gdb's backtrace of {path} is not in nanosleep:\n{p.stdout}{p.stderr}")
 
@@ -114,7 +113,7 @@ def main():
     try:
         exe = os.path.realpath(f"/proc/{sleep.pid}/exe")
         deadline = time.monotonic() + 10
-        while proc_status(sleep.pid)[0] != "S":        # in nanosleep, not still exec'ing
+        while proc_status(sleep.pid)[0] != "S":  # in nanosleep, not still exec'ing
             if time.monotonic() > deadline:
                 fail("sleep did not start")
             time.sleep(0.01)
@@ -129,13 +128,17 @@ def main():
     finally:
         sleep.kill()
         sleep.wait()
-    for args, want in ((["manpage"], ".TH SNAPCORE 1"),
-                       (["completion", "bash"], "-F _snapcore snapcore")):
+    for args, want in (
+        (["manpage"], ".TH SNAPCORE 1"),
+        (["completion", "bash"], "-F _snapcore snapcore"),
+    ):
         p = run([cli, *args])
         if p.returncode != 0 or want not in p.stdout:
             fail(f"snapcore {' '.join(args)} exited {p.returncode}: {p.stderr}")
-    print(f"smoke: ok: snapcore {snapcore.__version__} from {here} "
-          f"(Python {sys.version.split()[0]}), core of sleep read by pyelftools and gdb")
+    print(
+        f"smoke: ok: snapcore {snapcore.__version__} from {here} "
+        f"(Python {sys.version.split()[0]}), core of sleep read by pyelftools and gdb"
+    )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ the parsers without being edited.  all_parsers() is the one place that knows
 where the CLI's parsers live.  The scripts are plain bash and zsh: nothing is
 added to snapcore's runtime dependencies.
 """
+
 import argparse
 import datetime
 import os
@@ -31,6 +32,7 @@ def all_parsers():
     import importlib
 
     from . import cli
+
     out = [(cli.PROG, cli.build_parser())]
     for name, module in cli.SUBCOMMANDS.items():
         mod = importlib.import_module(f"snapcore.commands.{module}")
@@ -95,7 +97,7 @@ def _first_sentence(text):
     """Up to the first '.' or ';' that ends a clause outside parentheses."""
     text = " ".join(text.split())
     for m in re.finditer(r"[.;](?=\s|$)", text):
-        head = text[:m.start()]
+        head = text[: m.start()]
         if head.count("(") == head.count(")"):
             return head
     return text
@@ -132,7 +134,7 @@ def _roff_action(parser, action):
 
 def _roff_usage(parser):
     usage = " ".join(parser.format_usage().split())
-    usage = usage[len("usage: "):] if usage.startswith("usage: ") else usage
+    usage = usage[len("usage: ") :] if usage.startswith("usage: ") else usage
     rest = usage.partition(parser.prog)[2]
     return f".B {_roff_opt(parser.prog)}\n{_roff_opt(rest.strip())}"
 
@@ -158,10 +160,13 @@ def _roff_parser(parser, sub):
 def manpage(parsers, date=None):
     """The roff text of NAME.1 for [(command name, parser)], top-level command first."""
     (name, top), subs = parsers[0], parsers[1:]
-    if date is None:                    # reproducible builds set SOURCE_DATE_EPOCH
+    if date is None:  # reproducible builds set SOURCE_DATE_EPOCH
         when = os.environ.get("SOURCE_DATE_EPOCH")
-        date = (datetime.datetime.fromtimestamp(int(when), datetime.timezone.utc).date()
-                if when else datetime.date.today()).isoformat()
+        date = (
+            datetime.datetime.fromtimestamp(int(when), datetime.timezone.utc).date()
+            if when
+            else datetime.date.today()
+        ).isoformat()
     lines = [
         f'.TH {name.upper()} 1 "{date}" "{name} {__version__}" "User Commands"',
         ".SH NAME",
@@ -178,8 +183,7 @@ def manpage(parsers, date=None):
         for sub_name, p in subs:
             lines += [f".SS {_roff_opt(sub_name)}", _roff_usage(p), ".PP"]
             lines += _roff_parser(p, sub=True)
-    lines += [".SH SEE ALSO",
-              ", ".join("\\fB{}\\fR({}".format(*s.split("(")) for s in SEE_ALSO)]
+    lines += [".SH SEE ALSO", ", ".join("\\fB{}\\fR({}".format(*s.split("(")) for s in SEE_ALSO)]
     return "\n".join(lines) + "\n"
 
 
@@ -201,13 +205,15 @@ def _bash_reply(kind, action, extra_words=""):
     if kind == "choices":
         return f'COMPREPLY=( $(compgen -W "{_words(action.choices)}" -- "$cur") )'
     if kind == "pid":
-        return (f'COMPREPLY=( $(compgen -W "{extra_words} $(command ps -e -o pid= '
-                f'2>/dev/null)" -- "$cur") )')
+        return (
+            f'COMPREPLY=( $(compgen -W "{extra_words} $(command ps -e -o pid= '
+            f'2>/dev/null)" -- "$cur") )'
+        )
     if kind == "dir":
         return 'COMPREPLY=( $(compgen -d -- "$cur") )'
     if kind in ("file", "command"):
         return 'COMPREPLY=( $(compgen -f -- "$cur") )'
-    return ":"                                  # a number or free text: nothing to offer
+    return ":"  # a number or free text: nothing to offer
 
 
 def bash_completion(parsers):
@@ -291,12 +297,22 @@ def bash_completion(parsers):
 def _zsh_quote(text):
     """The first sentence of text, for inside a single-quoted _arguments or _describe word."""
     text = _first_sentence(text)
-    return (text.replace("\\", "\\\\").replace("'", "'\\''").replace("[", "\\[")
-            .replace("]", "\\]").replace(":", "\\:"))
+    return (
+        text.replace("\\", "\\\\")
+        .replace("'", "'\\''")
+        .replace("[", "\\[")
+        .replace("]", "\\]")
+        .replace(":", "\\:")
+    )
 
 
-_ZSH_ACTION = {"pid": "_pids", "dir": "_files -/", "file": "_files", "none": " ",
-               "command": "_command_names -e"}
+_ZSH_ACTION = {
+    "pid": "_pids",
+    "dir": "_files -/",
+    "file": "_files",
+    "none": " ",
+    "command": "_command_names -e",
+}
 
 
 def _zsh_value(action):
@@ -312,14 +328,15 @@ def _zsh_specs(parser, positionals=True):
     for g in parser._mutually_exclusive_groups:
         for a in g._group_actions:
             exclusive.setdefault(id(a), []).extend(
-                o for b in g._group_actions if b is not a for o in b.option_strings)
+                o for b in g._group_actions if b is not a for o in b.option_strings
+            )
     specs = []
     for a in _actions(parser):
         desc = _zsh_quote(_help(parser, a))
         if a.option_strings:
             names = a.option_strings
             if isinstance(a, (argparse._HelpAction, argparse._VersionAction)):
-                excl = ["-", "*"]                 # alone on the line
+                excl = ["-", "*"]  # alone on the line
             else:
                 excl = list(names) + exclusive.get(id(a), [])
             head = f"({' '.join(excl)})" if len(excl) > 1 else ""
@@ -339,8 +356,11 @@ def _zsh_specs(parser, positionals=True):
 
 def _zsh_arguments(specs, indent):
     pad = " " * indent
-    return [f"{pad}_arguments -s -S \\"] + [f"{pad}    {s} \\" for s in specs[:-1]] + \
-        [f"{pad}    {specs[-1]}"]
+    return (
+        [f"{pad}_arguments -s -S \\"]
+        + [f"{pad}    {s} \\" for s in specs[:-1]]
+        + [f"{pad}    {specs[-1]}"]
+    )
 
 
 def zsh_completion(parsers):
@@ -375,8 +395,9 @@ def zsh_completion(parsers):
         out.append("                return ;;")
     out += ["        esac", "    fi"]
     # the first word is a process id or a subcommand
-    out += _zsh_arguments(_zsh_specs(top, positionals=False) +
-                          [f"':process id or command:{fn}_first'"], 4)
+    out += _zsh_arguments(
+        _zsh_specs(top, positionals=False) + [f"':process id or command:{fn}_first'"], 4
+    )
     out += ["}", "", f'{fn} "$@"']
     return "\n".join(out) + "\n"
 

@@ -2,6 +2,7 @@
 
 Exit status: 0 printed; 2 usage error.
 """
+
 import sys
 
 from .. import clidoc
@@ -11,12 +12,15 @@ PROG = "snapcore completion"
 
 
 def build_parser():
-    p = _Parser(prog=PROG, description="Print a completion script for SHELL, generated from "
-                "snapcore's own option parsers.",
-                epilog="bash: snapcore completion bash > "
-                       "~/.local/share/bash-completion/completions/snapcore; zsh: snapcore "
-                       "completion zsh > DIR/_snapcore, DIR in $fpath.  exit status: 0 "
-                       "printed, 2 usage error")
+    p = _Parser(
+        prog=PROG,
+        description="Print a completion script for SHELL, generated from "
+        "snapcore's own option parsers.",
+        epilog="bash: snapcore completion bash > "
+        "~/.local/share/bash-completion/completions/snapcore; zsh: snapcore "
+        "completion zsh > DIR/_snapcore, DIR in $fpath.  exit status: 0 "
+        "printed, 2 usage error",
+    )
     p.add_argument("shell", choices=sorted(clidoc.SHELLS), help="the shell: %(choices)s")
     return p
 

@@ -2,6 +2,7 @@
 
 Exit status: 0 printed; 2 usage error.
 """
+
 import sys
 
 from .. import clidoc
@@ -11,11 +12,14 @@ PROG = "snapcore manpage"
 
 
 def build_parser():
-    return _Parser(prog=PROG, description="Print the snapcore(1) manual page (roff), "
-                   "generated from snapcore's own option parsers.",
-                   epilog="view it with 'snapcore manpage | man -l -'; install it as "
-                          "man1/snapcore.1 in a directory of manpath.  exit status: 0 "
-                          "printed, 2 usage error")
+    return _Parser(
+        prog=PROG,
+        description="Print the snapcore(1) manual page (roff), "
+        "generated from snapcore's own option parsers.",
+        epilog="view it with 'snapcore manpage | man -l -'; install it as "
+        "man1/snapcore.1 in a directory of manpath.  exit status: 0 "
+        "printed, 2 usage error",
+    )
 
 
 def main(argv):

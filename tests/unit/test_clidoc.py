@@ -4,6 +4,7 @@ Oracles: groff (the page renders without warnings), bash itself (the script pars
 driving the completion function through COMP_WORDS/COMP_CWORD offers what the parsers
 accept), zsh (the script parses and compinit registers it for snapcore).
 """
+
 import argparse
 import os
 import re
@@ -25,6 +26,7 @@ def test_manpage_mentions_every_option_of_every_parser():
     names = [n for n, _ in parsers]
     # every subcommand of the dispatcher is documented
     from snapcore import cli
+
     assert names == ["snapcore"] + [f"snapcore {s}" for s in cli.SUBCOMMANDS]
     page = snapcore_out("manpage")
     text = page.replace("\\-", "-").replace("\\e", "\\")
@@ -52,8 +54,9 @@ def test_manpage_renders_without_warnings():
 
 def test_manpage_escapes_roff():
     p = argparse.ArgumentParser(prog="t", description="leading. dot")
-    p.add_argument("--x", help=".starts with a dot, has a back\\slash, 100%% and %(default)s",
-                   default=3)
+    p.add_argument(
+        "--x", help=".starts with a dot, has a back\\slash, 100%% and %(default)s", default=3
+    )
     page = clidoc.manpage([("t", p)], date="2026-01-01")
     assert "\n\\&.starts with a dot, has a back\\eslash, 100% and 3\n" in page
     assert '.TH T 1 "2026-01-01"' in page
@@ -67,11 +70,18 @@ def test_manpage_date_follows_source_date_epoch(monkeypatch):
 def complete_bash(script_path, *words):
     """What the completion offers for the last word, driven like bash does on <TAB>."""
     words_q = " ".join(f"'{w}'" for w in words)
-    p = run(["bash", "--norc", "--noprofile", "-c",
-             f"source {script_path}; complete -p snapcore; COMP_WORDS=({words_q}); "
-             f"COMP_CWORD={len(words) - 1}; _snapcore; "
-             'for w in "${COMPREPLY[@]}"; do echo "$w"; done'],
-            check=True)
+    p = run(
+        [
+            "bash",
+            "--norc",
+            "--noprofile",
+            "-c",
+            f"source {script_path}; complete -p snapcore; COMP_WORDS=({words_q}); "
+            f"COMP_CWORD={len(words) - 1}; _snapcore; "
+            'for w in "${COMPREPLY[@]}"; do echo "$w"; done',
+        ],
+        check=True,
+    )
     spec, *reply = p.stdout.splitlines()
     assert spec == "complete -o filenames -F _snapcore snapcore"
     return reply
@@ -83,7 +93,7 @@ def test_bash_completion(tmp_path):
     assert run(["bash", "-n", str(script)]).returncode == 0
     assert complete_bash(script, "snapcore", "1234", "--mi") == ["--mini"]
     assert complete_bash(script, "snapcore", "--compress", "") == ["zstd"]
-    assert complete_bash(script, "snapcore", "--stop-timeout", "") == []      # a number
+    assert complete_bash(script, "snapcore", "--stop-timeout", "") == []  # a number
     assert complete_bash(script, "snapcore", "in") == ["info"]
     assert complete_bash(script, "snapcore", "info", "--no") == ["--no-symbols"]
     assert complete_bash(script, "snapcore", "run", "--g") == ["--grace"]
@@ -93,8 +103,9 @@ def test_bash_completion(tmp_path):
     # after run's '--': a command name, then its arguments are files
     assert "bash" in complete_bash(script, "snapcore", "run", "--timeout", "5", "--", "bas")
     (tmp_path / "afile").write_text("")
-    assert complete_bash(script, "snapcore", "run", "--", "ls", str(tmp_path / "af")) == \
-        [str(tmp_path / "afile")]
+    assert complete_bash(script, "snapcore", "run", "--", "ls", str(tmp_path / "af")) == [
+        str(tmp_path / "afile")
+    ]
 
 
 def test_zsh_completion(tmp_path):
@@ -102,8 +113,15 @@ def test_zsh_completion(tmp_path):
     (tmp_path / "_snapcore").write_text(snapcore_out("completion", "zsh"))
     p = run(["zsh", "-n", str(tmp_path / "_snapcore")])
     assert p.returncode == 0, p.stderr
-    p = run(["zsh", "-fc", f"fpath=({tmp_path} $fpath); autoload -U compinit; "
-             "compinit -u -D; print -r -- $_comps[snapcore]"], check=True)
+    p = run(
+        [
+            "zsh",
+            "-fc",
+            f"fpath=({tmp_path} $fpath); autoload -U compinit; "
+            "compinit -u -D; print -r -- $_comps[snapcore]",
+        ],
+        check=True,
+    )
     assert p.stdout == "_snapcore\n"
 
 
