@@ -18,6 +18,7 @@ import glob
 import os
 import re
 import shlex
+import shutil
 
 import nox
 
@@ -43,7 +44,8 @@ os.environ["PATH"] = os.pathsep.join(_pyenv_bins() + [os.environ.get("PATH", "")
 @nox.session(python=SUPPORTED)
 def tests(session):
     session.install(f"{HERE}[test]")
-    session.chdir(session.create_tmp())
+    scratch = os.path.abspath(session.create_tmp())
+    session.chdir(scratch)
     session.run(
         "python",
         "-c",
@@ -51,17 +53,28 @@ def tests(session):
         "'from', snapcore.__file__, 'on', sys.version)",
     )
     args = shlex.split(os.environ.get("SNAPCORE_MATRIX_TESTS", "")) or ["tests"]
-    args = [a if os.path.isabs(a) or a.startswith("-") else os.path.join(HERE, a) for a in args]
-    session.run(
-        "pytest",
-        "-n",
-        "auto",
-        "-p",
-        "no:cacheprovider",
-        "-c",
-        os.path.join(HERE, "pyproject.toml"),
-        "--rootdir",
-        HERE,
-        *args,
-        *session.posargs,
-    )
+    # test paths are the tree's (pytest runs from the scratch directory); other words stay
+    args = [
+        os.path.join(HERE, a) if os.path.exists(os.path.join(HERE, a.split("::")[0])) else a
+        for a in args
+    ]
+    # the suite's cores weigh gigabytes: one basetemp per session, gone when it ends
+    basetemp = os.path.join(scratch, "pytest")
+    try:
+        session.run(
+            "pytest",
+            "-n",
+            "auto",
+            "-p",
+            "no:cacheprovider",
+            "-c",
+            os.path.join(HERE, "pyproject.toml"),
+            "--rootdir",
+            HERE,
+            "--basetemp",
+            basetemp,
+            *args,
+            *session.posargs,
+        )
+    finally:
+        shutil.rmtree(basetemp, ignore_errors=True)
