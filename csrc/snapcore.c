@@ -20,7 +20,9 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
+#endif
 #include <limits.h>
 #include <sys/ioctl.h>
 #include <sys/ptrace.h>
@@ -731,10 +733,16 @@ long sc_copy(struct sc_copy_ctx *ctx, const struct sc_seg *segs, size_t nsegs,
 
 /* ---- cpu --------------------------------------------------------------- */
 
+/* x86 only: elsewhere the shim still builds (a wheel installs), and snapcore
+ * refuses the target before it asks (no arch/ module matches its registers). */
 int sc_cpuid(unsigned int leaf, unsigned int subleaf, uint32_t *out)
 {
+#if defined(__x86_64__) || defined(__i386__)
     unsigned int a, b, c, d;
     __cpuid_count(leaf, subleaf, a, b, c, d);
     out[0] = a; out[1] = b; out[2] = c; out[3] = d;
     return 0;
+#else
+    return -ENOSYS;
+#endif
 }

@@ -152,7 +152,7 @@ def pread(fd, length, offset):
 
 def cpuid(leaf, subleaf=0):
     out = ffi.new("uint32_t[4]")
-    require().sc_cpuid(leaf, subleaf, out)
+    _check(require().sc_cpuid(leaf, subleaf, out), "cpuid")
     return tuple(out)
 
 

@@ -7,7 +7,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from helpers import TARGETS, Target, target_path  # noqa: E402
+from helpers import STRICT, TARGETS, Target, target_path  # noqa: E402
 
 
 def _build_targets():
@@ -22,6 +22,23 @@ def _build_targets():
 
 def pytest_sessionstart(session):
     _build_targets()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under SNAPCORE_REQUIRE_ORACLES=1 a skipped test is a failed one: a skip there means
+    an oracle, tool or kernel feature the run was supposed to have is missing."""
+    outcome = yield
+    report = outcome.get_result()
+    if STRICT and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped, and SNAPCORE_REQUIRE_ORACLES=1 forbids skips: {reason}"
+
+
+def pytest_report_header(config):
+    if STRICT:
+        return "SNAPCORE_REQUIRE_ORACLES=1: a missing reader, tool or interpreter fails"
 
 
 @pytest.fixture

@@ -332,6 +332,67 @@ def have(tool):
     return shutil.which(tool) is not None
 
 
+# SNAPCORE_REQUIRE_ORACLES=1 (CI): whatever a test needs and does not find (a reader, a tool,
+# a Python interpreter to use as a target) fails that test instead of skipping it.
+# conftest.py turns every other skip into a failure too.
+STRICT = os.environ.get("SNAPCORE_REQUIRE_ORACLES") == "1"
+
+
+def missing(why):
+    """Skip the test for want of something; under SNAPCORE_REQUIRE_ORACLES=1, fail it."""
+    if STRICT:
+        pytest.fail(f"{why} (SNAPCORE_REQUIRE_ORACLES=1 requires it)", pytrace=False)
+    pytest.skip(why)
+
+
+def require_tool(tool):
+    if not have(tool):
+        missing(f"{tool} is not installed")
+
+
+# ---------------------------------------------------------------------------
+# Python interpreters to run as targets
+
+
+def supported_pythons():
+    """["3.9", ...]: the versions snapcore supports, from its classifiers (pyproject.toml)."""
+    import importlib.metadata
+
+    classifiers = importlib.metadata.metadata("snapcore").get_all("Classifier") or []
+    found = [
+        m.group(1)
+        for c in classifiers
+        if (m := re.fullmatch(r"Programming Language :: Python :: (3\.\d+)", c))
+    ]
+    return sorted(found, key=lambda v: tuple(map(int, v.split("."))))
+
+
+def python_interpreter(version):
+    """The path of a CPython X.Y: pyenv's newest X.Y.Z, else pythonX.Y on PATH, else None."""
+    root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
+    found = []
+    versions = os.path.join(root, "versions")
+    if os.path.isdir(versions):
+        for name in os.listdir(versions):
+            m = re.fullmatch(rf"{re.escape(version)}\.(\d+)", name)
+            exe = os.path.join(versions, name, "bin", f"python{version}")
+            if m and os.access(exe, os.X_OK):
+                found.append((int(m.group(1)), exe))
+    if found:
+        return max(found)[1]
+    return shutil.which(f"python{version}")
+
+
+def require_python(version):
+    """python_interpreter(version), or skip (fail under SNAPCORE_REQUIRE_ORACLES=1)."""
+    exe = python_interpreter(version)
+    if exe is None:
+        missing(
+            f"no Python {version} interpreter (pyenv install {version}, or python{version} on PATH)"
+        )
+    return exe
+
+
 def gdb_batch(exe, core, *commands, timeout=120):
     argv = ["gdb", "-nx", "-batch", "-ex", "set debuginfod enabled off"]
     for c in commands:

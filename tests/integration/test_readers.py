@@ -1,10 +1,13 @@
 """The client matrix: every reader on every target, checked on what it shows.
 
 Targets: mt (PIE), mt_nopie, mt_static, mt32 (gcc -m32: an ELFCLASS32/EM_386
-core) and pythreads.py (Python 3, two threads).  Readers: gdb, lldb,
-eu-stack (with and without -e), eu-unstrip -n, drgn, pyelftools, and pystack
-on the Python target.  Each test owns its target, snapshots it, runs one
-reader and ends by checking that the target runs on.
+core) and pythreads.py (two threads) run by each supported CPython
+(python3.9 ... python3.13: their frame layouts and runtime structures differ),
+found under pyenv or on PATH; a missing one is a skip, or a failure under
+SNAPCORE_REQUIRE_ORACLES=1.  Readers: gdb, lldb, eu-stack (with and without
+-e), eu-unstrip -n, drgn, pyelftools, and pystack on the Python targets.
+Each test owns its target, snapshots it, runs one reader and ends by checking
+that the target runs on.
 
 What a reader should show comes from the target itself (its READY line: the
 tids, in the order of THREAD_FUNCS) and from the files on disk (build-ids),
@@ -25,13 +28,16 @@ from helpers import (
     assert_runs_on,
     gdb_batch,
     have,
+    require_python,
     run,
     snapshot_then_kernel_core,
+    supported_pythons,
     target_path,
 )
 
 C_TARGETS = ["mt", "mt_nopie", "mt_static", "mt32"]
-ALL_TARGETS = C_TARGETS + ["python"]
+PY_TARGETS = [f"python{v}" for v in supported_pythons()]  # pythreads.py under each
+ALL_TARGETS = C_TARGETS + PY_TARGETS
 # the function each thread is blocked in, in the order of READY's "tids"
 THREAD_FUNCS = ("command_loop", "sleeper_thread", "cond_waiter_thread", "pipe_reader_thread")
 PY_THREAD_FUNCS = ("time_sleep", "PyThread_acquire_lock_timed")  # C frames of pythreads.py
@@ -55,13 +61,22 @@ class Snap:
     @property
     def funcs(self):
         """{tid: the function that thread is blocked in}"""
-        names = PY_THREAD_FUNCS if self.name == "python" else THREAD_FUNCS
+        names = PY_THREAD_FUNCS if self.is_python else THREAD_FUNCS
         return dict(zip(self.tids, names))
 
     @property
     def outer(self):
         """A function further up the main thread's stack (python's main() is a tail call)."""
-        return "Py_BytesMain" if self.name == "python" else "main"
+        return "Py_BytesMain" if self.is_python else "main"
+
+    @property
+    def is_python(self):
+        return self.name.startswith("python")
+
+    @property
+    def python_version(self):
+        """ "3.12" for the python3.12 target."""
+        return self.name[len("python") :]
 
     @property
     def is32(self):
@@ -78,16 +93,20 @@ def snap_c(spawn, tmp_path, name):
     return Snap(name, exe, t, core)
 
 
-def snap_python(spawn, tmp_path):
-    t = spawn([sys.executable, PYTHREADS])
-    t.wait_blocked(syscalls=(230,))  # clock_nanosleep
+def snap_python(spawn, tmp_path, name):
+    exe = require_python(name[len("python") :])
+    t = spawn([exe, PYTHREADS])
+    # time.sleep: clock_nanosleep since 3.11, select() (pselect6) before
+    t.wait_blocked(syscalls=(230, 270))
     t.wait_blocked(tid=t.info["tids"][1], syscalls=(202,))  # futex
     core = snapcore.snapshot(t.pid, tmp_path / "core").path
-    return Snap("python", sys.executable, t, core)
+    return Snap(name, exe, t, core)
 
 
 def snap_target(spawn, tmp_path, name):
-    return snap_python(spawn, tmp_path) if name == "python" else snap_c(spawn, tmp_path, name)
+    if name.startswith("python"):
+        return snap_python(spawn, tmp_path, name)
+    return snap_c(spawn, tmp_path, name)
 
 
 def build_id(path):
@@ -116,7 +135,7 @@ def blocks(text, header):
 def test_gdb(spawn, tmp_path, name):
     s = snap_target(spawn, tmp_path, name)
     pc = "eip" if s.is32 else "rip"
-    if name == "python":
+    if s.is_python:
         # a global of libpython that the interpreter set at start-up
         globals_ = {"print (int)_PyRuntime.initialized": "= 1"}
     else:
@@ -202,7 +221,7 @@ def lldb_threads(exe, core):
 
 
 @pytest.mark.skipif(not have("lldb"), reason="lldb not installed")
-@pytest.mark.parametrize("name", ["mt", "mt_nopie", "mt_static", "python"])
+@pytest.mark.parametrize("name", ["mt", "mt_nopie", "mt_static", *PY_TARGETS])
 def test_lldb(spawn, tmp_path, name):
     s = snap_target(spawn, tmp_path, name)
     threads, out = lldb_threads(s.exe, s.core)
@@ -266,8 +285,8 @@ def test_eu_unstrip_build_ids(spawn, tmp_path, name):
         assert not libs
     else:
         assert "libc.so.6" in libs and any(m.startswith("ld-linux") for m in libs), p.stdout
-    if name == "python":
-        assert "libpython3.11.so.1.0" in libs or any("libpython" in m for m in libs)
+    if s.is_python:
+        assert f"libpython{s.python_version}.so.1.0" in libs, p.stdout
     assert_runs_on(s.target)
 
 
@@ -297,7 +316,7 @@ def test_drgn(spawn, tmp_path, name):
     threads = {t.tid: t for t in prog.threads()}
     assert sorted(threads) == sorted(s.tids)
     assert prog.crashed_thread().tid == prog.main_thread().tid == s.target.pid
-    if name == "python":
+    if s.is_python:
         assert prog["_PyRuntime"].initialized.value_() == 1
     else:
         assert prog["snapcore_marker"].value_() == MARKER
@@ -372,14 +391,15 @@ def pystack(core, *extra):
 
 
 @pytest.mark.parametrize("native", [False, True], ids=["python", "native"])
-def test_pystack(spawn, tmp_path, native):
+@pytest.mark.parametrize("name", PY_TARGETS)
+def test_pystack(spawn, tmp_path, name, native):
     pytest.importorskip("pystack")
-    s = snap_python(spawn, tmp_path)
+    s = snap_python(spawn, tmp_path, name)
     p = pystack(s.core, *(["--native"] if native else []))
     out = p.stdout
     assert p.returncode == 0, out + p.stderr
     assert "The core file seems to have been generated on demand" in out
-    assert f"executable found in the core file: {sys.executable}" in out + p.stderr
+    assert f"executable found in the core file: {s.exe}" in out + p.stderr
     threads = blocks(out, r"^Traceback for thread (\d+)")
     assert sorted(threads) == sorted(s.tids), out
     main, worker = threads[s.tids[0]], threads[s.tids[1]]
