@@ -82,39 +82,13 @@ class Helper:
     # -- start and stop ------------------------------------------------------
     def start(self):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        caller = os.getpid()
+        self.sock = ours  # from here on, close() ends whatever was started
         try:
-            if _single_threaded():
-                self.pid = os.fork()
-                if self.pid == 0:  # the helper
-                    code = EXIT_CRASHED
-                    try:
-                        _forked_child_fds(theirs.fileno())
-                        code = serve(theirs, caller)
-                    finally:
-                        os._exit(code)
-            else:
-                code = (
-                    f"import sys; sys.path.insert(0, {_PKG_PARENT!r}); "
-                    "from snapcore.capture.helperd import main; main()"
-                )
-                self._proc = subprocess.Popen(
-                    [sys.executable, "-c", code, str(caller), str(theirs.fileno())],
-                    pass_fds=(theirs.fileno(),),
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
-                    start_new_session=True,
-                )
-                self.pid = self._proc.pid
-        except OSError as exc:
-            ours.close()
-            raise HelperError(f"cannot start snapcore's helper process: {exc}") from exc
-        finally:
-            theirs.close()
-        self.sock = ours
-        threading.Thread(target=self._read, daemon=True, name="snapcore-helper-reader").start()
-        try:
+            try:
+                self.pid = self._spawn(theirs)
+            finally:
+                theirs.close()
+            threading.Thread(target=self._read, daemon=True, name="snapcore-helper-reader").start()
             _sys.set_ptracer(self.pid)
             reply = self._next(STARTUP_TIMEOUT)
             if reply != ("ready",):
@@ -122,25 +96,63 @@ class Helper:
         except BaseException as exc:
             self.close()
             if isinstance(exc, OSError):
-                raise HelperError(f"prctl(PR_SET_PTRACER) failed: {exc.strerror}") from exc
+                raise HelperError(f"cannot start snapcore's helper process: {exc}") from exc
             raise
         return self
 
+    def _spawn(self, theirs):
+        """The helper's pid: a fork of this process when it has a single thread, else
+        a fresh interpreter.  Only the caller returns from here."""
+        caller = os.getpid()
+        if _single_threaded():
+            pid = os.fork()
+            if pid == 0:  # the helper
+                code = EXIT_CRASHED
+                try:
+                    _forked_child_fds(theirs.fileno())
+                    code = serve(theirs, caller)
+                finally:
+                    os._exit(code)
+            return pid
+        code = (
+            f"import sys; sys.path.insert(0, {_PKG_PARENT!r}); "
+            "from snapcore.capture.helperd import main; main()"
+        )
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", code, str(caller), str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        return self._proc.pid
+
     def close(self):
-        """Let go of anything held, end and reap the helper.  Never raises."""
-        if self.sock is None:
+        """Let go of anything held, end and reap the helper.
+
+        Raises nothing of its own; an interrupt (Ctrl-C, SIGTERM's exception)
+        that arrives meanwhile is held until the helper is reaped, then raised.
+        """
+        sock, self.sock = self.sock, None
+        if sock is None:
             return
-        try:
-            send(self.sock, ("bye",))
-        except OSError:
-            pass
-        try:
-            self.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        self._reap(timeout=60.0)
-        self.sock.close()
-        self.sock = None
+        deferred = None
+        for step in (lambda: send(sock, ("bye",)), lambda: sock.shutdown(socket.SHUT_WR)):
+            try:
+                step()
+            except OSError:
+                pass
+            except BaseException as exc:
+                deferred = deferred or exc
+        while self.pid is not None and self._status is None:
+            try:
+                self._reap(timeout=60.0)
+            except BaseException as exc:
+                deferred = deferred or exc
+        sock.close()
+        if deferred is not None:
+            raise deferred
 
     def __enter__(self):
         return self
