@@ -93,6 +93,20 @@ class Status:
     seccomp: int
     kthread: bool
     threads: int
+    # the ids in every pid namespace from the reader's down to the task's own
+    # (NSpid/NSpgid/NSsid): one entry each when the task is in the reader's
+    nspid: tuple = ()
+    nspgid: tuple = ()
+    nssid: tuple = ()
+
+    @property
+    def own_ns_ids(self):
+        """(pid, pgrp, sid) in the task's own pid namespace, as task_*_vnr() gives
+        them to the kernel's dumper (0 where the group or session leader is outside
+        that namespace: /proc prints 0 there too); None without NSpid."""
+        if not self.nspid or not self.nspgid or not self.nssid:
+            return None
+        return self.nspid[-1], self.nspgid[-1], self.nssid[-1]
 
 
 _STATUS_LINE = re.compile(r"^([^:\n]+):[ \t]*(.*?)[ \t]*$", re.M)
@@ -119,6 +133,9 @@ def parse_status(text):
             seccomp=int(fields.get("Seccomp", "0")),
             kthread=fields.get("Kthread", "0") == "1",
             threads=int(fields.get("Threads", "1")),
+            nspid=ints("NSpid"),
+            nspgid=ints("NSpgid"),
+            nssid=ints("NSsid"),
         )
     except KeyError as exc:
         raise ValueError(f"status lacks {exc}") from None

@@ -235,7 +235,9 @@ def _report(core, want_symbols):
         sig = core.siginfo_signo()
         process["signal"], process["signal_name"] = sig, _signal_name(sig)
     if snap is not None:
-        by_tid = {t.get("tid"): t for t in snap.get("threads") or [] if isinstance(t, dict)}
+        # the notes carry a thread's id in its own pid namespace (ns_tid)
+        listed = [t for t in snap.get("threads") or [] if isinstance(t, dict)]
+        by_tid = {t.get("ns_tid", t.get("tid")): t for t in listed}
         for t in threads:
             info = by_tid.get(t["tid"], {})
             t["name"], t["state"] = info.get("name"), info.get("state")
