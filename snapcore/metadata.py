@@ -26,6 +26,7 @@ Keys of the JSON object (format 1); every key is always present:
     live            true when memory was copied from a live (forked) image
     live_fallback   why live mode was asked for but not used, or null
     compress        "zstd" when the core is a zstandard stream, else null
+    bundle          true when the core was taken for a bundle (--bundle)
     stop_timeout    seconds the freeze was allowed to take
     snapcore_argv   snapcore's own command line (null through the API)
     pid, comm, cmdline (list), cwd, exe, uid, gid
@@ -153,6 +154,7 @@ def new_record(*, facts, uid, gid, options, filt, threads, selection, started):
         "live": options.live,
         "live_fallback": None,
         "compress": options.compress,
+        "bundle": options.bundle,
         "stop_timeout": options.stop_timeout,
     }
     rec.update(facts)

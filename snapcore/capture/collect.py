@@ -18,6 +18,7 @@ Everything here reads /proc or ptrace; nothing decides what memory is dumped
 
 import errno
 import os
+from dataclasses import dataclass
 
 from .. import _native, procfs
 from ..arch import arch_for_regs_size
@@ -191,6 +192,45 @@ def file_entries(pid, plans, page_size):
         if not name:
             continue
         out.append((v.start, v.end, v.offset // page_size, name.encode("utf-8", "surrogateescape")))
+    return out
+
+
+@dataclass(frozen=True)
+class MappedRange:
+    """A file-backed VMA as NT_FILE names it, with the inode behind it (--bundle)."""
+
+    start: int
+    end: int
+    offset: int  # bytes
+    name: str  # the target's path, " (deleted)" kept
+    dev_major: int
+    dev_minor: int
+    inode: int
+
+    @property
+    def key(self):
+        return (self.dev_major, self.dev_minor, self.inode)
+
+
+def mapped_ranges(plans, entries):
+    """[MappedRange] for the NT_FILE entries (from file_entries) of these plans."""
+    names = {(start, end): name for start, end, _, name in entries}
+    out = []
+    for p in plans:
+        v = p.vma
+        name = names.get((v.start, v.end)) if p.has_file and p.first_piece else None
+        if name is not None:
+            out.append(
+                MappedRange(
+                    v.start,
+                    v.end,
+                    v.offset,
+                    name.decode("utf-8", "surrogateescape"),
+                    v.dev_major,
+                    v.dev_minor,
+                    v.inode,
+                )
+            )
     return out
 
 

@@ -181,6 +181,7 @@ class Job:
                 plans = image.plan(filt, file_ranges, files, arch.page_size, opts.all_mappings)
             proc.vma_count = len(plans)
             proc.file_entries = collect.file_entries(src, plans, arch.page_size)
+            mapped = collect.mapped_ranges(plans, proc.file_entries)
             kernel_notes = elfnotes.build_notes(
                 arch, proc, threads, _native.cpuid, collect.file_note_limit()
             )
@@ -247,6 +248,7 @@ class Job:
             truncated=sel.truncated,
             dropped=list(sel.dropped),
             trigger=opts.trigger,
+            files=mapped,
         )
 
     # -- after resume ------------------------------------------------------

@@ -214,8 +214,9 @@ class Outputs:
     def path(self):
         return self.core.path
 
-    def publish(self, file_size, record):
-        """Size the core, write the sidecar, link both into place."""
+    def publish(self, file_size, record, snap=None):
+        """Size the core, write the sidecar, link both into place (snap: unused
+        here; bundling.BundleOutputs takes the same call)."""
         if self.sidecar is not None:
             self.sidecar.write_at(json.dumps(record, indent=2).encode() + b"\n", 0)
         self.core.finish(file_size)
