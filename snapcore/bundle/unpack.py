@@ -44,7 +44,8 @@ def cache_root(cache=None):
 
 
 def is_bundle(path):
-    """True if path looks like a bundle (a zstandard stream of a tar archive)."""
+    """True if path is to be opened as a bundle: a zstandard stream that is not
+    a compressed core (whatever else it holds, open_bundle says what is wrong)."""
     try:
         with open(path, "rb") as f:
             head = f.read(1 << 16)
@@ -55,8 +56,8 @@ def is_bundle(path):
     try:
         out = zstandard().ZstdDecompressor().decompressobj().decompress(head)
     except Exception:
-        return False
-    return len(out) >= 512 and out[257:262] == b"ustar"
+        return True
+    return out[:4] != b"\x7fELF"
 
 
 class _Frame:
@@ -184,6 +185,7 @@ def _unpack(path, dest):
         try:
             archive = tarfile.open(fileobj=frame, mode="r|", errors="surrogateescape")
         except tarfile.TarError:
+            frame.check_complete()  # truncated, rather than not a tar at all?
             raise BundleFormatError(path, "not a snapcore bundle (no tar archive inside)") from None
         written = {}
         try:

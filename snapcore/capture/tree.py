@@ -171,7 +171,7 @@ def snapshot_tree(pid, outdir=None, options=None, *, progress=None, **changes):
     check_target(pid)
     outdir = os.fspath(outdir) if outdir is not None else default_outdir(pid)
     created = not os.path.isdir(outdir)
-    job = None
+    job = bundle = None
     try:
         try:
             os.makedirs(outdir, mode=0o700, exist_ok=True)

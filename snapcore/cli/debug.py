@@ -12,7 +12,6 @@ want it.  Exit status: the debugger's; 1 a bundle that cannot be opened;
 2 usage error.
 """
 
-import argparse
 import os
 import shutil
 import sys
@@ -26,9 +25,24 @@ PROG = f"{common.PROG} debug"
 INTERRUPTED = "interrupted"
 
 
+class _Parser(common.Parser):
+    """Everything after the first -- goes to the debugger, untouched (args.args)."""
+
+    def parse_args(self, args=None, namespace=None):
+        args = list(sys.argv[1:] if args is None else args)
+        tail = []
+        if "--" in args:
+            cut = args.index("--")
+            args, tail = args[:cut], args[cut + 1 :]
+        ns = super().parse_args(args, namespace)
+        ns.args = tail
+        return ns
+
+
 def build_parser():
-    p = common.Parser(
+    p = _Parser(
         prog=PROG,
+        usage=f"{PROG} BUNDLE [--lldb | --pystack] [--pid PID] [--print] [-- DEBUGGER ARGS...]",
         description="Open the core of a bundle (snapcore PID --bundle) in gdb, with the "
         "executable and libraries that were running, on any machine.",
         epilog="arguments after -- go to the debugger, e.g. "
@@ -53,7 +67,6 @@ def build_parser():
         dest="print_only",
         help="unpack, print the debugger's command line on stdout, and stop there",
     )
-    p.add_argument("args", nargs=argparse.REMAINDER, metavar="-- ARGS", help=argparse.SUPPRESS)
     return p
 
 
@@ -62,7 +75,7 @@ def _say(message):
 
 
 def run(args, argv):
-    extra = args.args[1:] if args.args[:1] == ["--"] else args.args
+    extra = args.args
     kind = "lldb" if args.lldb else "pystack" if args.pystack else "gdb"
     core, sysroot, manifest = open_bundle(args.bundle, pid=args.pid)
     entry = core_entry(manifest, args.pid, args.bundle)
