@@ -172,8 +172,7 @@ class TarZstWriter:
     def close(self):
         """End the archive and the frame."""
         self._out.write(bytes(2 * BLOCK))
-        self._out.flush(zstandard().FLUSH_FRAME)
-        self._out.close()
+        self._out.close()  # ends the frame
         self._raw.flush()
         self._raw.close()
 

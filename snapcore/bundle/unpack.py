@@ -33,6 +33,9 @@ from . import layout
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 CHUNK = 1 << 20
+# compressed bytes fed at a time: a zstd block of zeros takes 4 bytes for 128 KiB,
+# so this bounds what one feed can unfold to (64 MiB)
+FEED = 2048
 SPACE_MARGIN = 64 << 20  # keep this much of the cache's disk free
 
 
@@ -88,7 +91,7 @@ class _Frame:
             if self.dobj.eof:
                 self.ended = True
                 break
-            chunk = self.raw.read(CHUNK)
+            chunk = self.raw.read(FEED)
             if not chunk:
                 self.ended = True
                 break

@@ -107,6 +107,11 @@ class FileSet:
             return memory_id[0]
 
         candidates = [f"/proc/{pid}/map_files/{r.start:x}-{r.end:x}" for r in ranges[:1]]
+        try:
+            if not stat.S_ISREG(os.stat(candidates[0]).st_mode):
+                return None  # a device, never read (nor its memory)
+        except OSError:
+            pass  # map_files closed to us: the root path may do
         if not deleted:
             candidates.append(f"/proc/{pid}/root{path}")
         why = "not readable (no access to /proc/PID/map_files, nor under /proc/PID/root)"
