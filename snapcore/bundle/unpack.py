@@ -160,9 +160,11 @@ def core_entry(manifest, pid=None, path="bundle"):
     if pid is None:
         pid = manifest.get("root_pid")
         return next((c for c in cores if c["pid"] == pid), cores[0])
-    for c in cores:
-        if pid in (c["pid"], c.get("ns_pid")):
-            return c
+    # a host pid first: pids of different namespaces may repeat
+    for key in ("pid", "ns_pid"):
+        for c in cores:
+            if c.get(key) == pid:
+                return c
     have = ", ".join(str(c["pid"]) for c in cores)
     raise BundleFormatError(path, f"no core of pid {pid} in the bundle (it has {have})")
 

@@ -60,8 +60,10 @@ class FileSet:
     """The files of one process or of a tree, each opened once."""
 
     def __init__(self):
-        self.files = []  # [pack.MappedFile]
-        self._by_inode = {}  # (major, minor, inode) -> MappedFile, or None: not wanted
+        # ((major, minor, inode), path) -> MappedFile, or None: not wanted.  The path is
+        # part of the key: one inode under two names (a bind mount in a container) is
+        # two entries, one stored, the other its same_as, so both names resolve
+        self._by_inode = {}
         self.executables = {}  # pid -> the target's path of its executable
 
     def add_process(self, pid, ranges):
@@ -80,9 +82,9 @@ class FileSet:
             path = name[: -len(DELETED)] if deleted else name
             if not path.startswith("/"):
                 continue
-            if key not in self._by_inode:
-                self._by_inode[key] = self._open(pid, key, rs, path, deleted, key == exe)
-            f = self._by_inode[key]
+            if (key, path) not in self._by_inode:
+                self._by_inode[key, path] = self._open(pid, key, rs, path, deleted, key == exe)
+            f = self._by_inode[key, path]
             if f is None:
                 continue
             if pid not in f.pids:
