@@ -79,6 +79,7 @@ class CoreSource:
     executable: str = None  # the target's path of its executable
     root: str = None
     files: list = field(default_factory=list)  # target paths of the files it maps
+    read: object = None  # read(offset, n) -> bytes, instead of pread on fd
 
 
 def plan_files(files, max_size=None):
@@ -202,7 +203,7 @@ def write_bundle(
     core_entries = []
     for c in cores:
         member = layout.core_member(c.pid)
-        out.add(member, _pread(c.fd), c.size)
+        out.add(member, c.read or _pread(c.fd), c.size)
         meta = layout.metadata_member(c.pid)
         out.add_bytes(meta, _json(c.record))
         core_entries.append(

@@ -5,6 +5,7 @@
     snapcore decompress CORE.zst       cli/decompress.py
     snapcore run --timeout S -- CMD    cli/run.py
     snapcore debug BUNDLE              cli/debug.py
+    snapcore bundle CORE               cli/bundle.py  (a bundle of a core taken earlier)
 
 Every command runs inside common.execute(), the one place where exceptions
 become exit statuses and one-line messages (see docs/cli.md).  Subcommand
@@ -24,6 +25,7 @@ COMMANDS = {
     "decompress": "decompress",
     "run": "run",
     "debug": "debug",
+    "bundle": "bundle",
 }
 
 

@@ -256,3 +256,28 @@ def test_tree_bundle_holds_every_core_once_per_library(spawn, tmp_path):
     assert sorted(libc[0]["pids"]) == sorted(t.info["pids"])
     stored = [n for n in manifest["members"] if n.startswith("sysroot/")]
     assert len(stored) == len(set(stored))
+
+
+@pytest.mark.skipif(not have("gdb"), reason="gdb not installed")
+def test_snapcore_bundle_packs_a_core_taken_earlier_with_matching_files_only(spawn, tmp_path):
+    d = tmp_path / "app"
+    d.mkdir()
+    exe = d / "mt"
+    shutil.copy(target_path("mt"), exe)
+    t = spawn([str(exe)])
+    core = snapcore.snapshot(t.pid, tmp_path / "core", compress="zstd").path
+    assert_runs_on(t)
+    bundle = tmp_path / "later.tar.zst"
+    p = snapcore_cli("bundle", core, "-o", bundle)
+    assert p.returncode == 0 and p.stderr == "", p.stdout + p.stderr
+    g = debug(bundle, tmp_path, "--", "-batch", "-ex", "thread apply all bt")
+    assert g.returncode == 0 and " command_loop (" in g.stdout and "??" not in g.stdout, g.stdout
+    # the executable replaced by another build: left out, and said so
+    shutil.copy(target_path("mt_nopie"), d / ".new")
+    os.replace(d / ".new", exe)
+    p = snapcore_cli("bundle", core, "-o", bundle, "--force")
+    assert p.returncode == 0, p.stderr
+    assert f"warning: {exe} left out: {exe} is another build" in p.stderr, p.stderr
+    manifest = bundle_manifest(bundle, tmp_path)
+    entry = next(f for f in manifest["files"] if f["path"] == str(exe))
+    assert entry["member"] is None and entry["executable"] is True
