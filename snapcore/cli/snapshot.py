@@ -112,6 +112,7 @@ def _tree(args, options, progress):
                     "manifest": tree.manifest,
                     "wall_seconds": round(tree.wall_time, 6),
                     "pause_seconds": round(tree.pause_time, 6),
+                    "bundle": tree.bundle,
                     "processes": [
                         dict(
                             p.manifest_entry(),
