@@ -3,6 +3,7 @@
 set_ptracer(pid)        PR_SET_PTRACER: let pid trace us under Yama ptrace_scope=1
 set_pdeathsig(sig)      PR_SET_PDEATHSIG: get sig when our parent thread exits
 set_child_subreaper()   PR_SET_CHILD_SUBREAPER: orphaned descendants become our children
+unshare_fs()            unshare(CLONE_FS): the calling thread gets its own root and cwd
 """
 
 import ctypes
@@ -11,6 +12,7 @@ import os
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_PTRACER = 0x59616D61  # "Yama"
+CLONE_FS = 0x00000200
 
 _libc = None
 
@@ -62,3 +64,14 @@ def set_pdeathsig(sig):
 
 def set_child_subreaper():
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def unshare_fs():
+    """unshare(CLONE_FS) for the calling thread: from now on its chroot() and
+    chdir() change only its own root and cwd (os.unshare needs Python 3.12)."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.unshare(ctypes.c_int(CLONE_FS)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare(CLONE_FS): {os.strerror(err)}")

@@ -25,6 +25,7 @@ They subclass the matching builtin too, so ``except ProcessLookupError`` or
      +-- ShimUnavailable                  ImportError
      +-- HelperError                      snapcore's helper process failed
      +-- CoreFormatError                  a file given as a core is not one (path)
+     |    +-- BundleFormatError           ... as a bundle: not one, damaged, or unsafe
      +-- ProcFormatError                  /proc said something snapcore cannot parse
 
 ``exit_status(exc)`` is the one table from errors to the command line's exit
@@ -213,6 +214,12 @@ class CoreFormatError(SnapcoreError):
     def __init__(self, path, detail):
         super().__init__(f"{path}: {detail}")
         self.path = path
+
+
+class BundleFormatError(CoreFormatError):
+    """A file given as a bundle is not one, is damaged (truncated, a sha256 that
+    differs from its manifest), or holds what snapcore will not unpack (links,
+    paths that leave its directory).  Nothing of it was left unpacked."""
 
 
 class ProcFormatError(TargetError):

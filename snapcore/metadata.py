@@ -26,13 +26,23 @@ Keys of the JSON object (format 1); every key is always present:
     live            true when memory was copied from a live (forked) image
     live_fallback   why live mode was asked for but not used, or null
     compress        "zstd" when the core is a zstandard stream, else null
+    bundle          true when the core was taken for a bundle (--bundle)
     stop_timeout    seconds the freeze was allowed to take
     snapcore_argv   snapcore's own command line (null through the API)
     pid, comm, cmdline (list), cwd, exe, uid, gid
     limits          {name: [soft, hard]} from /proc/PID/limits ("unlimited" kept)
     cgroup          lines of /proc/PID/cgroup
     coredump_filter the mask applied (hex string); filter_source "target" | "option"
-    threads         [{tid, name, state}] (state: /proc letter before the freeze)
+    threads         [{tid, ns_tid, name, state}] (state: /proc letter before the freeze;
+                    ns_tid: the id the core's notes carry, see namespaces)
+    root            the target's root directory as snapcore saw it (/proc/PID/root:
+                    "/" too for the root of a mount namespace snapcore cannot reach)
+    ns_pid          [the pid in snapcore's pid namespace, ..., in the target's own]
+                    (NSpid); one entry when the target is in snapcore's namespace
+    namespaces      {"pid", "mnt", "user", "net", ...: "pid:[4026531836]" ...} the
+                    target's, and "shared": the names of those it shares with snapcore.
+                    A core of a process in another pid namespace carries its own pids
+                    (the last of ns_pid, the threads' ns_tid), as the kernel's does
     max_size        --max-size bytes or null
     truncated       true when --max-size dropped memory
     dropped         [{start, end, bytes, why}] dumped bytes left out by --mini/--max-size
@@ -90,6 +100,26 @@ def parse_limits(text):
     return out
 
 
+NAMESPACES = ("pid", "mnt", "user", "net", "ipc", "uts", "cgroup", "time")
+
+
+def namespace_facts(pid):
+    """{root, ns_pid, namespaces} of the process (see the record's keys)."""
+    status = _read(f"/proc/{pid}/status") or ""
+    m = re.search(r"^NSpid:\s*(.*)$", status, re.M)
+    ns_pid = [int(x) for x in m.group(1).split()] if m else [pid]
+    spaces, shared = {}, []
+    for name in NAMESPACES:
+        theirs = _readlink(f"/proc/{pid}/ns/{name}")
+        if theirs is None:
+            continue
+        spaces[name] = theirs
+        if theirs == _readlink(f"/proc/self/ns/{name}"):
+            shared.append(name)
+    spaces["shared"] = shared
+    return {"root": _readlink(f"/proc/{pid}/root"), "ns_pid": ns_pid, "namespaces": spaces}
+
+
 def process_facts(pid):
     """What /proc says about the process, read before the freeze (no pause cost)."""
     cmdline = parse_cmdline(_read(f"/proc/{pid}/cmdline", binary=True) or b"")
@@ -103,6 +133,7 @@ def process_facts(pid):
         "exe": _readlink(f"/proc/{pid}/exe"),
         "limits": parse_limits(_read(f"/proc/{pid}/limits")),
         "cgroup": cgroup.splitlines() if cgroup else [],
+        **namespace_facts(pid),
     }
 
 
@@ -123,6 +154,7 @@ def new_record(*, facts, uid, gid, options, filt, threads, selection, started):
         "live": options.live,
         "live_fallback": None,
         "compress": options.compress,
+        "bundle": options.bundle,
         "stop_timeout": options.stop_timeout,
     }
     rec.update(facts)

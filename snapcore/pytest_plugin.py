@@ -400,6 +400,8 @@ def _message(timeout, folder, tree, me, started_by_test, limit=8):
         f"snapcore: test still running after {timeout:g}s; cores of {n} "
         f"process{'es' if n != 1 else ''} in {folder}/"
     ]
+    if getattr(tree, "bundle", None):
+        lines.append(f"  bundle: {tree.bundle['path']} (snapcore debug opens it anywhere)")
     for i, p in enumerate(tree.processes):
         if i >= 2 * limit:
             lines.append(f"  ... {len(tree.processes) - i} more in manifest.json")

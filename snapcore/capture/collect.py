@@ -6,6 +6,11 @@ process facts and the NT_FILE entries.
                                    masks, times) of every stopped thread
     collect_process(pid, ...)      ProcessNotes: ids, state, argv, auxv
     file_entries(pid, plans)       NT_FILE: every file-backed VMA, exact path
+                                   (the target's own, see nsview.py)
+
+A process in another pid namespace gets its own pids in the notes, as the
+kernel's core would hold them (nsview.py); snapcore's results and metadata
+keep the host's and record both.
 
 Everything here reads /proc or ptrace; nothing decides what memory is dumped
 (plan.py) or writes anything.
@@ -13,6 +18,7 @@ Everything here reads /proc or ptrace; nothing decides what memory is dumped
 
 import errno
 import os
+from dataclasses import dataclass
 
 from .. import _native, procfs
 from ..arch import arch_for_regs_size
@@ -28,6 +34,7 @@ from ..errors import (
     UnsupportedTarget,
     ZombieProcess,
 )
+from . import nsview
 from .freeze import Unstable, has_live_task
 from .plan import read_memory
 
@@ -124,6 +131,10 @@ def collect_threads(pid, frozen):
         raise TargetExited(pid)
     # the current thread first: the main thread when it is alive
     out.sort(key=lambda t: (t.tid != pid, t.tid))
+    if len(procfs.read_status(pid).nspid) > 1:
+        own = nsview.thread_ids(pid, [t.tid for t in out])
+        for t in out:
+            t.ns_tid = own.get(t.tid)
     if out[0].tid == pid:
         # fill_prstatus(): the group leader carries the whole group's times
         st = procfs.read_stat(pid)
@@ -166,22 +177,60 @@ def collect_process(pid, state, arch, mem_pid):
         comm=st.comm.encode("utf-8", "surrogateescape"),
         psargs=psargs,
         auxv=auxv,
+        ns_ids=nsview.process_ids(pid, status),
     )
 
 
 def file_entries(pid, plans, page_size):
-    """NT_FILE entries: every VMA with a file, its exact path from map_files."""
+    """NT_FILE entries: every VMA with a file, its exact path (map_files, read
+    from the target's root as the kernel's dumper would: nsview.py)."""
+    vmas = [p.vma for p in plans if p.has_file and p.first_piece]
+    names = nsview.file_names(pid, vmas)
     out = []
-    for p in plans:
-        if not p.has_file or not p.first_piece:
-            continue
-        v = p.vma
-        name = procfs.map_files_link(pid, v.start, v.end)
-        if name is None:
-            name = procfs.unescape_maps_name(v.name)
+    for v in vmas:
+        name = names[(v.start, v.end)]
         if not name:
             continue
         out.append((v.start, v.end, v.offset // page_size, name.encode("utf-8", "surrogateescape")))
+    return out
+
+
+@dataclass(frozen=True)
+class MappedRange:
+    """A file-backed VMA as NT_FILE names it, with the inode behind it (--bundle)."""
+
+    start: int
+    end: int
+    offset: int  # bytes
+    name: str  # the target's path, " (deleted)" kept
+    dev_major: int
+    dev_minor: int
+    inode: int
+
+    @property
+    def key(self):
+        return (self.dev_major, self.dev_minor, self.inode)
+
+
+def mapped_ranges(plans, entries):
+    """[MappedRange] for the NT_FILE entries (from file_entries) of these plans."""
+    names = {(start, end): name for start, end, _, name in entries}
+    out = []
+    for p in plans:
+        v = p.vma
+        name = names.get((v.start, v.end)) if p.has_file and p.first_piece else None
+        if name is not None:
+            out.append(
+                MappedRange(
+                    v.start,
+                    v.end,
+                    v.offset,
+                    name.decode("utf-8", "surrogateescape"),
+                    v.dev_major,
+                    v.dev_minor,
+                    v.inode,
+                )
+            )
     return out
 
 
@@ -195,11 +244,14 @@ def file_note_limit():
 
 
 def thread_meta(pid, threads, states):
-    """[{tid, name, state}] for the metadata; names and states read before the freeze."""
+    """[{tid, ns_tid, name, state}] for the metadata; names and states read before
+    the freeze.  ns_tid: the id the core's notes carry (the thread's own pid
+    namespace), the same as tid unless the process is in another one."""
     out = []
     for t in threads:
         state, name = states.get(t.tid) or (None, _thread_name(pid, t.tid))
-        out.append({"tid": t.tid, "name": name, "state": state})
+        ns_tid = t.ns_tid if t.ns_tid is not None else t.tid
+        out.append({"tid": t.tid, "ns_tid": ns_tid, "name": name, "state": state})
     return out
 
 

@@ -88,7 +88,9 @@ class Helper:
                 self.pid = self._spawn(theirs)
             finally:
                 theirs.close()
-            threading.Thread(target=self._read, daemon=True, name="snapcore-helper-reader").start()
+            threading.Thread(
+                target=self._read, args=(ours,), daemon=True, name="snapcore-helper-reader"
+            ).start()
             _sys.set_ptracer(self.pid)
             reply = self._next(STARTUP_TIMEOUT)
             if reply != ("ready",):
@@ -227,10 +229,10 @@ class Helper:
             raise HelperError(f"snapcore's helper process {self._death()}")
         return msg
 
-    def _read(self):
+    def _read(self, sock):
         while True:
             try:
-                msg, fds = recv(self.sock)
+                msg, fds = recv(sock)
             except (OSError, EOFError, pickle.UnpicklingError):
                 msg, fds = None, []
             for fd in fds:

@@ -20,7 +20,7 @@ into Snapshot.stats["phases"].
 import contextlib
 import time
 
-from .. import _native, metadata, procfs
+from .. import _native, metadata, procfs, procmaps
 from ..elf import notes as elfnotes
 from ..errors import (
     LiveUnavailable,
@@ -181,12 +181,12 @@ class Job:
         filt = opts.coredump_filter
         if filt is None:
             filt = procfs.read_coredump_filter(pid)
-        file_ranges = procfs.map_files_ranges(src)
+        file_ranges = procmaps.map_files_ranges(src)
         with BackingFiles(src) as files:
             if image is None:
                 plans = plan_dump(
                     pid,
-                    procfs.read_smaps(pid),
+                    procmaps.read_smaps(pid),
                     filt,
                     file_ranges,
                     files,
@@ -197,6 +197,7 @@ class Job:
                 plans = image.plan(filt, file_ranges, files, arch.page_size, opts.all_mappings)
             proc.vma_count = len(plans)
             proc.file_entries = collect.file_entries(src, plans, arch.page_size)
+            mapped = collect.mapped_ranges(plans, proc.file_entries)
             kernel_notes = elfnotes.build_notes(
                 arch, proc, threads, _native.cpuid, collect.file_note_limit()
             )
@@ -263,6 +264,7 @@ class Job:
             truncated=sel.truncated,
             dropped=list(sel.dropped),
             trigger=opts.trigger,
+            files=mapped,
         )
 
     # -- after resume ------------------------------------------------------

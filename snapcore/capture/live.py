@@ -34,7 +34,7 @@ import os
 import signal
 import time
 
-from .. import _native, procfs
+from .. import _native, procfs, procmaps
 from ..elf.structs import NT_PRSTATUS
 from ..errors import LiveUnavailable, NoSuchProcess, SnapcoreError, TargetExited
 from .copy import Copier
@@ -321,7 +321,7 @@ def nofork_vmas(pid):
     try:
         return {
             (v.start, v.end): v
-            for v in procfs.read_smaps(pid)
+            for v in procmaps.read_smaps(pid)
             if "dc" in v.vmflags or "wf" in v.vmflags
         }
     except NoSuchProcess:
@@ -381,14 +381,16 @@ class Image:
     def preload(self, nofork, arch, filt, bufsize):
         """While frozen: read /proc/PID/maps (cheap) and copy the nofork VMAs."""
         pid = self.pid
-        self.frozen = procfs.read_maps(pid)
+        self.frozen = procmaps.read_maps(pid)
         todo = [nofork[(v.start, v.end)] for v in self.frozen if (v.start, v.end) in nofork]
         if not todo:
             return
         filt = filt if filt is not None else procfs.read_coredump_filter(pid)
         self.scratch = os.open("/tmp", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
         with BackingFiles(pid) as files:
-            plans = plan_dump(pid, todo, filt, procfs.map_files_ranges(pid), files, arch.page_size)
+            plans = plan_dump(
+                pid, todo, filt, procmaps.map_files_ranges(pid), files, arch.page_size
+            )
             offsets, off = [], 0
             for p in plans:
                 offsets.append(off)
@@ -406,7 +408,7 @@ class Image:
 
     def vmas(self):
         try:
-            return procfs.read_smaps(self.child)
+            return procmaps.read_smaps(self.child)
         except NoSuchProcess:
             raise TargetExited(self.pid) from None
 

@@ -18,7 +18,7 @@ import stat
 
 from .. import _native
 from ..elf.layout import pflags
-from ..procfs import unescape_maps_name
+from ..procmaps import unescape_maps_name
 
 # coredump_filter bits (include/linux/sched/coredump.h, MMF_DUMP_* - 2)
 ANON_PRIVATE = 1 << 0
@@ -138,11 +138,13 @@ class BackingFiles:
     def _open(self, vma):
         # /proc/PID/map_files reaches deleted files, memfd and shmem too, but
         # following its links needs CAP_CHECKPOINT_RESTORE/CAP_SYS_ADMIN.
+        # Else the name under the target's own root: in a container the host's
+        # file of the same name is another file (the inode check below says so).
         link = f"/proc/{self.pid}/map_files/{vma.start:x}-{vma.end:x}"
         candidates = [link]
         name = vma.name
         if name.startswith("/") and not name.endswith(" (deleted)"):
-            candidates.append(unescape_maps_name(name))
+            candidates.append(f"/proc/{self.pid}/root" + unescape_maps_name(name))
         for path in candidates:
             try:
                 st = os.stat(path)

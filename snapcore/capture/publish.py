@@ -214,8 +214,9 @@ class Outputs:
     def path(self):
         return self.core.path
 
-    def publish(self, file_size, record):
-        """Size the core, write the sidecar, link both into place."""
+    def publish(self, file_size, record, snap=None):
+        """Size the core, write the sidecar, link both into place (snap: unused
+        here; bundling.BundleOutputs takes the same call)."""
         if self.sidecar is not None:
             self.sidecar.write_at(json.dumps(record, indent=2).encode() + b"\n", 0)
         self.core.finish(file_size)
@@ -234,20 +235,25 @@ class Outputs:
         if self.sidecar is not None:
             self.sidecar.abort()
 
+    packed = False  # the file at path is an archive (bundling.BundleOutputs)
+
+    def disk_usage(self):
+        """(st_size, st_blocks * 512) of the published file."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return 0, 0
+        return st.st_size, st.st_blocks * 512
+
     def describe(self, snap, record, t0):
         """Fill in what a Snapshot says of the published files (and the wall time)."""
-        snap.path = self.core.path
+        snap.path = self.path
         snap.metadata = record
         snap.metadata_path = self.sidecar_path
         snap.wall_time = time.monotonic() - t0
-        try:
-            st = os.stat(self.core.path)
-        except OSError:
-            snap.bytes_on_disk = 0
-            return
-        snap.bytes_on_disk = st.st_blocks * 512
-        if snap.compressed:
-            snap.file_size = st.st_size
+        size, snap.bytes_on_disk = self.disk_usage()
+        if snap.compressed or self.packed:
+            snap.file_size = size
 
 
 # ---------------------------------------------------------------------------

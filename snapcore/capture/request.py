@@ -67,6 +67,15 @@ class SnapshotOptions:
                     None: set by the entry point
     argv            the command line that asked for it, recorded in the metadata
     buffer_size     bytes per copy buffer; writer_thread: overlap reads and writes
+    bundle          write one archive (.tar.zst) instead of a bare core: the core,
+                    every mapped file with a build-id and the executable (the bytes
+                    that ran), the record and a manifest; snapcore debug opens it.
+                    A tree gets one archive, OUTDIR/bundle.tar.zst, beside its
+                    cores.  The cores inside are plain (the archive is compressed
+                    as a whole), so compress adds nothing to a bundle
+    bundle_max_size keep the bundle's files (uncompressed) within this many bytes:
+                    the executable first, then the smallest; the rest are listed
+                    as left out (needs bundle)
     """
 
     live: bool = False
@@ -83,12 +92,22 @@ class SnapshotOptions:
     argv: Optional[tuple[str, ...]] = None
     buffer_size: int = 4 << 20
     writer_thread: bool = True
+    bundle: bool = False
+    bundle_max_size: Optional[int] = None
 
     def __post_init__(self):
         def bad(msg):
             raise InvalidRequest(msg)
 
-        for name in ("live", "all_mappings", "mini", "metadata", "force", "writer_thread"):
+        for name in (
+            "live",
+            "all_mappings",
+            "mini",
+            "metadata",
+            "force",
+            "writer_thread",
+            "bundle",
+        ):
             if not isinstance(getattr(self, name), bool):
                 bad(f"{name} must be True or False, not {getattr(self, name)!r}")
         if isinstance(self.stop_timeout, bool) or not isinstance(self.stop_timeout, (int, float)):
@@ -126,8 +145,22 @@ class SnapshotOptions:
             or self.buffer_size < 4096
         ):
             bad(f"buffer_size must be at least 4096 bytes, not {self.buffer_size!r}")
+        if self.bundle_max_size is not None:
+            if (
+                isinstance(self.bundle_max_size, bool)
+                or not isinstance(self.bundle_max_size, int)
+                or self.bundle_max_size <= 0
+            ):
+                bad(
+                    "bundle_max_size must be a positive number of bytes, not "
+                    f"{self.bundle_max_size!r}"
+                )
+            if not self.bundle:
+                bad("--bundle-max-size (bundle_max_size) bounds a bundle: add --bundle")
         if self.compress == "zstd":
             zstandard()  # MissingDependency now, not mid-snapshot
+        if self.bundle:
+            zstandard("bundles (--bundle)")
 
     @classmethod
     def of(cls, options=None, **changes):
@@ -159,6 +192,16 @@ class SnapshotOptions:
     def suffix(self):
         """What compression adds to a core's default name."""
         return ".zst" if self.compress == "zstd" else ""
+
+    @property
+    def output_suffix(self):
+        """What the default name of snapshot()'s output ends with: a bundle's, a core's."""
+        return ".tar.zst" if self.bundle else self.suffix
+
+    def for_cores(self):
+        """The options the cores themselves are written with: a bundle's are plain
+        (the archive is compressed as a whole, and gdb reads a plain core in place)."""
+        return self.replace(compress=None) if self.bundle and self.compress else self
 
     def given(self):
         """Names of the options that differ from their defaults."""
@@ -226,7 +269,7 @@ def default_core_name(pid, options):
 
 
 def resolve_path(pid, path, options):
-    """The core's path: path as given, or core.PID[.zst] in the current directory."""
+    """The output's path: path as given, or core.PID[.zst|.tar.zst] in the current directory."""
     if path is None:
-        return default_core_name(pid, options)
+        return f"core.{pid}{options.output_suffix}"
     return os.fspath(path)

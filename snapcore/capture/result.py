@@ -33,6 +33,8 @@ class Snapshot:
     metadata_path: str = None  # the sidecar, when asked for
     metadata: dict = None  # the final SNAPCORE record
     trigger: str = None  # what started it (cli, api, self, tree, run, pytest)
+    files: list = field(default_factory=list)  # [collect.MappedRange]: NT_FILE, with inodes
+    bundle: dict = None  # --bundle: {files, binaries_bytes, left_out, seconds} (path: the archive)
 
     def summary(self):
         size = (
@@ -47,6 +49,12 @@ class Snapshot:
             extra += ", live"
         if self.truncated:
             extra += f", truncated ({human(sum(d.bytes for d in self.dropped))} dropped)"
+        if self.bundle is not None:
+            b = self.bundle
+            size = f"{human(self.file_size)} bundle (zstd) of a {human(self.core_size)} core"
+            extra += f", {b['files']} files ({human(b['binaries_bytes'])})"
+            if b["left_out"]:
+                extra += f", {len(b['left_out'])} left out (see its bundle.json)"
         return (
             f"{self.path}: pid {self.pid}, {len(self.tids)} thread"
             f"{'s' if len(self.tids) != 1 else ''}, {self.segments} segments, "
@@ -81,4 +89,5 @@ class Snapshot:
             "dropped": [d.to_json() for d in self.dropped],
             "unreadable": [{"start": a, "len": n, "errno": e} for a, n, e in self.unreadable],
             "metadata_path": self.metadata_path,
+            "bundle": self.bundle,
         }

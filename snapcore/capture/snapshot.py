@@ -10,6 +10,8 @@
          (Job: freeze -> collect -> plan -> select -> copy -> resume; job.py)
       -> finish: the final metadata record, into the SNAPCORE note
       -> publish: link PATH (and PATH.json) into place
+         (--bundle: the core went to an unnamed file, PATH is the archive of it
+         and of the files the target maps: bundling.BundleOutputs)
 
 Whatever the route, the request is the same value, so every option takes
 effect on every route; what a route cannot do is refused before anything is
@@ -22,6 +24,7 @@ import time
 from .. import metadata
 from .._sys import yama_scope
 from ..errors import AccessDenied
+from .bundling import BundleOutputs
 from .collect import check_target
 from .freeze import CancelToken, run_traced
 from .helper import Helper, JobSpec
@@ -56,16 +59,20 @@ def snapshot(pid, path=None, options=None, *, progress=None, **changes):
     status = check_target(pid)
     path = resolve_path(pid, path, options)
     facts = metadata.process_facts(pid)
-    outputs = Outputs(path, options)
+    outputs = (BundleOutputs if options.bundle else Outputs)(path, options)
     try:
         snap, file_size, record = _route(
-            pid, outputs, status, options, facts, started, t0, progress, own
+            pid, outputs, status, options.for_cores(), facts, started, t0, progress, own
         )
-        outputs.publish(file_size, record)
+        publish_started = time.monotonic()
+        outputs.publish(file_size, record, snap)
     except BaseException:
         outputs.abort()
         raise
     outputs.describe(snap, record, t0)
+    if options.bundle:
+        snap.bundle = outputs.summary
+        snap.stats.setdefault("phases", {})["bundle"] = time.monotonic() - publish_started
     return snap
 
 

@@ -4,6 +4,8 @@
         core.PID            one core per process that could be dumped
         core.CHILD ...
         manifest.json       every process of the tree, with its result or error
+        bundle.tar.zst      --bundle: the cores, manifest and mapped files in one
+                            archive (bundling.TreeBundle); the cores stay too
 
 The tree is frozen as one instant before any core is written, and stays
 frozen until the last core is written:
@@ -42,6 +44,7 @@ from dataclasses import dataclass, field
 from .. import metadata, procfs, proctree
 from .._version import __version__
 from ..errors import OutputError, OutputExists, SnapcoreError, SnapshotCancelled
+from .bundling import TreeBundle
 from .collect import check_target
 from .freeze import CancelToken, Freezer, run_traced
 from .helper import Helper, JobSpec
@@ -70,6 +73,7 @@ class ProcessResult:
     error_type: str = None
     is_caller: bool = False  # the process that called snapshot_tree
     snapshot: Snapshot = None
+    bundle_members: list = None  # --bundle: the archive's members its core and files are
 
     @property
     def ok(self):
@@ -77,6 +81,7 @@ class ProcessResult:
 
     def manifest_entry(self):
         snap = self.snapshot
+        rec = (snap.metadata if snap is not None else None) or {}
         return {
             "pid": self.pid,
             "ppid": self.ppid,
@@ -98,6 +103,10 @@ class ProcessResult:
             "truncated": snap.truncated if snap is not None else None,
             "pause_ms": round(snap.pause_time * 1000, 1) if snap is not None else None,
             "file_size": snap.file_size if snap is not None else None,
+            # its ids in its own pid namespace: the ones its core's notes carry
+            "ns_pid": (rec.get("ns_pid") or [None])[-1],
+            "ns_threads": [t.get("ns_tid") for t in rec.get("threads") or []],
+            "bundle": self.bundle_members,
         }
 
 
@@ -111,6 +120,7 @@ class TreeSnapshot:
     processes: list  # [ProcessResult], parents before children
     wall_time: float = 0.0
     pause_time: float = 0.0  # longest time any process was stopped
+    bundle: dict = None  # --bundle: {path, files, binaries_bytes, left_out, seconds}
 
     @property
     def ok(self):
@@ -161,7 +171,7 @@ def snapshot_tree(pid, outdir=None, options=None, *, progress=None, **changes):
     check_target(pid)
     outdir = os.fspath(outdir) if outdir is not None else default_outdir(pid)
     created = not os.path.isdir(outdir)
-    job = None
+    job = bundle = None
     try:
         try:
             os.makedirs(outdir, mode=0o700, exist_ok=True)
@@ -172,8 +182,9 @@ def snapshot_tree(pid, outdir=None, options=None, *, progress=None, **changes):
         manifest = os.path.join(outdir, MANIFEST)
         if not options.force and os.path.lexists(manifest):
             raise OutputExists(manifest)
+        bundle = TreeBundle(outdir, options) if options.bundle else None
         cancel = CancelToken()
-        job = _TreeJob(pid, outdir, options, cancel, t0)
+        job = _TreeJob(pid, outdir, options.for_cores(), cancel, t0)
         processes = run_traced(job.run, cancel, lambda: job.report(progress))
         job.report(progress)
         result = TreeSnapshot(
@@ -184,8 +195,11 @@ def snapshot_tree(pid, outdir=None, options=None, *, progress=None, **changes):
             wall_time=time.monotonic() - t0,
             pause_time=max((p.snapshot.pause_time for p in processes if p.snapshot), default=0.0),
         )
-        _write_manifest(result, options.force)
+        data = bundle.write_tree(result, _manifest_bytes) if bundle is not None else None
+        _write_manifest(result, options.force, data)
     except BaseException:
+        if bundle is not None:
+            bundle.abort()
         # cancelled (or failed) midway: without a manifest, take back what was written
         for res in job.results.values() if job is not None else ():
             for path in (res.core, res.snapshot.metadata_path if res.snapshot else None):
@@ -442,15 +456,8 @@ def _describe(pid, ppid):
     return ProcessResult(pid=pid, ppid=ppid, comm=comm, cmdline=cmdline, exe=exe, python=python)
 
 
-def _write_manifest(result, force):
-    doc = {
-        "snapcore": __version__,
-        "root": result.root,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "wall_time": round(result.wall_time, 3),
-        "processes": [p.manifest_entry() for p in result.processes],
-    }
-    data = (json.dumps(doc, indent=2) + "\n").encode()
+def _write_manifest(result, force, data=None):
+    data = data if data is not None else _manifest_bytes(result)
     out = CoreFile(result.manifest, force=force)
     try:
         out.write_at(data, 0)
@@ -458,6 +465,18 @@ def _write_manifest(result, force):
     except BaseException:
         out.abort()
         raise
+
+
+def _manifest_bytes(result):
+    doc = {
+        "snapcore": __version__,
+        "root": result.root,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "wall_time": round(result.wall_time, 3),
+        "processes": [p.manifest_entry() for p in result.processes],
+        "bundle": os.path.basename(result.bundle["path"]) if result.bundle else None,
+    }
+    return (json.dumps(doc, indent=2) + "\n").encode()
 
 
 def read_manifest(outdir):

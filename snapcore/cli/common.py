@@ -230,6 +230,27 @@ SNAPSHOT_OPTIONS = (
         dict(metavar="TEXT", help="why the snapshot was taken; recorded in the metadata"),
     ),
     ("force", "force", dict(action="store_true", help="replace files that exist")),
+    (
+        "bundle",
+        "bundle",
+        dict(
+            action="store_true",
+            help="write one archive (default name core.PID.tar.zst) holding the core, the "
+            "executable and every mapped file with a build-id (the bytes that were running), "
+            "and a manifest: 'snapcore debug ARCHIVE' opens it on any machine.  With --tree: "
+            "DIR/bundle.tar.zst for the whole tree.  Needs zstandard",
+        ),
+    ),
+    (
+        "bundle_max_size",
+        "bundle-max-size",
+        dict(
+            type=size,
+            metavar="SIZE",
+            help="with --bundle: keep the mapped files within SIZE (uncompressed): the "
+            "executable first, then the smallest; the manifest lists what was left out",
+        ),
+    ),
 )
 
 

@@ -1,17 +1,21 @@
 """snapcore info CORE [--json]: what a core holds.
 
-Reads snapcore's cores and those of the kernel and gcore, plain or .zst.
---json prints one object with the schema documented in read/coreinfo.py
-and docs/formats.md ("schema": "snapcore-info/1").
+Reads snapcore's cores and those of the kernel and gcore, plain or .zst,
+and bundles (snapcore PID --bundle): the core inside is described, and each
+mapped file says whether the bundle, this machine's disk (same build-id) or
+nothing provides it.  --json prints one object with the schema documented in
+docs/formats.md ("schema": "snapcore-info/1"; a bundle adds "bundle").
 
 Exit status: 0 described; 1 the file cannot be read or is not a core;
 2 usage error.
 """
 
 import json
+import os
 import sys
 import time
 
+from ..bundle import is_bundle, open_bundle
 from ..read.coreinfo import inspect_core
 from ..units import human
 from . import common
@@ -38,16 +42,41 @@ def build_parser():
     p.add_argument(
         "--no-symbols", action="store_true", help="do not open the mapped ELF files to name the pcs"
     )
+    p.add_argument(
+        "--pid", type=common.pid, help="in a tree's bundle: the process to describe (default: root)"
+    )
     return p
 
 
 def run(args, argv):
-    report = inspect_core(args.core, symbols=not args.no_symbols)
+    if is_bundle(args.core):
+        core, sysroot, manifest = open_bundle(args.core, pid=args.pid)
+        report = inspect_core(core, symbols=not args.no_symbols, sysroot=sysroot)
+        report["bundle"] = _bundle_facts(args.core, core, sysroot, manifest)
+    else:
+        report = inspect_core(args.core, symbols=not args.no_symbols)
     if args.json:
         print(json.dumps(report))
     else:
         sys.stdout.write(format_text(report))
     return 0
+
+
+def _bundle_facts(path, core, sysroot, manifest):
+    pid = next((c["pid"] for c in manifest["cores"] if c["member"] == os.path.basename(core)), None)
+    return {
+        "path": path,
+        "core": core,
+        "sysroot": sysroot,
+        "pid": pid,
+        "pids": [c["pid"] for c in manifest["cores"]],
+        "files": sum(1 for f in manifest["files"] if f.get("member")),
+        "left_out": [
+            {"path": f["path"], "why": f["left_out"]}
+            for f in manifest["files"]
+            if f.get("left_out") and pid in (f.get("pids") or [])
+        ],
+    }
 
 
 def _hex(n):
@@ -94,14 +123,25 @@ def format_text(r):
             f"  {mp['start']:#18x} {mp['end']:#18x} {human(mp['size']):>10} "
             f"{human(mp['dumped']):>10} {mp['perms']:4} {f}"
         )
-    add(f"modules    {len(r['modules'])}")
+    b = r.get("bundle")
+    if b is not None:
+        add(
+            f"bundle     {b['path']}: {b['files']} files, cores of pid "
+            f"{', '.join(map(str, b['pids']))}; unpacked in {os.path.dirname(b['core'])}"
+        )
+        for f in b["left_out"]:
+            add(f"  left out {f['path']}: {f['why']}")
+    add(f"modules    {len(r['modules'])}  (provided by: the bundle, this disk, or -: nothing)")
     for mod in r["modules"]:
         note = ""
         if mod["matches"] is False:
             note = "  (file on disk differs)"
         elif mod["build_id_source"] == "file":
             note = "  (from the file)"
-        add(f"  {mod['start']:#18x} {mod['build_id'] or '-':40} {mod['file']}{note}")
+        by = mod.get("provided_by") or "-"
+        add(f"  {mod['start']:#18x} {mod['build_id'] or '-':40} {by:6} {mod['file']}{note}")
+    if r.get("debuginfod"):
+        add(f"debuginfod DEBUGINFOD_URLS={r['debuginfod']}: gdb may fetch debug info by build-id")
     s = r["snapcore"]
     if s is not None:
         when = s.get("time") or time.strftime(

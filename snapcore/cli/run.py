@@ -176,6 +176,8 @@ class _Runner:
     def _report(self, tree):
         n = len(tree.ok)
         _say(f"cores of {n} process{'es' if n != 1 else ''} in {tree.outdir}/ (manifest.json)")
+        if tree.bundle is not None:
+            _say(f"bundle: {tree.bundle['path']} (snapcore debug opens it anywhere)")
         if self.args.quiet:
             return
         summaries = {}

@@ -36,6 +36,7 @@ def build_parser():
         description="Write a gdb-compatible ELF core dump of a running process "
         "without stopping it for long or killing it.",
         epilog="other commands: 'snapcore info CORE', 'snapcore decompress CORE.zst', "
+        "'snapcore debug BUNDLE', "
         "'snapcore run --timeout SECS -- CMD' (see 'snapcore COMMAND --help').  "
         "exit status: 0 core written, 1 snapshot failed, 2 usage error or a "
         "request that cannot be honoured, 130 interrupted, 143 terminated",
@@ -91,7 +92,9 @@ def run(args, argv):
 
 def _output(args, options):
     try:
-        return expand_output(args.output, args.pid, comm=comm_of(args.pid), suffix=options.suffix)
+        return expand_output(
+            args.output, args.pid, comm=comm_of(args.pid), suffix=options.output_suffix
+        )
     except ValueError as exc:
         raise common.UsageError(str(exc)) from None
 
@@ -109,6 +112,7 @@ def _tree(args, options, progress):
                     "manifest": tree.manifest,
                     "wall_seconds": round(tree.wall_time, 6),
                     "pause_seconds": round(tree.pause_time, 6),
+                    "bundle": tree.bundle,
                     "processes": [
                         dict(
                             p.manifest_entry(),
@@ -126,5 +130,7 @@ def _tree(args, options, progress):
                 f"{'s' if len(p.threads) != 1 else ''}"
             )
         print(tree.summary())
+        if tree.bundle is not None:
+            print(f"{tree.bundle['path']}: the tree's bundle ('snapcore debug' opens it)")
     root = tree.get(args.pid)
     return EXIT_OK if root is not None and root.ok else EXIT_FAILED

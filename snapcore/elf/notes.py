@@ -38,6 +38,12 @@ class ThreadNotes:
     sighold: int = 0
     utime: int = 0  # clock ticks
     stime: int = 0
+    ns_tid: int = None  # the id pr_pid carries when the thread is in another pid
+    # namespace: its own there, as the kernel writes it (None: tid)
+
+    @property
+    def note_tid(self):
+        return self.tid if self.ns_tid is None else self.ns_tid
 
     def regset(self, note_type):
         for t, _, data in self.regsets:
@@ -64,6 +70,14 @@ class ProcessNotes:
     auxv: bytes
     file_entries: list = field(default_factory=list)  # [(start, end, pgoff_pages, name_bytes)]
     vma_count: int = 0  # every VMA, the gate VMA included (one PT_LOAD each)
+    # (pid, ppid, pgrp, sid) in the process's own pid namespace, which the notes
+    # carry when it is not snapcore's (task_*_vnr() in the kernel's dumper)
+    ns_ids: tuple = None
+
+    @property
+    def note_ids(self):
+        """(pid, ppid, pgrp, sid) as the notes carry them."""
+        return self.ns_ids or (self.pid, self.ppid, self.pgrp, self.sid)
 
 
 def psargs_field(argv_area):
@@ -129,6 +143,7 @@ def build_notes(arch, proc, threads, cpuid, file_note_limit=4 << 20):
     by the caller.
     """
     ps_index, sname = state_index(proc.state)
+    pid, ppid, pgrp, sid = proc.note_ids
     prpsinfo = arch.build_prpsinfo(
         state_index=ps_index,
         sname=sname,
@@ -136,10 +151,10 @@ def build_notes(arch, proc, threads, cpuid, file_note_limit=4 << 20):
         flag=proc.flag,
         uid=proc.uid,
         gid=proc.gid,
-        pid=proc.pid,
-        ppid=proc.ppid,
-        pgrp=proc.pgrp,
-        sid=proc.sid,
+        pid=pid,
+        ppid=ppid,
+        pgrp=pgrp,
+        sid=sid,
         fname=proc.comm,
         psargs=psargs_field(proc.psargs),
     )
@@ -158,10 +173,10 @@ def build_notes(arch, proc, threads, cpuid, file_note_limit=4 << 20):
                 "CORE",
                 NT_PRSTATUS,
                 arch.build_prstatus(
-                    tid=t.tid,
-                    ppid=proc.ppid,
-                    pgrp=proc.pgrp,
-                    sid=proc.sid,
+                    tid=t.note_tid,
+                    ppid=ppid,
+                    pgrp=pgrp,
+                    sid=sid,
                     sigpend=t.sigpend,
                     sighold=t.sighold,
                     utime=t.utime,

@@ -20,7 +20,11 @@ docs/formats.md).  Addresses and sizes are integers; absent facts are null.
     mappings    [{start, end, size, dumped, perms, file, offset}]
                 one per PT_LOAD; file and offset from NT_FILE
     modules     [{start, file, build_id, build_id_source ("core"|"file"|null),
-                  file_build_id, matches}]  ELF images: executable, libraries, [vdso]
+                  file_build_id, matches, provided_by}]  ELF images: executable,
+                libraries, [vdso]; provided_by: "bundle" (a bundle's sysroot holds
+                the file), "disk" (the file at that path here, same build-id),
+                "core" (the whole image is in the core: [vdso]) or null
+    debuginfod  DEBUGINFOD_URLS when it is set (gdb may fetch debug info by build-id)
     snapcore    the SNAPCORE note's record (see snapcore/metadata.py) or null
     warnings    [text]
 """
@@ -160,14 +164,40 @@ def _perms(flags):
     return "".join(c if flags & bit else "-" for c, bit in (("r", 4), ("w", 2), ("x", 1)))
 
 
-def inspect_core(path, symbols=True):
-    """The report (see the module docstring).  Raises CoreFormatError, OSError,
+def inspect_core(path, symbols=True, sysroot=None):
+    """The report (see the module docstring).  sysroot: where a bundle's files
+    are (they are looked for there first).  Raises CoreFormatError, OSError,
     MissingDependency."""
     with CoreReader(path) as core:
-        return _report(core, symbols)
+        return _report(core, symbols, sysroot)
 
 
-def _report(core, want_symbols):
+def _places(name, sysroot):
+    """(path, provider) to look for a mapped file at: the bundle's, then this machine's."""
+    if sysroot is not None and name.startswith("/"):
+        yield sysroot + name.removesuffix(" (deleted)"), "bundle"
+    yield name, "disk"
+
+
+def _open_image(path, opened):
+    """(pyelftools ELF, build-id or None) of the ELF file at path, or (None, None)."""
+    try:
+        fh = open(path, "rb")
+    except OSError:
+        return None, None
+    opened.append(fh)
+    try:
+        if fh.read(4) != ELFMAG:
+            return None, None
+        fh.seek(0)
+        elf = ELFFile(fh)
+        bid = _elf_build_id(elf)
+    except Exception:
+        return None, None
+    return elf, bid if isinstance(bid, str) else None
+
+
+def _report(core, want_symbols, sysroot=None):
     warnings = []
     arch = core.arch.name if core.arch is not None else str(core.e_machine)
     snap = core.snapcore_record()
@@ -235,7 +265,9 @@ def _report(core, want_symbols):
         sig = core.siginfo_signo()
         process["signal"], process["signal_name"] = sig, _signal_name(sig)
     if snap is not None:
-        by_tid = {t.get("tid"): t for t in snap.get("threads") or [] if isinstance(t, dict)}
+        # the notes carry a thread's id in its own pid namespace (ns_tid)
+        listed = [t for t in snap.get("threads") or [] if isinstance(t, dict)]
+        by_tid = {t.get("ns_tid", t.get("tid")): t for t in listed}
         for t in threads:
             info = by_tid.get(t["tid"], {})
             t["name"], t["state"] = info.get("name"), info.get("state")
@@ -292,23 +324,19 @@ def _report(core, want_symbols):
     for start, name in sorted(starts):
         page = core.read_mem(start, page_size)
         in_core = build_id_from_image(page) if page[:4] == ELFMAG else None
-        on_disk, elf = None, None
+        on_disk, elf, provider = None, None, None
         if name != "[vdso]":
-            try:
-                fh = open(name, "rb")
-                opened.append(fh)
-                if fh.read(4) == ELFMAG:
-                    fh.seek(0)
-                    elf = ELFFile(fh)
-                    on_disk = _elf_build_id(elf)
-                    on_disk = on_disk if isinstance(on_disk, str) else None
-            except (OSError, Exception):
-                elf = None
+            for where, label in _places(name, sysroot):
+                elf, on_disk = _open_image(where, opened)
+                if elf is not None:
+                    provider = label
+                    break
         elif page[:4] == ELFMAG:
             seg = next((x for x in core.loads if x.vaddr == start), None)
             if seg is not None:
                 try:
                     elf = ELFFile(io.BytesIO(core.read_mem(start, seg.filesz)))
+                    provider = "core"
                 except Exception:
                     elf = None
         if in_core is None and on_disk is None and page[:4] != ELFMAG and elf is None:
@@ -328,6 +356,7 @@ def _report(core, want_symbols):
                 build_id_source="core" if in_core else ("file" if on_disk else None),
                 file_build_id=on_disk,
                 matches=matches,
+                provided_by=provider if elf is not None else None,
             )
         )
         images[start] = (name, elf, in_core or on_disk)
@@ -364,6 +393,7 @@ def _report(core, want_symbols):
         "modules": modules,
         "snapcore": snap,
         "warnings": warnings,
+        "debuginfod": os.environ.get("DEBUGINFOD_URLS") or None,
     }
 
 

@@ -2,19 +2,23 @@
 
 Paths: single (`snapcore PID`), self (`snapshot(os.getpid())`), tree (`snapcore PID
 --tree`), live (`snapcore PID --live`), run (`snapcore run --timeout`) and pytest
-(the plugin).  Each path runs the same three combinations of options, and every
+(the plugin).  Each path runs the same four combinations of options, and every
 option of a combination is checked on what was written, with oracles that share
 no code with snapcore: tests/coreparse.py for the ELF framing and the notes,
-zstandard for compressed streams, json for the sidecars.  Refusals are checked
+zstandard for compressed streams, json for the sidecars, tarfile and hashlib
+for bundles.  Refusals are checked
 for their exit status, their one-line message and for nothing having been
 touched.  The table of refusals is snapcore.capture.request.PATH_REFUSALS;
 docs/python-api.md shows it (test_docs_table_is_the_table).
 """
 
+import hashlib
+import io
 import json
 import os
 import subprocess
 import sys
+import tarfile
 import textwrap
 
 import pytest
@@ -31,8 +35,9 @@ SUITE = os.path.join(TARGETS, "hangsuite", "hang_suite.py")
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 PF_X = 1
 MAX_SIZE = 6 << 20
+BUNDLE_MAX = 2 << 20  # the Python executable fits; libpython and libc do not
 
-# the three combinations every path runs; every option appears in one
+# the combinations every path runs; every option appears in one
 COMBOS = {
     "mini-zstd": dict(
         mini=True,
@@ -45,6 +50,10 @@ COMBOS = {
     ),
     "all": dict(all_mappings=True, metadata=True, force=True),
     "max-size": dict(max_size=MAX_SIZE, metadata=True, force=True),
+    # compress with bundle: the archive is zstd, the cores inside are plain
+    "bundle": dict(
+        bundle=True, bundle_max_size=BUNDLE_MAX, compress="zstd", metadata=True, force=True
+    ),
 }
 # how a user spells them on a command line (written out here, not taken from snapcore)
 FLAGS = {
@@ -58,6 +67,8 @@ FLAGS = {
     "force": ["--force"],
     "max_size": ["--max-size", str(MAX_SIZE)],
     "live": ["--live"],
+    "bundle": ["--bundle"],
+    "bundle_max_size": ["--bundle-max-size", str(BUNDLE_MAX)],
 }
 TRIGGER = {
     "single": "cli",
@@ -180,6 +191,54 @@ def cores_in(d):
     return sorted(
         str(d / n) for n in os.listdir(d) if n.startswith("core.") and not n.endswith(".json")
     )
+
+
+def unpack_bundle(path, dest, opts, pids):
+    """Check a bundle with tarfile and hashlib; returns the paths of its cores, unpacked.
+
+    One zstd frame of a tar: every member listed in bundle.json with its sha256,
+    a core (and its record) per process, the executables within bundle_max_size.
+    """
+    raw = open(path, "rb").read()
+    assert raw[:4] == ZSTD_MAGIC
+    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+    data = zstandard.ZstdDecompressor().decompressobj().decompress(raw)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        assert all(m.isreg() for m in tf.getmembers())
+        tf.extractall(dest, filter="data")
+    manifest = json.loads((dest / "bundle.json").read_text())
+    for name, want in manifest["members"].items():
+        got = hashlib.sha256((dest / name).read_bytes()).hexdigest()
+        assert got == want["sha256"], name
+    assert sorted(c["pid"] for c in manifest["cores"]) == sorted(pids)
+    binaries = manifest["binaries"]
+    assert binaries["max_size"] == opts.get("bundle_max_size")
+    if opts.get("bundle_max_size"):
+        assert 0 < binaries["stored"] <= opts["bundle_max_size"] and binaries["left_out"] > 0
+    for c in manifest["cores"]:
+        exe = next(f for f in manifest["files"] if f["path"] == c["executable"])
+        assert exe["member"] and (dest / exe["member"]).is_file(), exe
+    return [str(dest / c["member"]) for c in manifest["cores"]]
+
+
+def check_bundles(path, paths, pids, opts, tmp_path):
+    """The cores a bundle path wrote, unpacked (a tree's: its loose cores, which must
+    be the archive's); the options as the cores themselves take them."""
+    dest = tmp_path / "unpacked"
+    dest.mkdir()
+    if path in ("single", "live", "self"):
+        if opts.get("metadata"):  # the sidecar is the archive's
+            assert oct(os.stat(str(paths[0]) + ".json").st_mode & 0o777) == "0o600"
+        paths = unpack_bundle(paths[0], dest, opts, pids)
+    else:
+        inside = unpack_bundle(
+            os.path.join(os.path.dirname(paths[0]), "bundle.tar.zst"), dest, opts, pids
+        )
+        for loose in paths:
+            twin = dest / os.path.basename(loose)
+            assert open(loose, "rb").read() == twin.read_bytes()
+        paths = inside
+    return paths, {k: v for k, v in opts.items() if k != "compress"}
 
 
 # ---------------------------------------------------------------------------
@@ -319,6 +378,8 @@ def test_every_option_takes_effect(path, combo, tree, tmp_path):
         paths, pids = run_run(opts, tmp_path)
     else:
         paths, pids = run_pytest(opts, tmp_path)
+    if opts.get("bundle"):
+        paths, opts = check_bundles(path, paths, pids, opts, tmp_path)
     check_all(paths, opts, TRIGGER[path], tmp_path, pids)
     if path == "live":
         rec = (

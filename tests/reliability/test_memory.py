@@ -57,9 +57,9 @@ def test_snapcore_peak_rss_is_bounded(spawn, tmp_path):
 
 
 def _region(pid, start):
-    from snapcore import procfs
+    from snapcore import procmaps
 
-    for v in procfs.read_smaps(pid):
+    for v in procmaps.read_smaps(pid):
         if v.start == start:
             return v
     raise AssertionError(f"no mapping at {start:#x}")

@@ -4,7 +4,7 @@ import struct
 
 import pytest
 
-from snapcore import procfs
+from snapcore import procfs, procmaps
 from snapcore.arch import I386, X86_64, x86
 from snapcore.arch.base import CLK_TCK
 from snapcore.elf import notes
@@ -56,7 +56,7 @@ def test_parse_stat_rejects_truncated():
 
 
 def test_parse_smaps():
-    vmas = procfs.parse_smaps(SMAPS)
+    vmas = procmaps.parse_smaps(SMAPS)
     assert len(vmas) == 5
     exe, anon, shm, vvar, vsys = vmas
     assert exe.name == "/usr/bin/my prog" and exe.inode == 260386
@@ -71,9 +71,9 @@ def test_parse_smaps():
 
 def test_parse_smaps_rejects_garbage():
     with pytest.raises(ValueError):
-        procfs.parse_smaps("not a mapping\n")
+        procmaps.parse_smaps("not a mapping\n")
     with pytest.raises(ValueError):
-        procfs.parse_smaps("Rss: 4 kB\n")
+        procmaps.parse_smaps("Rss: 4 kB\n")
 
 
 @pytest.mark.parametrize(
@@ -90,7 +90,7 @@ def test_parse_smaps_rejects_garbage():
     ],
 )
 def test_special_mappings(name, special):
-    v = procfs.Vma(0, 4096, "r--p", 0, 0, 0, 0, name)
+    v = procmaps.Vma(0, 4096, "r--p", 0, 0, 0, 0, name)
     assert v.special is special
 
 
@@ -118,7 +118,7 @@ def test_parse_thread_status():
 
 
 def test_unescape_maps_name():
-    assert procfs.unescape_maps_name("/tmp/a\\012b") == "/tmp/a\nb"
+    assert procmaps.unescape_maps_name("/tmp/a\\012b") == "/tmp/a\nb"
 
 
 def test_prstatus_layout_x86_64():

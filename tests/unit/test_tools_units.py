@@ -15,7 +15,7 @@ from snapcore.capture.request import SnapshotOptions
 from snapcore.capture.select import Dropped, Selection, _split, select_max_size, select_mini
 from snapcore.cli.common import size as _size
 from snapcore.cli.decompress import write_sparse
-from snapcore.procfs import Vma
+from snapcore.procmaps import Vma
 from snapcore.read.coreinfo import build_id_from_image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
