@@ -34,6 +34,38 @@ class Arch:
     # note_type -> f(GETREGSET bytes) -> bool, for regsets whose kernel active() hook
     # looks at more than "GETREGSET worked" (fill_thread_core_info skips inactive ones)
     regset_in_use: dict = field(default_factory=dict, hash=False)
+    # what `why` needs to read a thread's system call from its registers
+    syscall_names: tuple = ()  # name by number (None: unused)
+    syscall_nr_reg: str = ""  # the number of the call the thread is in (-1: none)
+    syscall_arg_regs: tuple = ()  # the six arguments, in order
+    syscall_ret_reg: str = ""
+    thread_pointer_reg: str = ""  # the TCB: pthread_self() and CPython's thread ident
+    # glibc (nptl) lock layouts: offsets in pthread_mutex_t and pthread_rwlock_t
+    mutex_owner_offset: int = 8  # struct __pthread_mutex_s.__owner
+    rwlock_writer_offset: int = -1  # struct __pthread_rwlock_arch_t.__cur_writer (-1: unknown)
+    rwlock_futex_offsets: tuple = ()  # __wrphase_futex, __writers_futex
+
+    def syscall_name(self, nr):
+        """The name of system call nr, or None."""
+        if nr is None or not 0 <= nr < len(self.syscall_names):
+            return None
+        return self.syscall_names[nr]
+
+    def syscall_of(self, regs):
+        """(nr, [six arguments]) of the call a stopped thread is in; nr None if none.
+
+        A thread stopped inside a system call keeps its number in orig_rax
+        (orig_eax) and the arguments in their registers (the kernel preserves
+        them); a thread stopped in user code has -1 there.
+        """
+        nr = regs.get(self.syscall_nr_reg)
+        if nr is None:
+            return None, []
+        bits = 8 * self.word_size
+        if nr >= 1 << (bits - 1):
+            nr -= 1 << bits
+        args = [regs.get(r, 0) for r in self.syscall_arg_regs]
+        return (nr if nr >= 0 else None), args
 
     @property
     def word_size(self):
