@@ -4,6 +4,7 @@
     snapcore info CORE [--json]        cli/info.py
     snapcore decompress CORE.zst       cli/decompress.py
     snapcore run --timeout S -- CMD    cli/run.py
+    snapcore why PID|CORE|DIR          cli/why.py
 
 Every command runs inside common.execute(), the one place where exceptions
 become exit statuses and one-line messages (see docs/cli.md).  Subcommand
@@ -22,6 +23,7 @@ COMMANDS = {
     "info": "info",
     "decompress": "decompress",
     "run": "run",
+    "why": "why",
 }
 
 
