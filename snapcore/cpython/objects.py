@@ -150,7 +150,7 @@ class Code:
 
 def read_code(mem, lay, addr, names):
     """A Code from a code object (None if addr is not one); keeps what pystack reads:
-    the struct, its type, filename, name, line table, argument names."""
+    the struct, its type, filename, name, line table, the names of its locals."""
     if not addr or addr % 8:
         return None
     if type_name(mem, lay, addr, names) != "code":
@@ -164,10 +164,9 @@ def read_code(mem, lay, addr, names):
     first = mem.i32(addr + lay.code_firstlineno) or 0
     nlocalsplus = mem.i32(addr + lay.code_nlocalsplus) or 0
     stacksize = mem.i32(addr + lay.code_stacksize) or 0
-    argcount = mem.i32(addr + lay.code_argcount) or 0
     names_tuple = mem.word(addr + lay.code_localsplusnames)
-    for item in tuple_items(mem, lay, names_tuple, max(0, min(argcount, 256))):
-        read_str(mem, lay, item)
+    for item in tuple_items(mem, lay, names_tuple, max(0, min(nlocalsplus, 256))):
+        read_str(mem, lay, item)  # pystack reads every local's name
     return Code(
         name=name if name is not None else "???",
         qualname=qualname or name or "???",

@@ -8,7 +8,8 @@
 
 Each is asked in turn; the first that names frames wins.  None of them is
 required: without any, ``(None, {})`` and `why` falls back to the symbol at
-each thread's pc.  A zstandard core is decompressed to a temporary file
+each thread's pc.  SNAPCORE_WHY_UNWINDERS (e.g. "drgn,gdb", or "none")
+chooses which are tried, in that order.  A zstandard core is decompressed to a temporary file
 first (the unwinders read plain cores only).
 """
 
@@ -123,6 +124,17 @@ def _gdb(core, exe):
 
 
 UNWINDERS = (("eu-stack", _eu_stack), ("drgn", _drgn), ("gdb", _gdb))
+UNWINDERS_ENV = "SNAPCORE_WHY_UNWINDERS"
+
+
+def chosen_unwinders():
+    """UNWINDERS, or those SNAPCORE_WHY_UNWINDERS names, in its order."""
+    wanted = os.environ.get(UNWINDERS_ENV)
+    if wanted is None:
+        return UNWINDERS
+    table = dict(UNWINDERS)
+    names = [n.strip() for n in wanted.split(",") if n.strip() in table]
+    return tuple((n, table[n]) for n in names)
 
 
 @contextlib.contextmanager
@@ -143,8 +155,12 @@ def plain_core(path):
         os.unlink(tmp)
 
 
-def native_stacks(core, exe=None, unwinders=UNWINDERS):
+def native_stacks(core, exe=None, unwinders=None):
     """(tool, {tid: [function names, innermost first]}); (None, {}) without one."""
+    if unwinders is None:
+        unwinders = chosen_unwinders()
+    if not unwinders:
+        return None, {}
     try:
         with plain_core(core) as plain:
             for name, unwind in unwinders:

@@ -29,6 +29,9 @@ from .waitgraph import Graph
 
 VERDICTS = ("deadlock", "blocked", "busy", "idle")
 RUNNING = ("on-cpu", "user-code")
+# CPU time a blocked thread is charged for being frozen and let go by a snapshot
+# (~20 us measured); more than this per sample is progress
+SNAPSHOT_CPU_NS = 1_000_000
 
 
 def explain(target):
@@ -124,6 +127,8 @@ def _chain(graph, th, limit=6):
             break
         parts.append(f"{_who(th)} waits for {describe_edge(e)}")
         owner = e.get("owner")
+        if owner is None and e.get("candidates"):
+            owner = e["candidates"][0]  # a plain Lock: follow its first candidate
         nxt = graph.threads.get(owner["tid"]) if owner and owner.get("tid") else None
         if nxt is None and owner and owner.get("pid") in graph.procs:
             proc = graph.procs[owner["pid"]]
@@ -177,13 +182,36 @@ def _summary(verdict, graph, cycles, processes):
         return f"busy: {len(running)} thread{'s' if len(running) != 1 else ''} on CPU ({shown})"
     if not threads:
         return "idle: no thread in the snapshot"
-    waits = sorted({state_words(t) for t in threads})
+    reasons = {}
+    for t in threads:
+        reason = _IDLE.get(t.waits_for["kind"]) if t.waits_for else None
+        if reason is None:
+            call = t.call
+            reason = f"sleeping in {call['name']}" if call else "sleeping"
+            reason += " (with a timeout)" if t.timeout else ""
+        reasons[reason] = reasons.get(reason, 0) + 1
+    shown = [
+        f"{n} thread{'s' if n != 1 else ''} {r}"
+        for r, n in sorted(reasons.items(), key=lambda x: -x[1])
+    ]
     return (
-        "idle: every thread waits for input, a timer or a notification ("
-        + "; ".join(waits[:4])
-        + (", ..." if len(waits) > 4 else "")
-        + ")"
+        "idle: nothing in the snapshot holds what its threads wait for: "
+        + "; ".join(shown[:5])
+        + ("; ..." if len(shown) > 5 else "")
     )
+
+
+_IDLE = {
+    "condition": "waiting for a notification (condition variable)",
+    "semaphore": "waiting on a semaphore",
+    "futex": "waiting on a futex",
+    "accept": "waiting for a client (accept)",
+    "pipe": "waiting for input from outside the snapshot",
+    "socket": "waiting for input from outside the snapshot",
+    "poll": "waiting for input from outside the snapshot",
+    "read": "waiting for input",
+    "write": "waiting to write",
+}
 
 
 def _thread_json(th):
@@ -254,7 +282,8 @@ def _cpu(t):
 
 def compare(results):
     """The last result, each group marked "stuck" (the same stacks in every
-    sample, no CPU time used) or "slow" (stacks or CPU time moved)."""
+    sample, no CPU time used beyond what the snapshots cost) or "slow" (stacks
+    or CPU time moved)."""
     last = dict(results[-1])
     seen = {}  # (pid, tid) -> [(stack, python, cpu)]
     for r in results:
@@ -272,7 +301,7 @@ def compare(results):
             times = [h[2] for h in hist if h[2] is not None]
             delta = (max(times) - min(times)) if len(times) > 1 else 0
             cpu += delta
-            if len(hist) < len(results) or len(stacks) > 1 or delta > 0:
+            if len(hist) < len(results) or len(stacks) > 1 or delta > SNAPSHOT_CPU_NS * len(hist):
                 moved += 1
         groups.append(dict(g, progress="slow" if moved else "stuck", moving=moved, cpu_ns_used=cpu))
     last["groups"] = groups

@@ -22,6 +22,7 @@ from ..cpython import Memory, find_runtime, walk
 from ..errors import CoreFormatError
 from . import unwind
 from .core import CoreReader
+from .coreinfo import inspect_core
 from .threadstate import classify, kernel_of
 
 
@@ -183,12 +184,26 @@ def load_core(path, exe=None):
             if proc.python is None:
                 _python_from_pystack(proc, path, exe)
         proc.unwinder, stacks = unwind.native_stacks(path, exe)
+        if not stacks:
+            stacks = _symbols_at_pc(path)
         for th in proc.threads:
             th.native = stacks.get(th.tid, [])
         return proc
     except BaseException:
         mem.close()
         raise
+
+
+def _symbols_at_pc(path):
+    """{tid: [the function at its pc]}: what is left without an unwinder."""
+    try:
+        report = inspect_core(path)
+    except Exception:
+        return {}
+    return {
+        t["tid"]: [t["symbol"].rsplit("+", 1)[0] if t["symbol"] else f"{t['pc']:#x}"]
+        for t in report["threads"]
+    }
 
 
 def _python_from_memory(proc, mem):
@@ -215,10 +230,16 @@ def _python_from_pystack(proc, path, exe):
     if not any("python" in (name or "") for *_, name in proc.mem.files):
         return
     try:
-        from pystack.engine import NativeReportingMode, get_process_threads_for_core
+        from pystack.engine import (
+            CoreFileAnalyzer,
+            NativeReportingMode,
+            get_process_threads_for_core,
+        )
     except ImportError:
         return
     try:
+        if exe is None:
+            exe = str(CoreFileAnalyzer(path).extract_executable())
         threads = get_process_threads_for_core(path, exe, native_mode=NativeReportingMode.OFF)
     except Exception:
         return
