@@ -5,8 +5,8 @@ ptrace_stop, so what the kernel says about each thread is read before the
 freeze; the frozen registers (waits.py) then say which system call each
 thread was in at the instant of the core.
 
-    sample_threads(pid) -> {tid: {state, name, wchan, stack, sigblk, sigpnd,
-                                  tracer, voluntary_ctxt_switches,
+    sample_threads(pid) -> {tid: {state, name, held_by_snapcore, wchan, stack,
+                                  sigblk, sigpnd, tracer, voluntary_ctxt_switches,
                                   nonvoluntary_ctxt_switches, utime, stime, cpu_ns}}
     sample_process(pid) -> {fds, fds_omitted, children, epoll, unix_peers}
 
@@ -15,6 +15,10 @@ fds:      {fd: {"target": readlink of /proc/PID/fd/N, "mode": "r"|"w"|"rw"}}
 epoll:    {epoll fd: [the fds it watches]} (fdinfo "tfd:" lines)
 children: pids of the process's children (/proc/PID/task/*/children)
 unix_peers: {socket inode: inode of the other end} (sockdiag.py)
+
+A thread snapcore's helper already holds in its wait (helper.py "hold": a
+caller's threads blocked in wait4/waitid) reads "t", traced by snapcore: it
+is recorded as sleeping ("S"), with held_by_snapcore true.
 
 Every value is read the way psutil reads it: a file that vanished or cannot
 be read leaves its key null; nothing here raises for a process that exits.
@@ -73,14 +77,23 @@ def sample_thread(pid, tid):
     wchan = _read(base + "wchan")
     schedstat = (_read(base + "schedstat") or "").split()
     stack = _read(base + "stack")
+    tracer = int(fields["TracerPid"]) if "TracerPid" in fields else None
+    state, held = st.state, None
+    if state == "t" and tracer and procfs.is_own_thread(tracer):
+        # held by snapcore itself (helper.py holds a caller's threads blocked in
+        # wait4/waitid before the freeze): it sleeps in that wait
+        state, held, tracer = "S", "t", 0
+    if held is not None:
+        wchan = stack = None  # they would show snapcore's hold, not the thread's wait
     return {
-        "state": st.state,
+        "state": state,
+        "held_by_snapcore": held is not None,
         "name": st.comm,
         "wchan": wchan if wchan not in (None, "", "0") else None,
         "stack": parse_kernel_stack(stack) if stack is not None else None,
         "sigblk": _hex(fields.get("SigBlk")),
         "sigpnd": _hex(fields.get("SigPnd")),
-        "tracer": int(fields["TracerPid"]) if "TracerPid" in fields else None,
+        "tracer": tracer,
         "voluntary_ctxt_switches": ctxt.get("voluntary_ctxt_switches"),
         "nonvoluntary_ctxt_switches": ctxt.get("nonvoluntary_ctxt_switches"),
         "utime": round(st.utime / CLK_TCK, 3),

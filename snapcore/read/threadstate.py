@@ -13,7 +13,8 @@ Classes: "on-cpu" (running or runnable), "sleeping" (in a system call, with or
 without a timeout), "uninterruptible" (D: in the kernel, not killable; see
 its kernel stack), "stopped" (job control), "traced" (stopped by a tracer
 other than snapcore), "exited", and for cores without the kernel's view
-"in-syscall" or "user-code".
+"in-syscall" or "user-code".  `why` marks "snapcore" the threads of a process
+that snapshotted itself which were taking the snapshot (whymodel.is_snapcore).
 """
 
 UNKNOWN_STATE = "?"

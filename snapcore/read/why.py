@@ -107,6 +107,8 @@ def state_words(th):
         return "is on CPU" if th.klass == "on-cpu" else "runs user code"
     if th.klass == "uninterruptible":
         return f"is uninterruptible in {th.kernel.get('wchan') or 'the kernel'}"
+    if th.klass == "snapcore":
+        return "is snapcore, taking this snapshot"
     if th.klass in ("stopped", "traced", "exited"):
         tracer = th.kernel.get("tracer")
         return f"is {th.klass}" + (f" by pid {tracer}" if th.klass == "traced" and tracer else "")
@@ -150,6 +152,7 @@ def _process_verdict(p, cycles_tids):
 
 def _groups(processes, first):
     groups = {}
+    ours = {(p.pid, t.tid) for p in processes for t in p.threads if t.klass == "snapcore"}
     for p in processes:
         for th in p.threads:
             key = (tuple(th.native), tuple(python_stack(th)))
@@ -158,12 +161,18 @@ def _groups(processes, first):
             g["count"] += 1
             g["threads"].append([th.pid, th.tid])
     out = list(groups.values())
-    out.sort(key=lambda g: (not any(tuple(t) in first for t in g["threads"]), -g["count"]))
+    out.sort(
+        key=lambda g: (
+            not any(tuple(t) in first for t in g["threads"]),
+            all(tuple(t) in ours for t in g["threads"]),  # snapcore taking the snapshot: last
+            -g["count"],
+        )
+    )
     return out
 
 
 def _summary(verdict, graph, cycles, processes):
-    threads = [t for p in processes for t in p.threads]
+    threads = [t for p in processes for t in p.threads if t.klass != "snapcore"]
     if verdict == "deadlock":
         c = cycles[0]
         hops = "; ".join(

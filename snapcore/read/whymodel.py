@@ -16,6 +16,7 @@ a verdict needs (a mutex's owner); ``close()`` it after.
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 
 from ..cpython import Memory, find_runtime, walk
@@ -24,6 +25,14 @@ from . import unwind
 from .core import CoreReader
 from .coreinfo import inspect_core
 from .threadstate import classify, kernel_of
+
+# frames of snapcore taking the snapshot (a self or tree snapshot: the pytest
+# plugin, `snapcore run`): such a thread is busy with the snapshot, not hung
+_SNAPCORE_FRAME = re.compile(r"/snapcore/(?:capture/[^/]+|pytest_plugin|cli/run)\.py$")
+
+
+def is_snapcore(th):
+    return any(_SNAPCORE_FRAME.search(f["file"]) for f in (th.python or {}).get("frames") or [])
 
 
 @dataclass
@@ -183,6 +192,9 @@ def load_core(path, exe=None):
             _python_from_memory(proc, mem)
             if proc.python is None:
                 _python_from_pystack(proc, path, exe)
+        for th in proc.threads:
+            if is_snapcore(th):
+                th.klass, th.timeout = "snapcore", None
         proc.unwinder, stacks = unwind.native_stacks(path, exe)
         if not stacks:
             stacks = _symbols_at_pc(path)

@@ -115,7 +115,7 @@ def format_text(result, max_frames=MAX_FRAMES):
 
 def brief(result, max_lines=20, max_frames=4):
     """At most max_lines lines: the verdict, the cycles, then the largest groups."""
-    lines = [f"snapcore why: {result['verdict']}: {result['summary']}"]
+    lines = [f"snapcore why: {result['summary']}"]
     lines += _cycle_lines(result)
     for g in result["groups"]:
         if len(lines) >= max_lines:
