@@ -22,8 +22,6 @@ child, or stuck in the kernel) is blocked; else threads on CPU make it busy;
 else it is idle (waiting for input, a timer or a notification).
 """
 
-import os
-
 from . import whymodel
 from .waitgraph import Graph
 
@@ -321,10 +319,3 @@ def compare(results):
         f"{len(groups) - stuck} moving]"
     )
     return last
-
-
-def core_paths(target):
-    """The cores a target names (a core, or a tree directory's)."""
-    if os.path.isdir(target):
-        return sorted(os.path.join(target, n) for n in os.listdir(target) if n.startswith("core."))
-    return [target]
