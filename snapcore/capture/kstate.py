@@ -7,7 +7,8 @@ thread was in at the instant of the core.
 
     sample_threads(pid) -> {tid: {state, name, held_by_snapcore, wchan, stack,
                                   sigblk, sigpnd, tracer, voluntary_ctxt_switches,
-                                  nonvoluntary_ctxt_switches, utime, stime, cpu_ns}}
+                                  nonvoluntary_ctxt_switches, utime, stime, cpu_ns,
+                                  proc_syscall}}
     sample_process(pid) -> {fds, fds_omitted, children, epoll, unix_peers}
 
 fds:      {fd: {"target": readlink of /proc/PID/fd/N, "mode": "r"|"w"|"rw"}}
@@ -61,6 +62,18 @@ def parse_kernel_stack(text):
     return out
 
 
+def parse_syscall(text):
+    """/proc/PID/task/TID/syscall -> [nr, arg0..arg5, sp, pc]; [-1, sp, pc] when
+    blocked outside a system call; None when running."""
+    parts = (text or "").split()
+    if not parts or not parts[0].lstrip("-").isdigit():
+        return None
+    try:
+        return [int(parts[0])] + [int(x, 16) for x in parts[1:]]
+    except ValueError:
+        return None
+
+
 def sample_thread(pid, tid):
     """One thread's kernel state (see the module docstring), or None if it is gone."""
     base = f"/proc/{pid}/task/{tid}/"
@@ -77,6 +90,7 @@ def sample_thread(pid, tid):
     wchan = _read(base + "wchan")
     schedstat = (_read(base + "schedstat") or "").split()
     stack = _read(base + "stack")
+    proc_syscall = parse_syscall(_read(base + "syscall"))
     tracer = int(fields["TracerPid"]) if "TracerPid" in fields else None
     state, held = st.state, None
     if state == "t" and tracer and procfs.is_own_thread(tracer):
@@ -99,6 +113,7 @@ def sample_thread(pid, tid):
         "utime": round(st.utime / CLK_TCK, 3),
         "stime": round(st.stime / CLK_TCK, 3),
         "cpu_ns": int(schedstat[0]) if schedstat and schedstat[0].isdigit() else None,
+        "proc_syscall": proc_syscall,
     }
 
 

@@ -150,6 +150,7 @@ def frozen_facts(src, arch, threads, samples, plans):
             regs = arch.regs(t.regset(NT_PRSTATUS))
             kernel = dict(samples.get(t.tid) or {"state": None})
             kernel.pop("name", None)
+            kernel.pop("proc_syscall", None)  # the frozen registers say it at the instant
             call = _syscall(arch, regs)
             kernel["syscall"] = call
             if call is not None:

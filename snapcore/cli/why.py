@@ -5,6 +5,8 @@
 
 A PID is snapshotted first (--mini unless --full; --tree takes its children
 too) into a temporary directory, removed afterwards unless --keep names one;
+a process that cannot be frozen (a thread in uninterruptible sleep) gets a
+verdict from /proc alone (kernel states and stacks, system calls, fds);
 a core (plain or .zst, snapcore's, the kernel's or gcore's) or a tree
 directory (manifest.json) is read as it is.  The verdict comes first, then the
 deadlock cycles, the threads grouped by stack, and every thread's state.
@@ -23,11 +25,15 @@ import sys
 import tempfile
 import time
 
+from ..arch import arch_for_machine
+from ..capture import kstate
 from ..capture.request import SnapshotOptions
 from ..capture.snapshot import snapshot
 from ..capture.tree import snapshot_tree
-from ..errors import EXIT_OK
-from ..read.why import compare, explain
+from ..errors import EXIT_OK, ThreadStopTimeout
+from ..procfs import comm_of
+from ..read.why import analyze, compare, explain
+from ..read.whymodel import from_samples
 from ..read.whytext import format_text
 from . import common
 
@@ -58,6 +64,14 @@ def build_parser():
     p.add_argument("--tree", action="store_true", help="PID: also its descendants")
     p.add_argument("--full", action="store_true", help="PID: a full snapshot rather than --mini")
     p.add_argument("--keep", metavar="DIR", help="PID: keep the cores in DIR")
+    p.add_argument(
+        "--stop-timeout",
+        type=common.seconds,
+        default=5.0,
+        metavar="SECS",
+        help="PID: give up freezing after SECS (default 5); a process that cannot be "
+        "frozen (a thread in uninterruptible sleep) gets a verdict from /proc alone",
+    )
     p.add_argument(
         "--samples",
         type=_positive_int,
@@ -99,6 +113,7 @@ def _from_pid(pid, args, argv):
         trigger="cli",
         reason="snapcore why",
         argv=[PROG, *argv],
+        stop_timeout=args.stop_timeout,
         force=True,  # --keep DIR: a second run replaces the first one's cores
     )
     options.check_path("tree" if args.tree else "single")
@@ -110,11 +125,28 @@ def _from_pid(pid, args, argv):
             if i:
                 time.sleep(args.interval)
             where = os.path.join(workdir, f"sample-{i + 1}") if args.samples > 1 else workdir
-            results.append(explain(_take(pid, where, options, args.tree)))
+            try:
+                results.append(explain(_take(pid, where, options, args.tree)))
+            except ThreadStopTimeout as exc:
+                results.append(_unfrozen(pid, exc))
         return results[0] if len(results) == 1 else compare(results)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _unfrozen(pid, exc):
+    """The verdict from /proc alone, for a process some thread of which did not stop."""
+    samples = kstate.sample_threads(pid), kstate.sample_process(pid)
+    try:
+        with open(f"/proc/{pid}/exe", "rb") as f:
+            arch = arch_for_machine(int.from_bytes(f.read(20)[18:20], "little"))
+    except OSError:
+        arch = None
+    why = f"thread(s) {', '.join(str(t) for t in exc.tids)} did not stop"
+    result = analyze([from_samples(pid, comm_of(pid), *samples, arch, why)])
+    result["summary"] += f" [not frozen: {why}; from /proc only]"
+    return result
 
 
 def _take(pid, where, options, tree):

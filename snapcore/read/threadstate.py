@@ -10,7 +10,8 @@ state reads "?" and the system call comes from the registers in its
 NT_PRSTATUS (orig_rax and the argument registers), which every core has.
 
 Classes: "on-cpu" (running or runnable), "sleeping" (in a system call, with or
-without a timeout), "uninterruptible" (D: in the kernel, not killable; see
+without a timeout; also a thread sampled runnable whose frozen registers show
+it inside a futex wait), "uninterruptible" (D: in the kernel, not killable; see
 its kernel stack), "stopped" (job control), "traced" (stopped by a tracer
 other than snapcore), "exited", and for cores without the kernel's view
 "in-syscall" or "user-code".  `why` marks "snapcore" the threads of a process
@@ -101,6 +102,22 @@ def timed(call):
     return None
 
 
+def _futex_wait(call):
+    if call is None:
+        return False
+    if call["name"] == "futex_wait":
+        return True
+    if call["name"] in ("futex", "futex_time64"):
+        return call["args"][1] & FUTEX_CMD_MASK in (
+            FUTEX_WAIT,
+            FUTEX_WAIT_BITSET,
+            FUTEX_LOCK_PI,
+            FUTEX_LOCK_PI2,
+            FUTEX_WAIT_REQUEUE_PI,
+        )
+    return False
+
+
 def nohang(call):
     """A wait4/waitid that returns at once (WNOHANG): not a wait."""
     if call is None:
@@ -151,6 +168,11 @@ def classify(kernel):
     if state in ("T", "t"):
         return "stopped", None
     if state == "R":
+        if _futex_wait(call):
+            # runnable a moment before the freeze, inside a futex wait at it: a
+            # timed wait that just timed out and went back (the GIL's 5 ms
+            # wait does that), or a wake-up that had not returned yet
+            return "sleeping", timed(call)
         return "on-cpu", None
     if state == "D":
         return "uninterruptible", timed(call)

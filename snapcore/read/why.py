@@ -12,7 +12,7 @@ The result (docs/why.md; the keys are fixed):
     deadlocks   [[{pid, tid, waits_for}, ...]]   each cycle of the wait-for graph
     groups      [{count, threads: [[pid, tid]], stack, python_stack, progress?}]
                 threads with the same native and Python stack, across processes
-    processes   [{pid, ppid, comm, cmdline, core, error, verdict, unwinder,
+    processes   [{pid, ppid, comm, cmdline, core, error, verdict, unwinder, unfrozen,
                   python, threads: [{tid, name, class, timeout, kernel,
                   waits_for, stack, python_stack}]}]
 
@@ -180,6 +180,11 @@ def _summary(verdict, graph, cycles, processes):
         return f"deadlock: {hops}" + (more if len(cycles) > 1 else "")
     if verdict == "blocked":
         blocked = [t for t in threads if t.waits_for and t.waits_for.get("blocking")]
+        blocked.sort(
+            key=lambda t: (
+                _FIRST.index(t.waits_for["kind"]) if t.waits_for["kind"] in _FIRST else len(_FIRST)
+            )
+        )
         return f"blocked: {_chain(graph, blocked[0])}" + (
             f" ({len(blocked)} threads blocked)" if len(blocked) > 1 else ""
         )
@@ -192,6 +197,8 @@ def _summary(verdict, graph, cycles, processes):
     reasons = {}
     for t in threads:
         reason = _IDLE.get(t.waits_for["kind"]) if t.waits_for else None
+        if t.klass in ("stopped", "traced", "exited"):
+            reason = _STOPPED[t.klass]
         if reason is None:
             call = t.call
             reason = f"sleeping in {call['name']}" if call else "sleeping"
@@ -208,6 +215,13 @@ def _summary(verdict, graph, cycles, processes):
     )
 
 
+# which blocked thread the summary starts from: the rarest, most telling waits first
+_FIRST = ("kernel", "mutex", "rwlock", "rlock", "gil", "lock", "child", "join")
+_STOPPED = {
+    "stopped": "stopped (job control: SIGCONT resumes it)",
+    "traced": "stopped by a tracer",
+    "exited": "exited (zombie threads)",
+}
 _IDLE = {
     "condition": "waiting for a notification (condition variable)",
     "semaphore": "waiting on a semaphore",
@@ -262,6 +276,7 @@ def analyze(processes):
                 "error": p.error,
                 "verdict": per_process.get(p.pid),
                 "unwinder": p.unwinder,
+                "unfrozen": p.unfrozen,
                 "kernel_state": "recorded" if p.recorded else "unknown",
                 "python": None
                 if p.python is None

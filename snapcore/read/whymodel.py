@@ -67,6 +67,7 @@ class Process:
     recorded: bool = False  # the core has snapcore's note with the kernel's view
     unwinder: str = None
     python_source: str = None  # "note", "memory", "pystack"
+    unfrozen: str = None  # why there is no core: the process could not be frozen
     arch: object = None
     mem: object = None  # CoreMemory
 
@@ -204,6 +205,37 @@ def load_core(path, exe=None):
     except BaseException:
         mem.close()
         raise
+
+
+def from_samples(pid, comm, threads, process, arch, why):
+    """A Process from what /proc said (capture/kstate.py), without a core: for a
+    process that cannot be frozen (a thread in uninterruptible sleep).  The
+    system calls come from /proc/PID/task/TID/syscall; no stacks, no memory."""
+    proc = Process(pid=pid, comm=comm, facts=process or {}, recorded=True, arch=arch)
+    proc.unfrozen = why
+    for tid in sorted(threads):
+        kernel = dict(threads[tid])
+        name = kernel.pop("name", None)
+        kernel["syscall"] = _proc_call(arch, kernel.pop("proc_syscall", None))
+        kernel["source"] = "proc"
+        th = Thread(pid=pid, tid=tid, name=name, kernel=kernel, regs={})
+        th.klass, th.timeout = classify(kernel)
+        # no user stack without a freeze: the kernel's side of it groups the threads
+        th.native = ["[kernel] " + f.split("+", 1)[0] for f in kernel.get("stack") or []]
+        proc.threads.append(th)
+    return proc
+
+
+def _proc_call(arch, raw):
+    if arch is None or not raw or len(raw) != 9 or raw[0] < 0:
+        return None
+    return {
+        "nr": raw[0],
+        "name": arch.syscall_name(raw[0]) or f"syscall_{raw[0]}",
+        "args": raw[1:7],
+        "sp": raw[7],
+        "pc": raw[8],
+    }
 
 
 def _symbols_at_pc(path):

@@ -86,6 +86,8 @@ def format_text(result, max_frames=MAX_FRAMES):
         extra = []
         if p.get("verdict"):
             extra.append(p["verdict"])
+        if p.get("unfrozen"):
+            extra.append(f"NOT FROZEN ({p['unfrozen']}): from /proc only, no stacks")
         if p["kernel_state"] != "recorded":
             extra.append("kernel state not recorded (not a snapcore core)")
         if p.get("unwinder"):

@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -37,7 +38,16 @@ from hangs import (
     wait_in,
     why_json,
 )
-from helpers import kernel_core_path, raw_notes, run, snapcore_cli
+from helpers import (
+    assert_runs_on,
+    assert_untraced,
+    kernel_core_path,
+    raw_notes,
+    run,
+    snapcore_cli,
+    task_states,
+    wait_all_stopped,
+)
 
 PYTHONS = pythons()
 KEYS = {"verdict", "summary", "deadlocks", "groups", "processes"}
@@ -49,12 +59,12 @@ def spawn_hang(spawn, mode, *args, syscalls=(X86_64_FUTEX,), **kw):
     return t
 
 
-def spawn_py(spawn, mode, version="3.11", syscalls=(X86_64_FUTEX,)):
+def spawn_py(spawn, mode, version="3.11", syscalls=(X86_64_FUTEX,), main=(X86_64_READ,)):
     if version not in PYTHONS:
         pytest.skip(f"no CPython {version} here")
     t = spawn([PYTHONS[version], PYHANG, mode])
     wait_in(t.pid, t.info["tids"], syscalls)
-    wait_in(t.pid, [t.pid], (X86_64_READ,))
+    wait_in(t.pid, [t.pid], main)
     return t
 
 
@@ -344,3 +354,62 @@ def test_why_of_a_process_without_unwinders(spawn, tmp_path):
     _, th = thread_of(result, t.info["tids"][0])
     assert th["stack"] and th["stack"][0].startswith("__lll_lock_wait"), th["stack"]
     assert_hangs_on(t, t.info["tids"])
+
+
+@pytest.mark.parametrize("version", ["3.11", "3.12", "3.13"])
+def test_gil_held_by_a_thread_blocked_on_a_mutex(spawn, version):
+    """ctypes.PyDLL keeps the GIL through a C call that blocks on a mutex whose owner
+    waits for the GIL: a deadlock through the GIL."""
+    # (the main thread reads stdin, or waits for the GIL too)
+    t = spawn_py(spawn, "gil", version, main=(X86_64_READ, X86_64_FUTEX))
+    c_holder, gil_holder = t.info["tids"]
+    result = why_json(t.pid)
+    assert result["verdict"] == "deadlock", shown(result)
+    [cycle] = result["deadlocks"]
+    edges = {n["tid"]: n["waits_for"] for n in cycle}
+    assert edges[c_holder]["kind"] == "gil"
+    assert edges[c_holder]["owner"] == {"pid": t.pid, "tid": gil_holder}
+    assert edges[gil_holder]["kind"] == "mutex" and edges[gil_holder]["address"] == t.info["mutex"]
+    assert edges[gil_holder]["owner"] == {"pid": t.pid, "tid": c_holder}
+    p, _ = thread_of(result, t.pid)
+    assert p["python"]["gil"]["locked"] and p["python"]["gil"]["holder"] == gil_holder
+    assert_hangs_on(t, t.info["tids"])
+
+
+def test_stopped_process(spawn):
+    t = spawn_hang(spawn, "accept", syscalls=(X86_64_ACCEPT,))
+    os.kill(t.pid, signal.SIGSTOP)
+    try:
+        wait_all_stopped(t.pid)
+        result = why_json(t.pid)
+        _, th = thread_of(result, t.pid)
+        assert th["class"] == "stopped" and th["kernel"]["state"] == "T"
+        assert result["verdict"] == "idle" and "stopped (job control" in result["summary"]
+        wait_all_stopped(t.pid)  # snapcore left it in its job-control stop
+    finally:
+        os.kill(t.pid, signal.SIGCONT)
+    wait_in(t.pid, [t.pid], (X86_64_ACCEPT,))
+    assert_hangs_on(t)
+
+
+def test_process_that_cannot_be_frozen_gets_a_verdict_from_proc(spawn):
+    """A thread in uninterruptible sleep (a vfork parent) cannot be stopped: the verdict
+    comes from /proc, naming the D thread and its kernel stack."""
+    t = spawn("mt")
+    assert t.command("vfork 20") == "ok"
+    deadline = time.monotonic() + 10
+    while "D" not in {s for s, _ in task_states(t.pid).values()}:
+        assert time.monotonic() < deadline, task_states(t.pid)
+        time.sleep(0.01)
+    [stuck] = [tid for tid, (s, _) in task_states(t.pid).items() if s == "D"]
+    result = why_json(t.pid, "--stop-timeout", "0.5")
+    assert result["verdict"] == "blocked", shown(result)
+    [proc] = result["processes"]
+    assert proc["unfrozen"] and str(stuck) in proc["unfrozen"] and proc["core"] is None
+    _, th = thread_of(result, stuck)
+    assert th["class"] == "uninterruptible" and th["waits_for"]["kind"] == "kernel"
+    assert th["kernel"]["stack"] and th["kernel"]["syscall"]["name"] == "vfork"
+    assert result["summary"].startswith(f"blocked: thread {stuck} ")
+    assert "not frozen" in result["summary"]
+    assert_untraced(t.pid, stopped_ok=False)
+    assert_runs_on(t)

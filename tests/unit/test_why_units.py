@@ -259,6 +259,12 @@ def test_timeouts_and_classes():
     assert timed(_call("read")) is False
     assert timed(_call("ioctl")) is None
     assert classify({"state": "R"}) == ("on-cpu", None)
+    # runnable just before the freeze, in a futex wait at it (the GIL's timed wait)
+    assert classify({"state": "R", "syscall": _call("futex", 1, 0x89, 0, 1)}) == (
+        "sleeping",
+        True,
+    )
+    assert classify({"state": "R", "syscall": _call("futex", 1, 0x81)}) == ("on-cpu", None)
     assert classify({"state": "D", "syscall": _call("read")}) == ("uninterruptible", False)
     assert classify({"state": "t", "tracer": 42}) == ("traced", None)
     assert classify({"state": "T"}) == ("stopped", None)
