@@ -5,8 +5,9 @@
 
 A PID is snapshotted first (--mini unless --full; --tree takes its children
 too) into a temporary directory, removed afterwards unless --keep names one;
-a process that cannot be frozen (a thread in uninterruptible sleep) gets a
-verdict from /proc alone (kernel states and stacks, system calls, fds);
+a process that cannot be frozen (a thread in uninterruptible sleep, another
+tracer attached) gets a verdict from /proc alone (kernel states and stacks,
+system calls, fds);
 a core (plain or .zst, snapcore's, the kernel's or gcore's) or a tree
 directory (manifest.json) is read as it is.  The verdict comes first, then the
 deadlock cycles, the threads grouped by stack, and every thread's state.
@@ -27,10 +28,11 @@ import time
 
 from ..arch import arch_for_machine
 from ..capture import kstate
+from ..capture.plan import read_memory
 from ..capture.request import SnapshotOptions
 from ..capture.snapshot import snapshot
 from ..capture.tree import snapshot_tree
-from ..errors import EXIT_OK, ThreadStopTimeout
+from ..errors import EXIT_OK, AlreadyTraced, ThreadStopTimeout
 from ..procfs import comm_of
 from ..read.why import analyze, compare, explain
 from ..read.whymodel import from_samples
@@ -127,7 +129,7 @@ def _from_pid(pid, args, argv):
             where = os.path.join(workdir, f"sample-{i + 1}") if args.samples > 1 else workdir
             try:
                 results.append(explain(_take(pid, where, options, args.tree)))
-            except ThreadStopTimeout as exc:
+            except (ThreadStopTimeout, AlreadyTraced) as exc:
                 results.append(_unfrozen(pid, exc))
         return results[0] if len(results) == 1 else compare(results)
     finally:
@@ -135,16 +137,35 @@ def _from_pid(pid, args, argv):
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+class _LiveMemory:
+    """The words a verdict reads (a mutex's owner), from the running process."""
+
+    def __init__(self, pid):
+        self.pid = pid
+
+    def read(self, addr, n):
+        return read_memory(self.pid, addr, n)
+
+    def close(self):
+        pass
+
+
 def _unfrozen(pid, exc):
-    """The verdict from /proc alone, for a process some thread of which did not stop."""
+    """The verdict from /proc alone, for a process some thread of which did not stop,
+    or that another tracer holds (ptrace allows one)."""
     samples = kstate.sample_threads(pid), kstate.sample_process(pid)
     try:
         with open(f"/proc/{pid}/exe", "rb") as f:
             arch = arch_for_machine(int.from_bytes(f.read(20)[18:20], "little"))
     except OSError:
         arch = None
-    why = f"thread(s) {', '.join(str(t) for t in exc.tids)} did not stop"
-    result = analyze([from_samples(pid, comm_of(pid), *samples, arch, why)])
+    if isinstance(exc, AlreadyTraced):
+        who = f" ({exc.tracer_comm})" if exc.tracer_comm else ""
+        why = f"traced by PID {exc.tracer_pid}{who}"
+    else:
+        why = f"thread(s) {', '.join(str(t) for t in exc.tids)} did not stop"
+    proc = from_samples(pid, comm_of(pid), *samples, arch, why, mem=_LiveMemory(pid))
+    result = analyze([proc])
     result["summary"] += f" [not frozen: {why}; from /proc only]"
     return result
 

@@ -207,11 +207,12 @@ def load_core(path, exe=None):
         raise
 
 
-def from_samples(pid, comm, threads, process, arch, why):
+def from_samples(pid, comm, threads, process, arch, why, mem=None):
     """A Process from what /proc said (capture/kstate.py), without a core: for a
-    process that cannot be frozen (a thread in uninterruptible sleep).  The
-    system calls come from /proc/PID/task/TID/syscall; no stacks, no memory."""
-    proc = Process(pid=pid, comm=comm, facts=process or {}, recorded=True, arch=arch)
+    process that cannot be frozen (a thread in uninterruptible sleep, another
+    tracer).  The system calls come from /proc/PID/task/TID/syscall; no stacks;
+    ``mem`` (read(addr, n), close()) reads the words a verdict needs."""
+    proc = Process(pid=pid, comm=comm, facts=process or {}, recorded=True, arch=arch, mem=mem)
     proc.unfrozen = why
     for tid in sorted(threads):
         kernel = dict(threads[tid])

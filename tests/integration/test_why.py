@@ -413,3 +413,32 @@ def test_process_that_cannot_be_frozen_gets_a_verdict_from_proc(spawn):
     assert "not frozen" in result["summary"]
     assert_untraced(t.pid, stopped_ok=False)
     assert_runs_on(t)
+
+
+@pytest.mark.skipif(not shutil.which("strace"), reason="strace is not installed")
+def test_process_traced_by_someone_else(spawn):
+    """ptrace allows one tracer: with strace attached the verdict comes from /proc,
+    and says who traces it."""
+    t = spawn_hang(spawn, "mutex")
+    strace = subprocess.Popen(
+        ["strace", "-f", "-qq", "-o", "/dev/null", "-p", str(t.pid)],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not all(tr == strace.pid for _, tr in task_states(t.pid).values()):
+            assert time.monotonic() < deadline, task_states(t.pid)
+            time.sleep(0.02)
+        result = why_json(t.pid)
+        [proc] = result["processes"]
+        assert proc["unfrozen"] == f"traced by PID {strace.pid} (strace)"
+        # the mutex owners come from the running process's memory
+        assert_cycle(result, t.info["tids"], "mutex", t.info["mutexes"])
+        _, th = thread_of(result, t.info["tids"][0])
+        assert th["kernel"]["tracer"] == strace.pid
+        assert th["kernel"]["syscall"]["name"] == "futex"
+        assert f"traced by PID {strace.pid} (strace)" in result["summary"]
+    finally:
+        strace.terminate()
+        strace.wait(timeout=10)
+    assert_hangs_on(t, t.info["tids"])
