@@ -290,6 +290,8 @@ class Graph:
         return _edge(kind, None, owner, **extra)
 
     def _many(self, p, fds):
+        if not fds:
+            return None  # poll(NULL, 0, t), select(0, ...): a sleep
         edges = [self._fd(p, fd, reading) for fd, reading in fds]
         if len(edges) == 1:
             return edges[0]

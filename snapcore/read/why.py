@@ -92,8 +92,13 @@ def describe_edge(e):
         "kernel": "the kernel",
         "futex": "a futex",
         "poll": "fds " + ", ".join(str(f) for f in e.get("fds") or []),
+        "read": f"input on fd {e.get('fd')}"
+        + (f" ({e['target']})" if e.get("target") else " (not in the fd table recorded)"),
+        "write": f"room to write on fd {e.get('fd')}"
+        + (f" ({e['target']})" if e.get("target") else ""),
     }
-    text = names.get(kind, kind) + (addr if kind not in ("gil", "accept") else "") + held
+    text = names.get(kind, kind) + (addr if kind not in ("gil", "accept", "read", "write") else "")
+    text += held
     if e.get("detail") and kind not in ("gil", "join", "accept"):
         text += f" ({e['detail']})"
     return text
