@@ -1,10 +1,14 @@
 """One process's core, step by step, on the thread that makes the ptrace calls.
 
     Job.run()                      Job.write_frozen(frozen)    (trees: already frozen)
+      sample: the kernel's view          (the tree sampled it before its freeze)
+        of each thread, fds (kstate)
       freeze (freeze.Freezer) ----------.
       collect: threads, registers        collect: threads, registers
       [live: fork the image, resume]     |
       plan: VMAs -> plan.plan_dump       plan
+      waits: system calls, futex words,  waits
+        Python stacks (waits.py)
       select: --mini / --max-size        select
       notes + layout (elf/)              notes + layout
       copy: copy.CoreWriter              copy
