@@ -33,8 +33,19 @@ Keys of the JSON object (format 1); every key is always present:
     limits          {name: [soft, hard]} from /proc/PID/limits ("unlimited" kept)
     cgroup          lines of /proc/PID/cgroup
     coredump_filter the mask applied (hex string); filter_source "target" | "option"
-    threads         [{tid, ns_tid, name, state}] (state: /proc letter before the freeze;
-                    ns_tid: the id the core's notes carry, see namespaces)
+    threads         [{tid, ns_tid, name, state, kernel, python}] (state: /proc letter
+                    before the freeze; ns_tid: the id the core's notes carry, see
+                    namespaces); kernel: the kernel's view of the thread
+                    (capture/kstate.py, capture/waits.py): state, wchan, stack,
+                    sigblk, sigpnd, tracer, context switches, utime, stime, cpu_ns,
+                    held_by_snapcore, syscall {nr, name, args, sp, pc} | null, and
+                    futex {addr, words_at, words} / pollfds / selectfds;
+                    python (CPython 3.11-3.13, else null): ident, holds_gil,
+                    frames [{name, file, line}] innermost first, locks
+    kernel          the process's fds {fd: {target, mode}}, fds_omitted, epoll
+                    {fd: [watched fds]}, children, unix_peers {inode: peer inode}
+    python          the interpreter: version, runtime, gil {address, size, locked,
+                    holder}, errors; null for a process without CPython
     root            the target's root directory as snapcore saw it (/proc/PID/root:
                     "/" too for the root of a mount namespace snapcore cannot reach)
     ns_pid          [the pid in snapcore's pid namespace, ..., in the target's own]

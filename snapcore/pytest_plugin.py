@@ -17,7 +17,10 @@ a watchdog thread:
     1. snapshot_tree(pytest's pid) into DIR/<test id>[-<xdist worker>]/
        (pytest through the helper process, the processes the test started by
        the watchdog's tracer thread; see capture/tree.py and capture/helper.py)
-    2. adds the paths to the test's user_properties
+    2. adds the paths to the test's user_properties, and the verdict of
+       `snapcore why` on the folder (snapcore_verdict, snapcore_why: the
+       JUnit XML properties); the failure message carries the verdict and the
+       top stack groups (at most 20 lines)
     3. interrupts the main thread: a signal whose handler raises pytest's
        Failed with a message naming the folder (pytest-timeout's "signal"
        method), so the test fails and the session goes on
@@ -49,6 +52,8 @@ from .errors import InvalidRequest, SnapcoreError
 from .procfs import read_stat
 from .proctree import descendants_with_start
 from .read.stacks import shown_cmdline, summarize
+from .read.why import explain
+from .read.whytext import brief
 
 DEFAULT_DIR = "snapcore-hangs"
 DEFAULT_GRACE = 2.0
@@ -326,7 +331,12 @@ class _Watch:
             item.user_properties.append(("snapcore_dir", folder))
             for p in tree.ok:
                 item.user_properties.append((f"snapcore_core_{p.pid}", p.core))
+            verdict, why_lines = _why(folder)
+            if verdict is not None:
+                item.user_properties.append(("snapcore_verdict", verdict["verdict"]))
+                item.user_properties.append(("snapcore_why", verdict["summary"]))
             msg = _message(self.timeout, folder, tree, me, self._started_by_test)
+            msg = "\n".join([msg.split("\n", 1)[0], *why_lines, *msg.split("\n")[1:]])
         else:
             msg = (
                 f"snapcore: test still running after {self.timeout:g}s; taking cores "
@@ -384,6 +394,16 @@ class _Watch:
             os.replace(tmp, os.path.join(folder, TEST_JSON))
         except OSError:
             pass
+
+
+def _why(folder):
+    """(the `snapcore why` result of a hung test's folder, at most 20 lines of it);
+    (None, [a line saying why not]) if it could not be made."""
+    try:
+        result = explain(folder)
+    except Exception as exc:  # a verdict is a bonus: never lose the cores over it
+        return None, [f"snapcore why: no verdict ({type(exc).__name__}: {exc})"]
+    return result, brief(result, max_lines=20)
 
 
 def _message(timeout, folder, tree, me, started_by_test, limit=8):

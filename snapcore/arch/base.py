@@ -31,10 +31,6 @@ class Arch:
     nr_clone: int = -1
     nr_wait4: int = -1
     wait_syscalls: frozenset = frozenset()  # wait4, waitid (and waitpid): a parent's waits
-    nr_reg: str = ""  # holds the number of the syscall a stopped thread is in (or -1)
-    ret_reg: str = ""  # a syscall's number going in, its result coming out
-    arg_regs: tuple = ()  # a syscall's six arguments
-    tls_reg: str = None  # the thread pointer (glibc's struct pthread), if a register holds it
     red_zone: int = 0  # bytes below the stack pointer a leaf function may use
     # f(first thread's ThreadNotes, cpuid) -> [(owner, type, desc)]: notes the kernel
     # writes once per core for this architecture, after the threads'
@@ -42,6 +38,38 @@ class Arch:
     # note_type -> f(GETREGSET bytes) -> bool, for regsets whose kernel active() hook
     # looks at more than "GETREGSET worked" (fill_thread_core_info skips inactive ones)
     regset_in_use: dict = field(default_factory=dict, hash=False)
+    # a thread's system call in its registers (live mode's injections, `why`)
+    syscall_names: tuple = ()  # name by number (None: unused)
+    syscall_nr_reg: str = ""  # the number of the call the thread is in (-1: none)
+    syscall_arg_regs: tuple = ()  # the six arguments, in order
+    syscall_ret_reg: str = ""  # the number going in, the result coming out
+    thread_pointer_reg: str = ""  # the TCB: pthread_self() and CPython's thread ident
+    # glibc (nptl) lock layouts: offsets in pthread_mutex_t and pthread_rwlock_t
+    mutex_owner_offset: int = 8  # struct __pthread_mutex_s.__owner
+    rwlock_writer_offset: int = -1  # struct __pthread_rwlock_arch_t.__cur_writer (-1: unknown)
+    rwlock_futex_offsets: tuple = ()  # __wrphase_futex, __writers_futex
+
+    def syscall_name(self, nr):
+        """The name of system call nr, or None."""
+        if nr is None or not 0 <= nr < len(self.syscall_names):
+            return None
+        return self.syscall_names[nr]
+
+    def syscall_of(self, regs):
+        """(nr, [six arguments]) of the call a stopped thread is in; nr None if none.
+
+        A thread stopped inside a system call keeps its number in orig_rax
+        (orig_eax) and the arguments in their registers (the kernel preserves
+        them); a thread stopped in user code has -1 there.
+        """
+        nr = regs.get(self.syscall_nr_reg)
+        if nr is None:
+            return None, []
+        bits = 8 * self.word_size
+        if nr >= 1 << (bits - 1):
+            nr -= 1 << bits
+        args = [regs.get(r, 0) for r in self.syscall_arg_regs]
+        return (nr if nr >= 0 else None), args
 
     @property
     def word_size(self):

@@ -13,6 +13,7 @@ from ..elf.structs import (
 )
 from . import x86
 from .base import Arch
+from .syscalls_i386 import SYSCALLS_I386
 
 _USER_DESC = struct.Struct("<IIII")  # entry_number, base_addr, limit, flags (bitfields)
 _EMPTY_DESC_FLAGS = 0x28  # read_exec_only | seg_not_present: fill_user_desc()
@@ -76,11 +77,15 @@ I386 = Arch(
     sp_reg="esp",
     has_vsyscall=False,
     wait_syscalls=frozenset({7, 114, 284}),  # waitpid, wait4, waitid
-    nr_reg="orig_eax",
-    ret_reg="eax",
-    arg_regs=("ebx", "ecx", "edx", "esi", "edi", "ebp"),
     process_notes=x86.process_notes,
     regset_in_use={NT_386_TLS: tls_in_use},
+    syscall_names=SYSCALLS_I386,
+    syscall_nr_reg="orig_eax",
+    syscall_arg_regs=("ebx", "ecx", "edx", "esi", "edi", "ebp"),
+    syscall_ret_reg="eax",
+    mutex_owner_offset=8,  # int __lock; unsigned __count; int __owner
+    rwlock_writer_offset=28,  # sysdeps/x86/nptl/bits/struct_rwlock.h (__x86_64__ unset)
+    rwlock_futex_offsets=(8, 12),
 )
 
 assert I386.prstatus.size == 144 and I386.prpsinfo.size == 124

@@ -5,6 +5,7 @@ import struct
 from ..elf.structs import ELF64, NT_386_IOPERM, NT_PRFPREG, NT_PRSTATUS, NT_X86_SHSTK, NT_X86_XSTATE
 from . import x86
 from .base import Arch
+from .syscalls_x86_64 import SYSCALLS_X86_64
 
 X86_64 = Arch(
     name="x86_64",
@@ -62,10 +63,14 @@ X86_64 = Arch(
     nr_clone=56,
     nr_wait4=61,
     wait_syscalls=frozenset({61, 247}),  # wait4, waitid
-    nr_reg="orig_rax",
-    ret_reg="rax",
-    arg_regs=("rdi", "rsi", "rdx", "r10", "r8", "r9"),
-    tls_reg="fs_base",
+    syscall_names=SYSCALLS_X86_64,
+    syscall_nr_reg="orig_rax",
+    syscall_arg_regs=("rdi", "rsi", "rdx", "r10", "r8", "r9"),
+    syscall_ret_reg="rax",
+    thread_pointer_reg="fs_base",
+    mutex_owner_offset=8,  # glibc 2.36 sysdeps/nptl/bits/struct_mutex.h
+    rwlock_writer_offset=24,  # sysdeps/x86/nptl/bits/struct_rwlock.h
+    rwlock_futex_offsets=(8, 12),
     red_zone=128,  # the System V x86_64 ABI
     process_notes=x86.process_notes,
 )

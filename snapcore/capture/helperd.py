@@ -185,4 +185,4 @@ def _stopped_in_wait(tid):
     if arch is None:
         return False
     r = arch.regs(regs)
-    return r[arch.nr_reg] in arch.wait_syscalls
+    return r[arch.syscall_nr_reg] in arch.wait_syscalls

@@ -1,10 +1,14 @@
 """One process's core, step by step, on the thread that makes the ptrace calls.
 
     Job.run()                      Job.write_frozen(frozen)    (trees: already frozen)
+      sample: the kernel's view          (the tree sampled it before its freeze)
+        of each thread, fds (kstate)
       freeze (freeze.Freezer) ----------.
       collect: threads, registers        collect: threads, registers
       [live: fork the image, resume]     |
       plan: VMAs -> plan.plan_dump       plan
+      waits: system calls, futex words,  waits
+        Python stacks (waits.py)
       select: --mini / --max-size        select
       notes + layout (elf/)              notes + layout
       copy: copy.CoreWriter              copy
@@ -29,7 +33,7 @@ from ..errors import (
     TargetExited,
     UnsupportedTarget,
 )
-from . import collect, live
+from . import collect, kstate, live, waits
 from .copy import CoreWriter
 from .freeze import Freezer, Unstable
 from .plan import READ, BackingFiles, plan_dump, read_memory
@@ -56,6 +60,8 @@ class Job:
         self.note_off = None  # file offset and size of the SNAPCORE note's desc
         self.note_size = 0
         self.states = {}
+        self.samples = {}  # kstate: {tid: kernel state}, sampled before the freeze
+        self.process_sample = None  # kstate.sample_process(): fds, children, peers
         self.fallback = None
         self.phases = {}
 
@@ -85,6 +91,7 @@ class Job:
         """
         want_live = self.options.live
         self.states = collect.thread_states(self.pid)
+        self.sample()
         nofork = live.nofork_vmas(self.pid) if want_live else None
         changed = 0  # freezes that did not hold
         paused = 0.0  # every freeze counts, a retried one too
@@ -151,9 +158,23 @@ class Job:
             snap.fallback = self.fallback
             return snap
 
-    def write_frozen(self, frozen):
-        """The core of a process someone else froze (a tree); it stays frozen."""
+    def sample(self, samples=None):
+        """The kernel's view of every thread and the process's fds (kstate.py):
+        read before the freeze, or given (a tree samples before it freezes)."""
+        with self.phase("sample"):
+            if samples is None:
+                samples = (kstate.sample_threads(self.pid), kstate.sample_process(self.pid))
+            self.samples, self.process_sample = samples
+        for tid, s in self.samples.items():
+            if s.get("state"):
+                self.states[tid] = (s["state"], s.get("name"))
+
+    def write_frozen(self, frozen, samples=None):
+        """The core of a process someone else froze (a tree); it stays frozen.
+        ``samples``: what kstate read of it before it was frozen."""
         self.states = collect.thread_states(self.pid)
+        if samples is not None:
+            self.sample(samples)
         try:
             with self.phase("collect"):
                 threads, arch = collect.collect_threads(self.pid, frozen)
@@ -201,11 +222,14 @@ class Job:
             kernel_notes = elfnotes.build_notes(
                 arch, proc, threads, _native.cpuid, collect.file_note_limit()
             )
-            threads_meta = collect.thread_meta(pid, threads, self.states)
+            with self.phase("waits"):
+                found = waits.frozen_facts(src, arch, threads, self.samples, plans)
+            threads_meta = waits.annotate(collect.thread_meta(pid, threads, self.states), found)
+            facts = dict(self.facts, kernel=self.process_sample, python=found.process)
 
             def notes_for(sel):
                 self.record = metadata.new_record(
-                    facts=self.facts,
+                    facts=facts,
                     uid=proc.uid,
                     gid=proc.gid,
                     options=opts,
@@ -231,6 +255,7 @@ class Job:
                 threads,
                 notes_for,
                 len(kernel_notes),
+                extra=found.ranges,
             )
             self.layout = layout
             self.note_off = (

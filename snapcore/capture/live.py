@@ -72,7 +72,7 @@ def choose_thread(pid, arch, threads, frozen):
         if ft is None or ft.deliver_sig or ft.group_stop:
             continue
         regs = arch.regs(t.regset(NT_PRSTATUS))
-        orig = regs[arch.nr_reg]
+        orig = regs[arch.syscall_nr_reg]
         if orig >= 1 << 63:  # -1: not in a system call
             continue
         try:
@@ -111,9 +111,9 @@ class Injection:
         arch = self.arch
         regs = arch.regs(self.saved)
         regs[arch.pc_reg] -= len(arch.syscall_insn)
-        regs[arch.ret_reg] = nr
-        regs[arch.nr_reg] = -1
-        for name, value in zip(arch.arg_regs, args):
+        regs[arch.syscall_ret_reg] = nr
+        regs[arch.syscall_nr_reg] = -1
+        for name, value in zip(arch.syscall_arg_regs, args):
             regs[name] = value
         tid = self.tid
         if options:
@@ -135,7 +135,7 @@ class Injection:
                     continue
                 if event == 0 and sig == signal.SIGTRAP:
                     now = arch.regs(_native.getregset(tid, NT_PRSTATUS))
-                    result = now[arch.ret_reg]
+                    result = now[arch.syscall_ret_reg]
                     if result >= 1 << 63:
                         result -= 1 << 64
                     break  # the single-step trap after the syscall
@@ -291,7 +291,7 @@ def _reap_from(pid, arch, child, tid):
         saved = _native.getregset(tid, NT_PRSTATUS)
         regs = arch.regs(saved)
         if (
-            regs[arch.nr_reg] >= 1 << 63
+            regs[arch.syscall_nr_reg] >= 1 << 63
             or read_memory(pid, regs[arch.pc_reg] - len(arch.syscall_insn), len(arch.syscall_insn))
             != arch.syscall_insn
         ):

@@ -165,7 +165,7 @@ def rtld_ranges(read, auxv, word_size, index):
     return ranges
 
 
-def essential_ranges(arch, auxv, threads, plans, page_size, read):
+def essential_ranges(arch, auxv, threads, plans, page_size, read, extra=()):
     """Page-aligned address ranges a backtrace of every thread needs.
 
     Each thread's stack from just below its stack pointer to the top of that
@@ -173,7 +173,9 @@ def essential_ranges(arch, auxv, threads, plans, page_size, read):
     around fs_base, where glibc's struct pthread lives), the dynamic linker's
     state (rtld_ranges), the kernel's special mappings ([vdso] has the CFI for
     signal frames) and the first page of every dumped file mapping at offset 0
-    (ELF headers: build-ids, and the phdrs gdb starts from).
+    (ELF headers: build-ids, and the phdrs gdb starts from); and ``extra``:
+    what `why` and Python stack readers need (capture/waits.py: futex words,
+    poll arrays, the Python runtime, thread states, frames, code objects).
     """
     index = _VmaIndex([p.vma for p in plans if p.first_piece])
     ranges = []
@@ -184,10 +186,11 @@ def essential_ranges(arch, auxv, threads, plans, page_size, read):
         if v is not None:
             lo = max(v.start, sp - arch.red_zone)
             ranges.append((lo, min(v.end, lo + STACK_CAP)))
-        tp = regs.get(arch.tls_reg) if arch.tls_reg else None
+        tp = regs.get(arch.thread_pointer_reg) if arch.thread_pointer_reg else None
         if tp:
             ranges.append((tp - page_size, tp + page_size))
     ranges += rtld_ranges(read, auxv, arch.word_size, index)
+    ranges += list(extra)
     for p in plans:
         if not p.filesz:
             continue
@@ -307,19 +310,20 @@ def select_max_size(plans, essential, budget, stacks=()):
     return out, sel, minimum
 
 
-def select(options, plans, arch, read, auxv, threads, notes_for, kernel_notes_len):
+def select(options, plans, arch, read, auxv, threads, notes_for, kernel_notes_len, extra=()):
     """Apply --mini / --max-size to plans; returns (plans, Selection, notes, CoreLayout).
 
     ``notes_for(selection)`` gives the whole PT_NOTE blob for a selection (the
     SNAPCORE record names what was dropped, so the notes grow with it);
-    ``read(addr, len)`` reads the target's memory.
+    ``read(addr, len)`` reads the target's memory; ``extra``: more ranges to
+    keep (essential_ranges).
     """
     page = arch.page_size
     if not options.mini and options.max_size is None:
         sel = Selection(mode=options.mode)
         blob = notes_for(sel)
         return plans, sel, blob, CoreLayout(arch, blob, plans)
-    essential = essential_ranges(arch, auxv, threads, plans, page, read)
+    essential = essential_ranges(arch, auxv, threads, plans, page, read, extra)
     if options.mini:
         plans, sel = select_mini(plans, essential)
         sel.mode = options.mode

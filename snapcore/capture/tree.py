@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from .. import metadata, procfs, proctree
 from .._version import __version__
 from ..errors import OutputError, OutputExists, SnapcoreError, SnapshotCancelled
+from . import kstate
 from .bundling import TreeBundle
 from .collect import check_target
 from .freeze import CancelToken, Freezer, run_traced
@@ -229,6 +230,7 @@ class _TreeJob:
         self.me = os.getpid()
         self.results = {}  # pid -> ProcessResult, in discovery order
         self.frozen = {}  # pid -> (Freezer, [FrozenThread], Status)
+        self.samples = {}  # pid -> the kernel's view of it before its freeze (kstate)
         self.written = {}  # pid -> (Job, Outputs, Snapshot, t0): to publish
         self.helper = None
         self.helper_error = None
@@ -306,6 +308,7 @@ class _TreeJob:
     def _freeze(self, pid, res):
         try:
             status = check_target(pid)
+            self.samples[pid] = (kstate.sample_threads(pid), kstate.sample_process(pid))
             freezer = Freezer(pid, self.options.stop_timeout, self.cancel)
             try:
                 frozen = freezer.freeze()
@@ -374,7 +377,9 @@ class _TreeJob:
         )
         self.current = job
         try:
-            snap = _attempt(res, outputs, lambda: job.write_frozen(frozen))
+            snap = _attempt(
+                res, outputs, lambda: job.write_frozen(frozen, samples=self.samples.get(pid))
+            )
         finally:
             self.bytes_before += job.total
             self.current = None

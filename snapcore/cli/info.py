@@ -83,6 +83,19 @@ def _hex(n):
     return f"{n:#x}" if n is not None else "-"
 
 
+def _kernel(k):
+    """'futex, wchan futex_do_wait' from a thread's kernel key."""
+    if not k:
+        return "-"
+    call = k.get("syscall")
+    parts = [call["name"] if call else "user code"]
+    if k.get("wchan"):
+        parts.append(f"wchan {k['wchan']}")
+    if k.get("state") == "D" and k.get("stack"):
+        parts.append("kernel stack " + " <- ".join(k["stack"][:3]))
+    return ", ".join(parts)
+
+
 def format_text(r):
     out = []
     add = out.append
@@ -102,12 +115,14 @@ def format_text(r):
         add(f"command    {args}")
     add(f"signal     {p['signal_name'] or 'none (taken on demand)'}")
     add(f"threads    {len(r['threads'])}")
-    add(f"  {'':1} {'TID':>8}  {'NAME':15} {'STATE':5} {'PC':18}  {'SIGNAL':8} SYMBOL")
+    add(
+        f"  {'':1} {'TID':>8}  {'NAME':15} {'STATE':5} {'PC':18}  {'SIGNAL':8} {'SYMBOL':32} KERNEL"
+    )
     for t in r["threads"]:
         add(
             f"  {'*' if t['current'] else ' '} {t['tid']:>8}  {t['name'] or '-':15} "
             f"{t['state'] or '-':5} {t['pc']:#018x}  {t['signal_name'] or '-':8} "
-            f"{t['symbol'] or '-'}"
+            f"{t['symbol'] or '-':32} {_kernel(t.get('kernel'))}"
         )
     m = r["memory"]
     add(

@@ -8,6 +8,7 @@
     snapcore manpage                   cli/manpage.py
     snapcore debug BUNDLE              cli/debug.py
     snapcore bundle CORE               cli/bundle.py  (a bundle of a core taken earlier)
+    snapcore why PID|CORE|DIR          cli/why.py
 
 Every command runs inside common.execute(), the one place where exceptions
 become exit statuses and one-line messages (see docs/cli.md).  Subcommand
@@ -30,6 +31,7 @@ COMMANDS = {
     "manpage": "manpage",
     "debug": "debug",
     "bundle": "bundle",
+    "why": "why",
 }
 
 

@@ -10,7 +10,8 @@ process tree before killing it.
                                     SIGTERM (+SIGCONT) to every process of the tree,
                                     SIGKILL after --grace to what is left, reap
                                     print where the cores are, a stack summary per
-                                    process (pystack / gdb when installed), exit 124
+                                    process (pystack / gdb when installed) and the
+                                    verdict of `snapcore why` (read/why.py), exit 124
 
 SIGTERM, SIGHUP and SIGQUIT sent to snapcore are passed on to CMD.  SIGINT is
 passed on too, unless snapcore is in the terminal's foreground process group
@@ -31,6 +32,8 @@ from ..capture.kill import KILL_WAIT, reap_children, terminate
 from ..capture.tree import default_outdir, snapshot_tree
 from ..errors import SnapcoreError
 from ..read.stacks import shown_cmdline, summarize_tree
+from ..read.why import explain
+from ..read.whytext import brief
 from . import common
 
 PROG = f"{common.PROG} run"
@@ -197,7 +200,17 @@ class _Runner:
             )
             for line in lines:
                 print(f"    {line}", file=sys.stderr)
+        for line in _why_lines(tree.outdir):
+            print(line, file=sys.stderr)
         sys.stderr.flush()
+
+
+def _why_lines(outdir):
+    """The verdict of `snapcore why` on the cores, and the top stack groups (<= 20 lines)."""
+    try:
+        return brief(explain(outdir), max_lines=20)
+    except (SnapcoreError, OSError) as exc:
+        return [f"{common.PROG}: why: no verdict: {exc}"]
 
 
 def _terminal_sent_it():

@@ -13,9 +13,15 @@ docs/formats.md).  Addresses and sizes are integers; absent facts are null.
                  segments, producer ("snapcore"|"gcore"|"kernel")}
     process     {pid, ppid, pgrp, sid, uid, gid, comm, psargs, cmdline (list|null),
                  executable, state, signal, signal_name}
-    threads     [{tid, name, state, pc, sp, symbol, signal, signal_name, current}]
+    threads     [{tid, name, state, pc, sp, symbol, signal, signal_name, current, kernel}]
                 symbol: "name+0xoff" when the mapped ELF file (or the ELF image in
                 the core, e.g. [vdso]) is readable and names the pc, else null
+                kernel: the kernel's view of the thread (read/threadstate.py):
+                {state, wchan, syscall: {nr, name, args, sp, pc} | null, stack,
+                sigblk, sigpnd, tracer, voluntary_ctxt_switches,
+                nonvoluntary_ctxt_switches, utime, stime, cpu_ns, source};
+                a core without snapcore's note: state "?" and the system call
+                from the registers
     memory      {mapped, dumped, mappings}
     mappings    [{start, end, size, dumped, perms, file, offset}]
                 one per PT_LOAD; file and offset from NT_FILE
@@ -48,6 +54,7 @@ from ..elf.structs import (
     iter_notes,
 )
 from .core import CoreReader
+from .threadstate import kernel_of
 
 SCHEMA = "snapcore-info/1"
 
@@ -264,10 +271,14 @@ def _report(core, want_symbols, sysroot=None):
     elif core.siginfo_signo():
         sig = core.siginfo_signo()
         process["signal"], process["signal_name"] = sig, _signal_name(sig)
+    by_tid = {}
     if snap is not None:
         # the notes carry a thread's id in its own pid namespace (ns_tid)
         listed = [t for t in snap.get("threads") or [] if isinstance(t, dict)]
         by_tid = {t.get("ns_tid", t.get("tid")): t for t in listed}
+    for t, ct in zip(threads, core.threads()):
+        t["kernel"] = kernel_of(core.arch, ct, by_tid.get(t["tid"], {}).get("kernel"))
+    if snap is not None:
         for t in threads:
             info = by_tid.get(t["tid"], {})
             t["name"], t["state"] = info.get("name"), info.get("state")

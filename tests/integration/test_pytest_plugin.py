@@ -253,3 +253,34 @@ def test_bad_timeout_is_a_usage_error(suite):
     p = s.run("--snapcore-timeout=-3")
     assert p.returncode == 4, s.out  # pytest's usage error
     assert "snapcore: --snapcore-timeout cannot be negative" in s.out
+
+
+def test_each_hung_test_reports_its_own_verdict(suite):
+    """Under xdist, each hung test's failure and JUnit XML carry its own verdict.
+
+    (Without xdist both tests run in one pytest process, and the deadlocked
+    threads the first one leaves behind are part of the second one's verdict.)
+    """
+    s = suite()
+    s.add("test_hang_suite.py", template="hang_suite.py")
+    s.add("test_deadlock_suite.py", template="deadlock_suite.py")
+    args = ["--snapcore-timeout=2", "--snapcore-grace=0.5", "--junitxml=report.xml"]
+    p = s.run(*args, "-n", "2", "--dist", "loadfile")
+    out = s.out
+    assert p.returncode == 1, out
+    assert re.search(r"\b2 failed, 2 passed\b", out), out
+    # verdict first, then at most 20 lines of it, in each failure
+    assert "snapcore why: blocked: " in out and "waits for child pid" in out
+    assert "snapcore why: deadlock: " in out and "waits for RLock 0x" in out
+    for block in re.findall(r"snapcore why: .*?(?=\n\S|\nE\s+pid \d+ \()", out, re.S):
+        assert len(block.splitlines()) <= 20, block
+    assert "takes_first_then_second (test_deadlock_suite.py:" in out
+    verdicts = {}
+    for case in ET.parse(s.root / "report.xml").iter("testcase"):
+        props = {pr.get("name"): pr.get("value") for pr in case.iter("property")}
+        if "snapcore_verdict" in props:
+            verdicts[case.get("name")] = (props["snapcore_verdict"], props["snapcore_why"])
+    assert verdicts["test_hangs"][0] == "blocked", verdicts
+    assert "waits for child pid" in verdicts["test_hangs"][1]
+    assert verdicts["test_deadlocks"][0] == "deadlock", verdicts
+    assert verdicts["test_deadlocks"][1].count("waits for RLock") == 2

@@ -198,3 +198,30 @@ def test_native_processes_get_a_gdb_summary(tmp_path):
     assert p.returncode == 124
     assert "stacks by gdb" in p.stderr, p.stderr
     assert "sleep" in p.stderr.split("stacks by gdb", 1)[1]
+
+
+def test_timeout_report_carries_the_verdict(tmp_path):
+    """`snapcore run` prints the verdict of `snapcore why` on the cores it took."""
+    p = snapcore_cli(
+        "run",
+        "--timeout",
+        "1",
+        "--grace",
+        "0.2",
+        "--out",
+        tmp_path / "cores",
+        "--",
+        os.path.join(TARGETS, "bin", "hang"),
+        "mutex",
+        timeout=90,
+    )
+    assert p.returncode == 124, p.stderr
+    ready = json.loads(p.stdout.split("READY ", 1)[1])
+    err = p.stderr
+    assert "snapcore why: deadlock: " in err, err
+    for tid in ready["tids"]:
+        assert f"thread {tid} (hang) of pid {ready['pid']} waits for mutex 0x" in err
+    assert "lock_ab" in err and "lock_ba" in err  # the stack groups follow
+    verdict = err[err.index("snapcore why: ") :].splitlines()
+    assert len([ln for ln in verdict if not ln.startswith("snapcore: ")]) <= 20
+    assert not exists(ready["pid"])
