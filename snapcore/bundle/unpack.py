@@ -126,6 +126,19 @@ def open_bundle(path, pid=None, cache=None):
     gdb's sysroot for it, and bundle.json as a dict (layout.py).  Raises
     BundleFormatError (nothing left behind), OSError, MissingDependency.
     """
+    dest, manifest = unpacked(path, cache)
+    core_path, sysroot = _opened(dest, core_entry(manifest, pid, os.fspath(path)))
+    return core_path, sysroot, manifest
+
+
+def open_cores(path, cache=None):
+    """[(core entry, core path, sysroot)] of every core of the bundle (a tree's too)."""
+    dest, manifest = unpacked(path, cache)
+    return [(c, *_opened(dest, c)) for c in manifest.get("cores") or []]
+
+
+def unpacked(path, cache=None):
+    """(directory, bundle.json as a dict) of the bundle at path, unpacked and checked."""
     path = os.fspath(path)
     digest = _sha256_file(path)[:32]  # 128 bits name a bundle well enough
     root = cache_root(cache)
@@ -145,11 +158,14 @@ def open_bundle(path, pid=None, cache=None):
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     with open(os.path.join(dest, layout.MANIFEST)) as f:
-        manifest = json.load(f)
-    core = core_entry(manifest, pid, path)
+        return dest, json.load(f)
+
+
+def _opened(dest, core):
+    """(core path, sysroot) of one core entry of an unpacked bundle."""
     view = os.path.join(dest, "views", str(core["pid"]))
     sysroot = view if os.path.isdir(view) else os.path.join(dest, layout.SYSROOT)
-    return os.path.join(dest, core["member"]), sysroot, manifest
+    return os.path.join(dest, core["member"]), sysroot
 
 
 def core_entry(manifest, pid=None, path="bundle"):

@@ -1,15 +1,16 @@
 """snapcore why TARGET: what a hung process (or tree) waits on, and why.
 
     snapcore why PID [--tree] [--full] [--keep DIR] [--samples N --interval S] [--json]
-    snapcore why CORE | DIR [--json]
+    snapcore why CORE | DIR | BUNDLE [--json]
 
 A PID is snapshotted first (--mini unless --full; --tree takes its children
 too) into a temporary directory, removed afterwards unless --keep names one;
 a process that cannot be frozen (a thread in uninterruptible sleep, another
 tracer attached) gets a verdict from /proc alone (kernel states and stacks,
 system calls, fds);
-a core (plain or .zst, snapcore's, the kernel's or gcore's) or a tree
-directory (manifest.json) is read as it is.  The verdict comes first, then the
+a core (plain or .zst, snapcore's, the kernel's or gcore's), a tree
+directory (manifest.json) or a bundle (its cores, unwound against its own
+files) is read as it is.  The verdict comes first, then the
 deadlock cycles, the threads grouped by stack, and every thread's state.
 --samples N takes N snapshots --interval seconds apart and says, per group,
 whether it is stuck (same stacks, no CPU used) or slow (moving).
@@ -61,7 +62,7 @@ def build_parser():
         epilog="exit status: 0 verdict printed, 1 target unreadable or snapshot failed, "
         "2 usage error",
     )
-    p.add_argument("target", metavar="TARGET", help="a pid, a core file or a tree directory")
+    p.add_argument("target", metavar="TARGET", help="a pid, a core file, a tree directory or a bundle")
     p.add_argument("--json", action="store_true", help="print one JSON object (docs/why.md)")
     p.add_argument("--tree", action="store_true", help="PID: also its descendants")
     p.add_argument("--full", action="store_true", help="PID: a full snapshot rather than --mini")

@@ -22,6 +22,7 @@ import subprocess
 import tempfile
 
 from .._optional import zstandard
+from ..bundle import debug
 from .source import ZSTD_MAGIC
 
 MAX_FRAMES = 64
@@ -112,13 +113,16 @@ def _drgn(core, exe):
         return None
 
 
-def _gdb(core, exe):
+def _gdb(core, exe, sysroot=None):
     gdb = shutil.which("gdb")
     if not gdb:
         return None
-    argv = [gdb, "-nx", "-batch", "-ex", "set debuginfod enabled off"]
-    argv += ["-ex", f"thread apply all bt {MAX_FRAMES}"]
-    argv += [exe, core] if exe and os.path.exists(exe) else ["-c", core]
+    batch = ["-nx", "-batch", "-ex", "set debuginfod enabled off"]
+    batch += ["-ex", f"thread apply all bt {MAX_FRAMES}"]
+    if sysroot is not None:  # a bundle's files, as `snapcore debug` opens them
+        argv = debug.argv_for("gdb", core, sysroot, exe, extra=batch, program=gdb)
+    else:
+        argv = [gdb, *batch] + ([exe, core] if exe and os.path.exists(exe) else ["-c", core])
     out = _run(argv)
     return parse_gdb(out) if out else None
 
@@ -155,10 +159,19 @@ def plain_core(path):
         os.unlink(tmp)
 
 
-def native_stacks(core, exe=None, unwinders=None):
-    """(tool, {tid: [function names, innermost first]}); (None, {}) without one."""
+def native_stacks(core, exe=None, unwinders=None, sysroot=None):
+    """(tool, {tid: [function names, innermost first]}); (None, {}) without one.
+
+    With a sysroot (a bundle's files), only gdb is asked: it is the one that
+    can be told to read the mapped files from there rather than from this
+    machine's paths.
+    """
     if unwinders is None:
         unwinders = chosen_unwinders()
+    if sysroot is not None:
+        unwinders = [
+            (name, lambda c, e: _gdb(c, e, sysroot)) for name, _ in unwinders if name == "gdb"
+        ]
     if not unwinders:
         return None, {}
     try:

@@ -19,6 +19,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from ..bundle.unpack import executable, is_bundle, open_cores
 from ..cpython import Memory, find_runtime, walk
 from ..errors import CoreFormatError
 from . import unwind
@@ -120,10 +121,21 @@ class CoreMemory:
 
 
 def load(target):
-    """[Process] of a core file or a tree directory."""
+    """[Process] of a core file, a tree directory or a bundle (snapcore --bundle)."""
     if os.path.isdir(target):
         return load_tree(target)
+    if is_bundle(target):
+        return load_bundle(target)
     return [load_core(target)]
+
+
+def load_bundle(path):
+    """[Process] of every core of a bundle, each unwound against the bundle's files
+    (the executable and libraries that were running), not this machine's."""
+    out = []
+    for entry, core, sysroot in open_cores(path):
+        out.append(load_core(core, exe=executable({}, entry, sysroot), sysroot=sysroot))
+    return out
 
 
 def load_tree(outdir):
@@ -154,8 +166,8 @@ def load_tree(outdir):
     return out
 
 
-def load_core(path, exe=None):
-    """A Process from one core (plain or .zst)."""
+def load_core(path, exe=None, sysroot=None):
+    """A Process from one core (plain or .zst); sysroot: where its mapped files are."""
     core = CoreReader(path)
     mem = CoreMemory(core)
     try:
@@ -196,7 +208,7 @@ def load_core(path, exe=None):
         for th in proc.threads:
             if is_snapcore(th):
                 th.klass, th.timeout = "snapcore", None
-        proc.unwinder, stacks = unwind.native_stacks(path, exe)
+        proc.unwinder, stacks = unwind.native_stacks(path, exe, sysroot=sysroot)
         if not stacks:
             stacks = _symbols_at_pc(path)
         for th in proc.threads:

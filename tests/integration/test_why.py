@@ -45,6 +45,7 @@ from helpers import (
     raw_notes,
     run,
     snapcore_cli,
+    target_path,
     task_states,
     wait_all_stopped,
 )
@@ -442,3 +443,25 @@ def test_process_traced_by_someone_else(spawn):
         strace.terminate()
         strace.wait(timeout=10)
     assert_hangs_on(t, t.info["tids"])
+
+
+def test_why_of_a_bundle_whose_binary_is_gone(spawn, tmp_path):
+    """why BUNDLE: the verdict, and native stacks unwound with the bundle's copy of an
+    executable that no longer exists at its path on this machine."""
+    exe = tmp_path / "hang-copy"
+    shutil.copy(target_path("hang"), exe)
+    t = spawn([str(exe), "mutex"])
+    wait_in(t.pid, t.info["tids"], (X86_64_FUTEX,))
+    bundle = tmp_path / "b.tar.zst"
+    p = run([sys.executable, "-m", "snapcore", str(t.pid), "--bundle", "-o", str(bundle), "-q"])
+    assert p.returncode == 0, p.stderr
+    assert_hangs_on(t, t.info["tids"])
+    os.unlink(exe)
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    p = run([sys.executable, "-m", "snapcore", "why", str(bundle), "--json"], env=env, timeout=120)
+    assert p.returncode == 0, p.stderr
+    result = json.loads(p.stdout)
+    assert_cycle(result, t.info["tids"], "mutex", t.info["mutexes"])
+    for tid, func in zip(t.info["tids"], ("lock_ab", "lock_ba")):
+        _, th = thread_of(result, tid)
+        assert func in th["stack"], th["stack"]
