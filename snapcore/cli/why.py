@@ -62,7 +62,9 @@ def build_parser():
         epilog="exit status: 0 verdict printed, 1 target unreadable or snapshot failed, "
         "2 usage error",
     )
-    p.add_argument("target", metavar="TARGET", help="a pid, a core file, a tree directory or a bundle")
+    p.add_argument(
+        "target", metavar="TARGET", help="a pid, a core file, a tree directory or a bundle"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object (docs/why.md)")
     p.add_argument("--tree", action="store_true", help="PID: also its descendants")
     p.add_argument("--full", action="store_true", help="PID: a full snapshot rather than --mini")
