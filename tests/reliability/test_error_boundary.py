@@ -51,7 +51,7 @@ def test_target_vanishing_mid_snapshot_is_one_line(spawn, tmp_path):
     for i in range(3):
         t = spawn("mt")
         t.wait_blocked()
-        assert t.command("vfork 30") == "ok"  # a thread in D state: the freeze waits
+        assert t.command("vfork 8") == "ok"  # a thread in D state: the freeze waits
         deadline = time.monotonic() + 10
         while "D" not in {s for s, _ in task_states(t.pid).values()}:
             assert time.monotonic() < deadline, task_states(t.pid)
