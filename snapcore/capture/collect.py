@@ -17,7 +17,6 @@ Everything here reads /proc or ptrace; nothing decides what memory is dumped
 """
 
 import errno
-import os
 from dataclasses import dataclass
 
 from .. import _native, procfs
@@ -252,22 +251,6 @@ def thread_meta(pid, threads, states):
         state, name = states.get(t.tid) or (None, _thread_name(pid, t.tid))
         ns_tid = t.ns_tid if t.ns_tid is not None else t.tid
         out.append({"tid": t.tid, "ns_tid": ns_tid, "name": name, "state": state})
-    return out
-
-
-def thread_states(pid):
-    """{tid: (state letter, name)} of every thread, sampled before the freeze."""
-    out = {}
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for t in tids:
-        try:
-            st = procfs.read_stat(pid, int(t))
-        except SnapcoreError:
-            continue
-        out[int(t)] = (st.state, st.comm)
     return out
 
 

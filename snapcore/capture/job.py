@@ -90,7 +90,6 @@ class Job:
         and writes the core from the image.
         """
         want_live = self.options.live
-        self.states = collect.thread_states(self.pid)
         self.sample()
         nofork = live.nofork_vmas(self.pid) if want_live else None
         changed = 0  # freezes that did not hold
@@ -171,10 +170,8 @@ class Job:
 
     def write_frozen(self, frozen, samples=None):
         """The core of a process someone else froze (a tree); it stays frozen.
-        ``samples``: what kstate read of it before it was frozen."""
-        self.states = collect.thread_states(self.pid)
-        if samples is not None:
-            self.sample(samples)
+        ``samples``: what kstate read of it before it was frozen (None: read now)."""
+        self.sample(samples)
         try:
             with self.phase("collect"):
                 threads, arch = collect.collect_threads(self.pid, frozen)

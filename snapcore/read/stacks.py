@@ -1,4 +1,5 @@
-"""Short stack summaries of cores, from pystack (Python processes) or gdb.
+"""Short stack summaries of cores, from pystack (Python processes) or the first
+native unwinder that works (unwind.py: eu-stack, drgn, gdb).
 
 Used by `snapcore run` and the pytest plugin to say where each process of a
 hung tree was.  Nothing here is required: without the tools, no summary.
@@ -10,16 +11,14 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 
+from . import unwind
+
 MAX_FRAMES = 4
-TOOL_TIMEOUT = 30
 
 _PYSTACK_THREAD = re.compile(r"^Traceback for thread (\d+)")
 _PYSTACK_FRAME = re.compile(r'^\s+\(Python\) File "([^"]*)", line (\d+), in (.+)$')
-_GDB_THREAD = re.compile(r"^Thread \d+ \(.*?(?:LWP|process) (\d+)")
-_GDB_FRAME = re.compile(r"^#\d+\s+(?:0x[0-9a-f]+ in )?(\S+) \(.*?\)(?: (?:at|from) (\S+))?")
 
 
 def shown_cmdline(argv, limit=80):
@@ -36,27 +35,13 @@ def pystack_path():
     return shutil.which("pystack")
 
 
-def available():
-    return {"pystack": pystack_path(), "gdb": shutil.which("gdb")}
-
-
-def _run(argv):
-    try:
-        p = subprocess.run(
-            argv, capture_output=True, text=True, timeout=TOOL_TIMEOUT, stdin=subprocess.DEVNULL
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return p.stdout
-
-
 def python_stacks(core, exe=None):
     """{tid: [(func, file, line) innermost first]} from pystack, or None."""
     tool = pystack_path()
     if not tool:
         return None
     argv = [tool, "core", core] + ([exe] if exe else [])
-    out = _run(argv)
+    out = unwind.run_tool(argv)
     if out is None:
         return None
     stacks, cur = {}, None
@@ -70,36 +55,6 @@ def python_stacks(core, exe=None):
             cur.append((m.group(3), m.group(1), int(m.group(2))))
     for tid in stacks:
         stacks[tid].reverse()  # pystack prints the outermost first
-    return stacks or None
-
-
-def native_stacks(core, exe=None):
-    """{tid: [(func, where, None) innermost first]} from gdb, or None."""
-    gdb = shutil.which("gdb")
-    if not gdb:
-        return None
-    argv = [
-        gdb,
-        "-nx",
-        "-batch",
-        "-ex",
-        "set debuginfod enabled off",
-        "-ex",
-        f"thread apply all bt {MAX_FRAMES}",
-    ]
-    argv += [exe, core] if exe and os.path.exists(exe) else ["-c", core]
-    out = _run(argv)
-    if out is None:
-        return None
-    stacks, cur = {}, None
-    for line in out.splitlines():
-        m = _GDB_THREAD.match(line)
-        if m:
-            cur = stacks.setdefault(int(m.group(1)), [])
-            continue
-        m = _GDB_FRAME.match(line)
-        if m and cur is not None:
-            cur.append((m.group(1), os.path.basename(m.group(2) or ""), None))
     return stacks or None
 
 
@@ -148,8 +103,8 @@ def summarize(core, exe=None, python=False, max_frames=MAX_FRAMES):
     stacks = python_stacks(core, exe) if python else None
     source = "pystack"
     if not stacks:
-        stacks = native_stacks(core, exe)
-        source = "gdb"
+        source, names = unwind.native_stacks(core, exe)
+        stacks = {tid: [(n, "", None) for n in frames] for tid, frames in names.items()}
     if not stacks:
         return None, []
     lines = []

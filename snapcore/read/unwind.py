@@ -34,7 +34,8 @@ _GDB_THREAD = re.compile(r"^Thread \d+ \(.*?(?:LWP|process) (\d+)")
 _GDB_FRAME = re.compile(r"^#\d+\s+(?:0x[0-9a-f]+ in )?(\S+) \(")
 
 
-def _run(argv):
+def run_tool(argv):
+    """A reader's stdout, or None if it cannot be run or takes too long."""
     try:
         p = subprocess.run(
             argv, capture_output=True, text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL
@@ -77,7 +78,7 @@ def _eu_stack(core, exe):
     argv = [tool, "--core", core, "-n", str(MAX_FRAMES)]
     if exe and os.path.exists(exe):
         argv += ["-e", exe]
-    out = _run(argv)
+    out = run_tool(argv)
     return parse_eu_stack(out) if out else None
 
 
@@ -123,7 +124,7 @@ def _gdb(core, exe, sysroot=None):
         argv = debug.argv_for("gdb", core, sysroot, exe, extra=batch, program=gdb)
     else:
         argv = [gdb, *batch] + ([exe, core] if exe and os.path.exists(exe) else ["-c", core])
-    out = _run(argv)
+    out = run_tool(argv)
     return parse_gdb(out) if out else None
 
 
