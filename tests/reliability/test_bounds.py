@@ -10,8 +10,8 @@ import pytest
 
 import snapcore
 
-from faults import trials, wait_traced
-from helpers import assert_runs_on, assert_untraced, eu_stack_tids, have, task_states
+from support.oracles import eu_stack_tids
+from support.procs import assert_runs_on, assert_untraced, have, task_states, trials, wait_traced
 
 
 def test_thread_that_cannot_stop_gives_a_clear_error_in_bounded_time(spawn, tmp_path):

@@ -9,8 +9,7 @@ import pytest
 
 import snapcore
 
-from faults import wait_traced
-from helpers import assert_runs_on, have, task_states
+from support.procs import assert_runs_on, have, task_states, wait_traced
 
 
 def test_second_snapcore_fails_cleanly_and_first_succeeds(spawn, tmp_path):

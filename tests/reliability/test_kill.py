@@ -9,8 +9,7 @@ import time
 
 import pytest
 
-from faults import trials, wait_traced
-from helpers import assert_runs_on, assert_untraced
+from support.procs import assert_runs_on, assert_untraced, trials, wait_traced
 
 BIG = ("mt", "mib=192", "threads=40")  # 192 MiB of random data and 40 extra threads
 
@@ -144,7 +143,7 @@ def assert_complete_core(path):
 
 
 def _states(pid):
-    from helpers import task_states
+    from support.procs import task_states
 
     return task_states(pid)
 

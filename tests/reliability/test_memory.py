@@ -8,7 +8,8 @@ import pytest
 
 import snapcore
 
-from helpers import assert_runs_on, assert_untraced, read_core_memory
+from support.oracles import read_core_memory
+from support.procs import assert_runs_on, assert_untraced
 
 # VmHWM is the high-water RSS of this process's own address space.  getrusage's
 # ru_maxrss is not: it keeps the RSS the parent had when it forked us (the kernel

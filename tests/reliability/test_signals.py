@@ -10,8 +10,14 @@ import pytest
 
 import snapcore
 
-from faults import tracer_of, trials, wait_traced
-from helpers import assert_runs_on, assert_untraced, wait_all_stopped
+from support.procs import (
+    assert_runs_on,
+    assert_untraced,
+    tracer_of,
+    trials,
+    wait_all_stopped,
+    wait_traced,
+)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 SYS_tgkill = 234

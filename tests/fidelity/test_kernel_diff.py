@@ -24,16 +24,18 @@ import pytest
 
 import snapcore
 
-from coreparse import NT_AUXV, NT_FILE, NT_SIGINFO, NT_X86_XSAVE_LAYOUT, PT_LOAD, PT_NOTE, Core
-from helpers import (
-    ROOT,
-    assert_runs_on,
-    edge_pattern,
-    gdb_batch,
-    run,
-    snapshot_then_kernel_core,
-    target_path,
+from support.coreparse import (
+    NT_AUXV,
+    NT_FILE,
+    NT_SIGINFO,
+    NT_X86_XSAVE_LAYOUT,
+    PT_LOAD,
+    PT_NOTE,
+    Core,
 )
+from support.oracles import gdb_batch, snapshot_then_kernel_core
+from support.procs import assert_runs_on, run
+from support.targets import ROOT, edge_pattern, target_path
 
 PF_DUMPCORE, PF_SIGNALED = 0x200, 0x400
 

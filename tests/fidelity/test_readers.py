@@ -20,15 +20,9 @@ import pytest
 
 import snapcore
 
-from helpers import (
-    TARGETS,
-    assert_runs_on,
-    gdb_batch,
-    have,
-    run,
-    snapshot_then_kernel_core,
-    target_path,
-)
+from support.oracles import gdb_batch, snapshot_then_kernel_core
+from support.procs import assert_runs_on, have, run
+from support.targets import TARGETS, target_path
 
 C_TARGETS = ["mt", "mt_nopie", "mt_static", "mt32"]
 ALL_TARGETS = C_TARGETS + ["python"]

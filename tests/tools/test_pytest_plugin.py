@@ -11,7 +11,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from helpers import TARGETS, run
+from support.procs import run
+from support.targets import TARGETS
 
 SUITES = os.path.join(TARGETS, "hangsuite")
 PYSTACK = os.path.join(os.path.dirname(sys.executable), "pystack")

@@ -8,21 +8,16 @@ import pytest
 
 import snapcore
 
-from helpers import (
-    assert_runs_on,
+from support.oracles import (
     core_loads,
     gdb_batch,
     gdb_live_registers,
-    have,
-    pattern_buf,
-    pattern_half,
     prstatus_regs,
     raw_notes,
     read_core_memory,
-    run,
-    target_path,
-    wait_all_stopped,
 )
+from support.procs import assert_runs_on, have, run, wait_all_stopped
+from support.targets import pattern_buf, pattern_half, target_path
 
 THREAD_FUNCS = ("command_loop", "sleeper_thread", "cond_waiter_thread", "pipe_reader_thread")
 MARKER = 0x5EED5EED12345678

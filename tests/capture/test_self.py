@@ -12,7 +12,8 @@ import pytest
 
 import snapcore
 
-from helpers import assert_untraced, gdb_batch, raw_notes, run
+from support.oracles import gdb_batch, raw_notes
+from support.procs import assert_untraced, run
 
 PYSTACK = os.path.join(os.path.dirname(sys.executable), "pystack")
 NT_PRPSINFO = 3

@@ -25,7 +25,7 @@ def _import_everything():
 
 
 _import_everything()
-from helpers import assert_runs_on, have, snapcore_cli, task_states  # noqa: E402
+from support.procs import assert_runs_on, have, snapcore_cli, task_states  # noqa: E402
 
 NOBODY = 65534
 

@@ -8,18 +8,9 @@ import pytest
 
 import snapcore
 
-from helpers import (
-    assert_runs_on,
-    assert_untraced,
-    eu_stack_tids,
-    gdb_batch,
-    have,
-    pattern_buf,
-    pattern_half,
-    read_core_memory,
-    snapcore_cli,
-    target_path,
-)
+from support.oracles import eu_stack_tids, gdb_batch, read_core_memory
+from support.procs import assert_runs_on, assert_untraced, have, snapcore_cli
+from support.targets import pattern_buf, pattern_half, target_path
 
 THREAD_FUNCS = ("command_loop", "sleeper_thread", "cond_waiter_thread", "pipe_reader_thread")
 
@@ -70,7 +61,7 @@ def test_live_core_matches_a_normal_core_of_a_quiet_target(spawn, tmp_path):
     a = snapcore.snapshot(t.pid, tmp_path / "normal")
     b = snapcore.snapshot(t.pid, tmp_path / "live", live=True)
     assert b.live
-    from helpers import core_loads
+    from support.oracles import core_loads
 
     la, lb = core_loads(a.path), core_loads(b.path)
     assert [(x["vaddr"], x["memsz"], x["filesz"], x["flags"]) for x in la] == [
@@ -174,7 +165,7 @@ def test_seccomp_target_falls_back_and_says_so(spawn, tmp_path):
 def test_stopped_target_stays_stopped_in_live_mode(spawn, tmp_path):
     import signal
 
-    from helpers import wait_all_stopped
+    from support.procs import wait_all_stopped
 
     t = spawn("mt")
     t.wait_blocked()

@@ -11,7 +11,9 @@ import pytest
 
 import snapcore
 
-from helpers import TARGETS, Target, assert_untraced, gdb_batch, raw_notes, run, snapcore_cli
+from support.oracles import gdb_batch, raw_notes
+from support.procs import assert_untraced, run, snapcore_cli
+from support.targets import TARGETS, Target
 
 TREE = os.path.join(TARGETS, "tree.py")
 PYSTACK = os.path.join(os.path.dirname(sys.executable), "pystack")

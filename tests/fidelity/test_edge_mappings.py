@@ -1,7 +1,7 @@
 """Edge mappings, each made by a target (mt edge=DIR) and checked in the core.
 
 test_kernel_diff.py compares these same mappings with the kernel's own core;
-here each one is checked against what the target wrote (tests/helpers.py
+here each one is checked against what the target wrote (tests/support/targets.py
 edge_pattern mirrors mt.c fill()) and against what gdb reads from the core.
 """
 
@@ -12,8 +12,10 @@ import pytest
 
 import snapcore
 
-from coreparse import Core
-from helpers import assert_runs_on, edge_pattern, gdb_batch, target_path
+from support.coreparse import Core
+from support.oracles import gdb_batch
+from support.procs import assert_runs_on
+from support.targets import edge_pattern, target_path
 
 PF_X, PF_W, PF_R = 1, 2, 4
 

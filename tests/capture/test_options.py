@@ -22,8 +22,9 @@ import zstandard
 
 from snapcore.capture.request import PATH_REFUSALS, PATHS, SnapshotOptions, path_table
 
-from coreparse import Core
-from helpers import ROOT, TARGETS, assert_runs_on, assert_untraced, run, snapcore_cli
+from support.coreparse import Core
+from support.procs import assert_runs_on, assert_untraced, run, snapcore_cli
+from support.targets import ROOT, TARGETS
 
 TREE = os.path.join(TARGETS, "tree.py")
 HANG2 = os.path.join(TARGETS, "hang2.py")

@@ -8,7 +8,9 @@ import time
 
 import pytest
 
-from helpers import TARGETS, gdb_batch, have, run, snapcore_cli
+from support.oracles import gdb_batch
+from support.procs import have, run, snapcore_cli
+from support.targets import TARGETS
 
 HANG2 = os.path.join(TARGETS, "hang2.py")
 PYSTACK = os.path.join(os.path.dirname(sys.executable), "pystack")

@@ -11,7 +11,7 @@ import pytest
 
 import snapcore
 
-from helpers import assert_runs_on
+from support.procs import assert_runs_on
 
 
 def test_core_is_private(mt, tmp_path):
