@@ -1,29 +1,27 @@
 """Live snapshots (--live): a copy-on-write image of one instant, the target paused briefly."""
 
 import os
-import re
 import struct
-
-import pytest
 
 import snapcore
 
-from support.oracles import eu_stack_tids, gdb_batch, read_core_memory
-from support.procs import assert_runs_on, assert_untraced, have, snapcore_cli
-from support.targets import pattern_buf, pattern_half, target_path
-
-THREAD_FUNCS = ("command_loop", "sleeper_thread", "cond_waiter_thread", "pipe_reader_thread")
-
-
-def children_of(pid):
-    kids = []
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                kids += [int(x) for x in f.read().split()]
-        except (FileNotFoundError, ProcessLookupError):
-            pass
-    return kids
+from support.oracles import (
+    assert_known_frames,
+    assert_mt_backtraces,
+    eu_stack,
+    gdb_batch,
+    read_core_memory,
+)
+from support.procs import assert_runs_on, children_of, snapcore_cli
+from support.strict import need_module
+from support.targets import (
+    MARKER,
+    MT_OUTER,
+    MT_THREAD_FUNCS,
+    pattern_buf,
+    pattern_half,
+    target_path,
+)
 
 
 def assert_image_gone(pid):
@@ -37,20 +35,15 @@ def test_live_core_reads_like_a_normal_one(mt, tmp_path):
     assert s.pause_time < s.wall_time
     assert_runs_on(mt)
     assert_image_gone(mt.pid)
-    out = gdb_batch(
-        target_path("mt"), s.path, "thread apply all bt", "print/x snapcore_marker"
-    ).stdout
-    for fn in THREAD_FUNCS:
-        assert re.search(rf"\b{fn} \(", out), out
-    assert "= 0x5eed5eed12345678" in out
-    for tid in mt.info["tids"]:
-        assert f"LWP {tid}" in out
+    assert_mt_backtraces(target_path("mt"), s.path, mt.info["tids"])
+    out = gdb_batch(target_path("mt"), s.path, "print/x snapcore_marker").stdout
+    assert f"= {MARKER:#x}" in out
     info = mt.info
     assert read_core_memory(s.path, info["buf"], info["buf_len"]) == pattern_buf(info["buf_len"])
     touched = info["half_len"] // 4
     assert read_core_memory(s.path, info["half"], touched) == pattern_half(touched)
-    if have("eu-stack"):
-        assert sorted(eu_stack_tids(s.path, target_path("mt"))) == sorted(info["tids"])
+    frames, _ = eu_stack(s.path, target_path("mt"))
+    assert_known_frames(frames, info["tids"], MT_THREAD_FUNCS, MT_OUTER)
     assert_runs_on(mt)
 
 
@@ -110,8 +103,8 @@ def test_live_core_is_one_instant(spawn, tmp_path):
             assert _consistent(count, stamps), (count, stamps[:8], stamps[-8:])
         assert before <= writers[0][0] <= after
         assert sum(c for c, _ in writers) > 0
-    assert_untraced(t.pid)
     assert t.ping() > after
+    assert_runs_on(t)
     assert_image_gone(t.pid)
 
 
@@ -135,7 +128,7 @@ def test_the_consistency_check_can_fail(spawn):
         if not _consistent(count, stamps):
             violations += 1
     assert violations > 0
-    assert_untraced(t.pid)
+    assert_runs_on(t)
 
 
 def test_dontfork_and_wipeonfork_memory_is_in_the_core(spawn, tmp_path):
@@ -146,7 +139,7 @@ def test_dontfork_and_wipeonfork_memory_is_in_the_core(spawn, tmp_path):
     n = info["nofork_len"]
     assert read_core_memory(s.path, info["dontfork"], n) == b"\xd0" * n
     assert read_core_memory(s.path, info["wipe"], n) == b"\xe1" * n
-    assert_untraced(t.pid)
+    assert_runs_on(t)
     assert_image_gone(t.pid)
 
 
@@ -157,8 +150,7 @@ def test_seccomp_target_falls_back_and_says_so(spawn, tmp_path):
     p = snapcore_cli(t.pid, "--live", "-o", tmp_path / "cli.core")
     assert p.returncode == 0
     assert "live mode not used" in p.stdout and "seccomp" in p.stdout
-    assert_untraced(t.pid)
-    t.ping()
+    assert_runs_on(t)
     assert_image_gone(t.pid)
 
 
@@ -190,7 +182,7 @@ def test_cli_live_line(mt, tmp_path):
 
 def test_live_compressed_core_keeps_the_nofork_regions(spawn, tmp_path):
     """The regions copied aside before the fork go through the ordered (zstd) stream too."""
-    pytest.importorskip("zstandard")
+    need_module("zstandard")
     t = spawn("gen")
     info = t.info
     s = snapcore.snapshot(t.pid, tmp_path / "core.zst", live=True, compress="zstd")
@@ -200,6 +192,5 @@ def test_live_compressed_core_keeps_the_nofork_regions(spawn, tmp_path):
     n = info["nofork_len"]
     assert read_core_memory(tmp_path / "core", info["dontfork"], n) == b"\xd0" * n
     assert read_core_memory(tmp_path / "core", info["wipe"], n) == b"\xe1" * n
-    assert_untraced(t.pid)
-    t.ping()
+    assert_runs_on(t)
     assert_image_gone(t.pid)

@@ -12,6 +12,7 @@ import pytest
 import snapcore
 
 from support.procs import assert_runs_on
+from support.strict import need_root
 
 
 def test_core_is_private(mt, tmp_path):
@@ -31,8 +32,8 @@ def test_never_replaces_a_device_or_fifo_even_forced(mt, tmp_path):
     assert_runs_on(mt)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
 def test_disk_full(spawn, tmp_path):
+    need_root("mounting a small tmpfs")
     t = spawn("mt", "mib=64")
     t.wait_blocked()
     mnt = tmp_path / "small"

@@ -15,7 +15,7 @@ import snapcore
 from support.coreparse import Core
 from support.oracles import gdb_batch
 from support.procs import assert_runs_on
-from support.targets import edge_pattern, target_path
+from support.targets import edge_pattern, need_built, target_path
 
 PF_X, PF_W, PF_R = 1, 2, 4
 
@@ -23,12 +23,11 @@ PF_X, PF_W, PF_R = 1, 2, 4
 @pytest.fixture(params=["mt", "mt32"])
 def edge(request, spawn, tmp_path):
     name = request.param
-    if not os.path.exists(target_path(name)):
-        pytest.skip(f"{name} was not built (gcc -m32 unavailable: see tests/targets/Makefile)")
+    need_built(name)
     files = tmp_path / "files"
     files.mkdir()
     t = spawn(name, f"edge={files}")
-    t.wait_blocked(syscalls=(3,) if name == "mt32" else (0,))
+    t.wait_blocked()
     t.files = str(files)
     t.exe = target_path(name)
     return t

@@ -21,8 +21,9 @@ import pytest
 import snapcore
 
 from support.oracles import gdb_batch, snapshot_then_kernel_core
-from support.procs import assert_runs_on, have, run
-from support.targets import TARGETS, target_path
+from support.procs import assert_runs_on, run
+from support.strict import need_module, need_tool
+from support.targets import TARGETS, need_built, target_path
 
 C_TARGETS = ["mt", "mt_nopie", "mt_static", "mt32"]
 ALL_TARGETS = C_TARGETS + ["python"]
@@ -63,9 +64,7 @@ class Snap:
 
 
 def snap_c(spawn, tmp_path, name):
-    exe = target_path(name)
-    if not os.path.exists(exe):
-        pytest.skip(f"{name} was not built (gcc -m32 unavailable: see tests/targets/Makefile)")
+    exe = need_built(name)
     t = spawn(name)
     t.wait_blocked(syscalls=(READ_NR.get(name, 0),))
     core = snapcore.snapshot(t.pid, tmp_path / "core").path
@@ -174,6 +173,7 @@ def test_gdb_says_of_our_core_what_it_says_of_the_kernels(spawn, tmp_path, name)
 
 
 def lldb_threads(exe, core):
+    need_tool("lldb")
     """{tid: backtrace text} from lldb's `thread list` and `thread backtrace all`."""
     p = run(
         [
@@ -195,7 +195,6 @@ def lldb_threads(exe, core):
     return {tid_of[i]: text for i, text in by_index.items()}, out + p.stderr
 
 
-@pytest.mark.skipif(not have("lldb"), reason="lldb not installed")
 @pytest.mark.parametrize("name", ["mt", "mt_nopie", "mt_static", "python"])
 def test_lldb(spawn, tmp_path, name):
     s = snap_target(spawn, tmp_path, name)
@@ -207,7 +206,6 @@ def test_lldb(spawn, tmp_path, name):
     assert_runs_on(s.target)
 
 
-@pytest.mark.skipif(not have("lldb"), reason="lldb not installed")
 def test_lldb_i386_shows_what_it_shows_on_the_kernels_core(spawn, tmp_path):
     """lldb 14 cannot unwind an i386 thread through __kernel_vsyscall (it stops in
     linux-gate.so.1) whoever wrote the core: on i386 its oracle is the kernel's own core
@@ -226,11 +224,11 @@ def test_lldb_i386_shows_what_it_shows_on_the_kernels_core(spawn, tmp_path):
 # elfutils
 
 
-@pytest.mark.skipif(not have("eu-stack"), reason="elfutils not installed")
 @pytest.mark.parametrize("with_exe", [True, False], ids=["with-e", "without-e"])
 @pytest.mark.parametrize("name", ALL_TARGETS)
 def test_eu_stack(spawn, tmp_path, name, with_exe):
     s = snap_target(spawn, tmp_path, name)
+    need_tool("eu-stack", "elfutils")
     argv = ["eu-stack", "--core", s.core] + (["-e", s.exe] if with_exe else [])
     p = run(argv, timeout=120)
     threads = blocks(p.stdout, r"^TID (\d+):")
@@ -241,10 +239,10 @@ def test_eu_stack(spawn, tmp_path, name, with_exe):
     assert_runs_on(s.target)
 
 
-@pytest.mark.skipif(not have("eu-unstrip"), reason="elfutils not installed")
 @pytest.mark.parametrize("name", ALL_TARGETS)
 def test_eu_unstrip_build_ids(spawn, tmp_path, name):
     s = snap_target(spawn, tmp_path, name)
+    need_tool("eu-unstrip", "elfutils")
     p = run(["eu-unstrip", "-n", "--core", s.core], timeout=60)
     # START+SIZE BUILDID@ADDR FILE DEBUGFILE MODULE
     rows = [ln.split() for ln in p.stdout.splitlines()]
@@ -270,7 +268,7 @@ def test_eu_unstrip_build_ids(spawn, tmp_path, name):
 
 
 def drgn_program(core, exe):
-    drgn = pytest.importorskip("drgn")
+    drgn = need_module("drgn")
     prog = drgn.Program()
     prog.set_core_dump(core)
     try:
@@ -367,7 +365,7 @@ def pystack(core, *extra):
 
 @pytest.mark.parametrize("native", [False, True], ids=["python", "native"])
 def test_pystack(spawn, tmp_path, native):
-    pytest.importorskip("pystack")
+    need_module("pystack")
     s = snap_python(spawn, tmp_path)
     p = pystack(s.core, *(["--native"] if native else []))
     out = p.stdout

@@ -11,7 +11,7 @@ import pytest
 import snapcore
 
 from support.oracles import eu_stack_tids
-from support.procs import assert_runs_on, assert_untraced, have, task_states, trials, wait_traced
+from support.procs import assert_runs_on, assert_untraced, task_states, trials, wait_traced
 
 
 def test_thread_that_cannot_stop_gives_a_clear_error_in_bounded_time(spawn, tmp_path):
@@ -73,7 +73,6 @@ def test_thread_churn(spawn, tmp_path):
     assert_runs_on(t)
 
 
-@pytest.mark.skipif(not have("eu-stack"), reason="elfutils not installed")
 def test_exec_during_snapshots(spawn, tmp_path):
     t = spawn("execloop")  # re-executes itself every ~3 ms, same pid
     outcomes = {}

@@ -48,7 +48,7 @@ def sections(text, header):
 # ---------------------------------------------------------------------------
 # gdb
 
-GDB_THREAD = r"^Thread \d+ \((?:.*\()?LWP (\d+)\)+:"
+GDB_THREAD = r"^Thread \d+ \((?:.*\()?LWP (\d+)\)(?: \"[^\"]*\")?\)?:"
 GDB_FRAME = re.compile(r"^#(\d+)\s+(?:0x[0-9a-f]+ in )?(\S+) \(", re.M)
 _SEP = "@@snapcore-test: next command@@"
 
@@ -111,24 +111,29 @@ def assert_known_frames(frames, tids, funcs, outer=None, main=None):
 
 
 def gdb_live_registers(pid, exe, timeout=60):
-    """{tid: {reg: value}} read by gdb attached to the live (stopped) process."""
+    """{tid: {reg: value}} read by gdb attached to the live (stopped) process:
+    the general registers, fs_base and gs_base."""
     need_tool("gdb")
-    p = run(
-        [
-            "gdb",
-            "-nx",
-            "-batch",
-            "-ex",
-            "set debuginfod enabled off",
-            exe,
-            "-p",
-            str(pid),
-            "-ex",
-            "thread apply all info registers",
-        ],
-        timeout=timeout,
-    )
-    return registers_by_thread(p.stdout)
+    regs = {}
+    for cmd in ("info registers", "info registers fs_base gs_base"):
+        p = run(
+            [
+                "gdb",
+                "-nx",
+                "-batch",
+                "-ex",
+                "set debuginfod enabled off",
+                exe,
+                "-p",
+                str(pid),
+                "-ex",
+                f"thread apply all {cmd}",
+            ],
+            timeout=timeout,
+        )
+        for tid, values in registers_by_thread(p.stdout).items():
+            regs.setdefault(tid, {}).update(values)
+    return regs
 
 
 # ---------------------------------------------------------------------------

@@ -9,8 +9,6 @@ import os
 import signal
 import sys
 
-import pytest
-
 import snapcore
 
 from support.oracles import (
@@ -20,13 +18,13 @@ from support.oracles import (
 from support.procs import (
     assert_one_line_error,
     assert_runs_on,
-    have,
     info_json,
     live_tids,
     run,
     snapcore_cli,
     wait_all_stopped,
 )
+from support.strict import need_root, need_tool
 from support.targets import target_path
 
 # --- compression ------------------------------------------------------------------------
@@ -47,9 +45,9 @@ def _masked(path):
     return bytes(data)
 
 
-@pytest.mark.skipif(not have("zstd"), reason="zstd command-line tool not installed")
 def test_zstd_round_trip_equals_the_uncompressed_core(spawn, tmp_path):
     """Two snapshots of a stopped target, one plain, one compressed: identical cores."""
+    need_tool("zstd")
     t = spawn("mt")
     t.wait_blocked()
     os.kill(t.pid, signal.SIGSTOP)
@@ -147,8 +145,8 @@ def test_decompress_errors_leave_nothing(mt, tmp_path):
 def test_full_disk_leaves_no_compressed_file(mt, tmp_path):
     small = tmp_path / "small"
     small.mkdir()
-    if run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)]).returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here")
+    need_root("mounting a small tmpfs")
+    run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], check=True)
     try:
         p = snapcore_cli(mt.pid, "--compress", "zstd", "-o", small / "c.zst", "--metadata")
         assert_one_line_error(p, 1, "No space left on device")

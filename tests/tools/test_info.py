@@ -9,22 +9,21 @@ import re
 import resource
 import signal
 
-import pytest
-
 from support.oracles import (
     build_id,
     core_loads,
     gdb_batch,
+    need_kernel_cores,
 )
 from support.procs import (
     assert_one_line_error,
     assert_runs_on,
-    have,
     info_json,
     live_tids,
     run,
     snapcore_cli,
 )
+from support.strict import need_tool
 from support.targets import MT_THREAD_NAMES, target_path
 
 
@@ -90,10 +89,7 @@ def test_info_json_describes_the_live_process(mt, tmp_path):
 
 
 def test_info_reads_a_kernel_core(spawn, tmp_path):
-    with open("/proc/sys/kernel/core_pattern") as f:
-        pattern = f.read().strip()
-    if pattern.startswith("|") or "/" in pattern:
-        pytest.skip(f"core_pattern is {pattern!r}: the kernel core does not land in cwd")
+    need_kernel_cores()
     kdir = tmp_path / "kernel"
     kdir.mkdir()
 
@@ -120,8 +116,8 @@ def test_info_reads_a_kernel_core(spawn, tmp_path):
     # the target was killed on purpose: this test is about reading the kernel's core
 
 
-@pytest.mark.skipif(not have("gcore"), reason="gdb's gcore not installed")
 def test_info_reads_a_gcore_core(mt, tmp_path):
+    need_tool("gcore", "gdb")
     tids = live_tids(mt.pid)
     p = run(["gcore", "-o", str(tmp_path / "gc"), str(mt.pid)], timeout=120)
     core = tmp_path / f"gc.{mt.pid}"

@@ -9,7 +9,8 @@ import time
 import pytest
 
 from support.oracles import gdb_batch
-from support.procs import have, run, snapcore_cli
+from support.procs import run, snapcore_cli
+from support.strict import need_tool
 from support.targets import TARGETS
 
 HANG2 = os.path.join(TARGETS, "hang2.py")
@@ -182,8 +183,8 @@ def test_bad_input_is_one_line(argv, code, text):
     assert text in p.stderr
 
 
-@pytest.mark.skipif(not have("gdb"), reason="gdb not installed")
 def test_native_processes_get_a_gdb_summary(tmp_path):
+    need_tool("gdb")
     p = snapcore_cli(
         "run",
         "--timeout",

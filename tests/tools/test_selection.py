@@ -12,21 +12,21 @@ import pytest
 import snapcore
 
 from support.oracles import (
+    assert_known_frames,
     assert_mt_backtraces,
     core_loads,
+    eu_stack,
     read_core_memory,
     snapcore_note,
 )
 from support.procs import (
     assert_one_line_error,
     assert_runs_on,
-    have,
     info_json,
     live_tids,
-    run,
     snapcore_cli,
 )
-from support.targets import MT_THREAD_FUNCS, pattern_buf, target_path
+from support.targets import MT_OUTER, MT_THREAD_FUNCS, need_built, pattern_buf, target_path
 
 # --- filters -----------------------------------------------------------------------------
 
@@ -44,10 +44,8 @@ def test_mini_core_gives_every_thread_a_backtrace(mt, tmp_path):
     assert "libthread_db enabled" in gdb.stdout  # the thread lists are there too
     # the 1 MiB pattern buffer is not what backtraces need: left out
     assert read_core_memory(tmp_path / "mini", mt.info["buf"], 4096) == b"\0" * 4096
-    if have("eu-stack"):
-        es = run(["eu-stack", "--core", str(tmp_path / "mini"), "-e", target_path("mt")])
-        for fn in MT_THREAD_FUNCS:
-            assert fn in es.stdout, es.stdout + es.stderr
+    frames, _ = eu_stack(tmp_path / "mini", target_path("mt"))
+    assert_known_frames(frames, mt.info["tids"], MT_THREAD_FUNCS, MT_OUTER)
     note = snapcore_note(tmp_path / "mini")
     assert note["mode"] == "mini" and note["dropped"] == res["dropped"]
     assert_runs_on(mt)
@@ -90,11 +88,9 @@ def test_max_size_small_still_gives_backtraces(mt, tmp_path):
 
 @pytest.mark.parametrize("exe", ["mt_nopie", "mt_static", "mt32"])
 def test_mini_and_max_size_in_other_link_modes(spawn, tmp_path, exe):
-    if not os.path.exists(target_path(exe)):
-        pytest.skip(f"{exe} not built (gcc -m32 unavailable?)")
-    read_nr = (3,) if exe == "mt32" else (0,)  # read(2) on i386 / x86_64
+    need_built(exe)
     t = spawn(exe)
-    t.wait_blocked(syscalls=read_nr)
+    t.wait_blocked()
     for opts, name in ((["--mini"], "mini"), (["--max-size", "1M"], "small")):
         p = snapcore_cli(t.pid, *opts, "-o", tmp_path / name, "-q")
         assert p.returncode == 0, p.stderr
@@ -103,7 +99,7 @@ def test_mini_and_max_size_in_other_link_modes(spawn, tmp_path, exe):
         r = info_json(tmp_path / name)
         assert sorted(th["tid"] for th in r["threads"]) == live_tids(t.pid)
         assert_runs_on(t)
-        t.wait_blocked(syscalls=read_nr)
+        t.wait_blocked()
 
 
 def test_all_dumps_every_readable_mapping(mt, tmp_path):
