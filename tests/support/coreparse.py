@@ -186,6 +186,33 @@ class Core:
             elif self.threads:
                 self.threads[-1].notes.append((name, ntype, desc))
 
+    def note_offsets(self):
+        """[(owner, type, file offset of the name, file offset of the desc)] per note."""
+        out, off = [], self.note_phdr.offset
+        end = off + self.note_phdr.filesz
+        while off + 12 <= end:
+            namesz, descsz, ntype = struct.unpack_from("<III", self.map, off)
+            name = self.map[off + 12 : off + 12 + namesz].rstrip(b"\0").decode("ascii", "replace")
+            desc = off + 12 + ((namesz + 3) & ~3)
+            out.append((name, ntype, off + 12, desc))
+            off = desc + ((descsz + 3) & ~3)
+        return out
+
+    def nonzero_padding(self):
+        """Padding that is not zero: [(file offset, byte)] in the notes' padding, and
+        between the end of the notes and the first PT_LOAD's data (the kernel pads
+        with zeros, and so must a core that claims to be the kernel's)."""
+        ph = self.note_phdr
+        pad = []
+        _parse_notes(self.map[ph.offset : ph.offset + ph.filesz], pad)
+        bad = [(ph.offset + o, b) for o, b in pad if b]
+        start = ph.offset + ph.filesz
+        end = min((ld.offset for ld in self.loads), default=start)
+        gap = self.map[start:end]
+        if gap.count(0) != len(gap):
+            bad += [(start + i, b) for i, b in enumerate(gap) if b]
+        return bad
+
     def prpsinfo(self):
         desc = self.process[NT_PRPSINFO]
         return dict(zip(PRPSINFO_FIELDS, _PRPSINFO[self.elfclass].unpack(desc)))
@@ -238,14 +265,22 @@ class Core:
         return data + b"\0" * (length - avail)
 
 
-def _parse_notes(blob):
+def _parse_notes(blob, padding=None):
+    """[(owner, type, desc)]; with a list as ``padding``, also every padding byte
+    (name and desc rounded up to 4) as (offset in the blob, byte) pairs."""
     out, off = [], 0
     while off + 12 <= len(blob):
         namesz, descsz, ntype = struct.unpack_from("<III", blob, off)
         off += 12
         name = blob[off : off + namesz].rstrip(b"\0").decode("ascii", "replace")
+        if padding is not None:
+            end = off + ((namesz + 3) & ~3)
+            padding += [(o, blob[o]) for o in range(off + namesz, end)]
         off += (namesz + 3) & ~3
         out.append((name, ntype, bytes(blob[off : off + descsz])))
+        if padding is not None:
+            end = off + ((descsz + 3) & ~3)
+            padding += [(o, blob[o]) for o in range(off + descsz, end)]
         off += (descsz + 3) & ~3
     if off != len(blob):
         raise ValueError(f"notes end at {off}, PT_NOTE holds {len(blob)} bytes")
