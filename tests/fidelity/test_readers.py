@@ -6,41 +6,61 @@ eu-stack (with and without -e), eu-unstrip -n, drgn, pyelftools, and pystack
 on the Python target.  Each test owns its target, snapshots it, runs one
 reader and ends by checking that the target runs on.
 
-What a reader should show comes from the target itself (its READY line: the
-tids, in the order of THREAD_FUNCS) and from the files on disk (build-ids),
-never from snapcore.
+What a reader should show comes from the target (support/targets.py: each
+thread's function, in the order of READY's "tids"; the globals) and from the
+files on disk (build-ids), never from snapcore.  Every reader's output is
+split per thread (support/oracles.py): each thread must be listed once, and
+the frames of *that* thread must hold the function it is blocked in.
 """
 
 import os
 import re
 import sys
+import sysconfig
 from dataclasses import dataclass
 
 import pytest
 
 import snapcore
 
-from support.oracles import gdb_batch, snapshot_then_kernel_core
-from support.procs import assert_runs_on, run
-from support.strict import need_module, need_tool
-from support.targets import TARGETS, need_built, target_path
+from support.oracles import (
+    GDB_THREAD,
+    assert_known_frames,
+    build_id,
+    drgn_program,
+    eu_stack,
+    eu_unstrip,
+    frames_by_thread,
+    gdb_each,
+    lldb_threads,
+    pystack,
+    pystack_threads,
+    registers_by_thread,
+    sections,
+    snapshot_then_kernel_core,
+)
+from support.procs import assert_runs_on
+from support.targets import (
+    C_TARGETS,
+    MARKER,
+    MT_OUTER,
+    MT_THREAD_FUNCS,
+    PY_FRAMES,
+    need_built,
+    outer_func,
+    spawn_python_threads,
+    target_path,
+    thread_funcs,
+)
 
-C_TARGETS = ["mt", "mt_nopie", "mt_static", "mt32"]
-ALL_TARGETS = C_TARGETS + ["python"]
-# the function each thread is blocked in, in the order of READY's "tids"
-THREAD_FUNCS = ("command_loop", "sleeper_thread", "cond_waiter_thread", "pipe_reader_thread")
-PY_THREAD_FUNCS = ("time_sleep", "PyThread_acquire_lock_timed")  # C frames of pythreads.py
-MARKER = 0x5EED5EED12345678
-# the syscall the main thread waits in (read), by target
-READ_NR = {"mt32": 3}
-PYTHREADS = os.path.join(TARGETS, "pythreads.py")
+ALL_TARGETS = [*C_TARGETS, "python"]
 
 
 @dataclass
 class Snap:
     name: str
     exe: str  # path of the executable
-    target: object  # helpers.Target
+    target: object  # support.targets.Target
     core: str  # snapcore's core
 
     @property
@@ -49,56 +69,30 @@ class Snap:
 
     @property
     def funcs(self):
-        """{tid: the function that thread is blocked in}"""
-        names = PY_THREAD_FUNCS if self.name == "python" else THREAD_FUNCS
-        return dict(zip(self.tids, names))
+        return thread_funcs(self.name)
 
     @property
     def outer(self):
-        """A function further up the main thread's stack (python's main() is a tail call)."""
-        return "Py_BytesMain" if self.name == "python" else "main"
+        return outer_func(self.name)
 
     @property
     def is32(self):
         return self.name == "mt32"
 
-
-def snap_c(spawn, tmp_path, name):
-    exe = need_built(name)
-    t = spawn(name)
-    t.wait_blocked(syscalls=(READ_NR.get(name, 0),))
-    core = snapcore.snapshot(t.pid, tmp_path / "core").path
-    return Snap(name, exe, t, core)
-
-
-def snap_python(spawn, tmp_path):
-    t = spawn([sys.executable, PYTHREADS])
-    t.wait_blocked(syscalls=(230,))  # clock_nanosleep
-    t.wait_blocked(tid=t.info["tids"][1], syscalls=(202,))  # futex
-    core = snapcore.snapshot(t.pid, tmp_path / "core").path
-    return Snap("python", sys.executable, t, core)
+    def assert_frames(self, frames):
+        assert_known_frames(frames, self.tids, self.funcs, self.outer)
 
 
 def snap_target(spawn, tmp_path, name):
-    return snap_python(spawn, tmp_path) if name == "python" else snap_c(spawn, tmp_path, name)
-
-
-def build_id(path):
-    out = run(["readelf", "-n", path], check=True).stdout
-    return re.search(r"Build ID: ([0-9a-f]+)", out).group(1)
-
-
-def blocks(text, header):
-    """Split a reader's output into {key: block text} at lines matching header (key = group 1)."""
-    out, key = {}, None
-    for line in text.splitlines():
-        m = re.search(header, line)
-        if m:
-            key = int(m.group(1))
-            out[key] = ""
-        elif key is not None:
-            out[key] += line + "\n"
-    return out
+    if name == "python":
+        t = spawn_python_threads(spawn)
+        exe = sys.executable
+    else:
+        exe = need_built(name)
+        t = spawn(name)
+        t.wait_blocked()
+    core = snapcore.snapshot(t.pid, tmp_path / "core").path
+    return Snap(name, exe, t, core)
 
 
 # ---------------------------------------------------------------------------
@@ -111,98 +105,80 @@ def test_gdb(spawn, tmp_path, name):
     pc = "eip" if s.is32 else "rip"
     if name == "python":
         # a global of libpython that the interpreter set at start-up
-        globals_ = {"print (int)_PyRuntime.initialized": "= 1"}
+        globals_ = {"print (int)_PyRuntime.initialized": "$1 = 1\n"}
     else:
         # one from .data, one written at run time (only in the core's memory)
         globals_ = {
-            "print/x snapcore_marker": f"= {MARKER:#x}",
-            "print tids": "= {{{}}}".format(", ".join(map(str, s.tids))),
+            "print/x snapcore_marker": f"$1 = {MARKER:#x}\n",
+            "print tids": "$2 = {{{}}}\n".format(", ".join(map(str, s.tids))),
         }
-    p = gdb_batch(
+    (threads, bt, libs, regs, *values), p = gdb_each(
         s.exe,
         s.core,
         "info threads",
         "thread apply all bt",
         "info sharedlibrary",
-        *globals_,
         f"info registers {pc}",
+        *globals_,
     )
-    out = p.stdout
-    threads = blocks(out, r"^Thread \d+ \(.*LWP (\d+)\)\):")
-    assert sorted(threads) == sorted(s.tids), out + p.stderr
-    for tid, fn in s.funcs.items():
-        assert re.search(rf"\b{fn} \(", threads[tid]), (tid, fn, threads[tid])
-    assert re.search(rf"\b{s.outer} \(", threads[s.tids[0]])
-    for value in globals_.values():
-        assert value in out, (value, out)
+    s.assert_frames(frames_by_thread(bt))
+    assert [int(t) for t in re.findall(r"LWP (\d+)", threads)] == s.tids, threads
+    assert [v.strip() for v in values] == [v.strip() for v in globals_.values()], values
     # registers symbolized, for the current thread (the main one)
-    assert re.search(rf"^{pc}\s+0x[0-9a-f]+\s+0x[0-9a-f]+ <[\w.@]+\+\d+>", out, re.M), out
-    assert "Current thread is 1 (" in out and f"LWP {s.tids[0]})" in out
+    assert re.search(rf"^{pc}\s+0x[0-9a-f]+\s+0x[0-9a-f]+ <[\w.@]+\+\d+>", regs, re.M), regs
+    assert "Current thread is 1 (Thread 0x" in p.stdout and f"(LWP {s.tids[0]}))]" in p.stdout
     if name == "mt_static":
-        assert "No shared libraries loaded at this time." in out
+        assert libs.strip() == "No shared libraries loaded at this time.", libs
     else:
-        assert re.search(r"^0x[0-9a-f]+\s+0x[0-9a-f]+\s+Yes.*/libc\.so\.6$", out, re.M), out
-    assert "Program terminated with signal" not in out
+        assert re.search(r"^0x[0-9a-f]+\s+0x[0-9a-f]+\s+Yes.*/libc\.so\.6$", libs, re.M), libs
+    assert "Program terminated with signal" not in p.stdout
     assert_runs_on(s.target)
 
 
 @pytest.mark.parametrize("name", ["mt", "mt32"])
 def test_gdb_says_of_our_core_what_it_says_of_the_kernels(spawn, tmp_path, name):
-    """Same process, two cores: gdb's backtraces, registers and warnings must be the same
-    (e.g. gdb 13's '.reg-xstate ... too small' on CPUs whose XSAVE layout it does not know
-    appears for both or for neither)."""
+    """Same process, two cores: gdb's backtraces (locals included), registers, shared
+    libraries and warnings must be the same, thread by thread (e.g. gdb 13's
+    '.reg-xstate ... too small' on CPUs whose XSAVE layout it does not know appears for
+    both or for neither).  Each command's output is compared on its own, split per
+    thread; and the threads must be in the functions the target is known to be in."""
     t, kcore, score = snapshot_then_kernel_core(spawn, tmp_path, name)
     exe = target_path(name)
     cmds = ("thread apply all bt full", "thread apply all info registers", "info sharedlibrary")
     with kcore, score:
-        mine, theirs = (gdb_batch(exe, c.path, *cmds) for c in (score, kcore))
+        (mine, mine_p), (theirs, theirs_p) = (gdb_each(exe, c.path, *cmds) for c in (score, kcore))
 
-    def shown(p):
-        threads = blocks(p.stdout, r"^Thread \d+ \(.*LWP (\d+)\)\):")
+    def shown(outputs, p):
+        bt, regs, libs = outputs
         warnings = sorted(ln for ln in p.stderr.splitlines() if "warning" in ln.lower())
-        return threads, warnings
+        return (
+            frames_by_thread(bt),
+            sections(bt, GDB_THREAD),
+            registers_by_thread(regs),
+            libs,
+            warnings,
+        )
 
-    assert sorted(shown(mine)[0]) == sorted(t.info["tids"]), mine.stdout
-    assert shown(mine) == shown(theirs), (mine.stdout + mine.stderr, theirs.stderr)
-    assert "Program terminated with signal SIGABRT" in theirs.stdout
-    assert "Program terminated" not in mine.stdout
+    ours, kernels = shown(mine, mine_p), shown(theirs, theirs_p)
+    assert_known_frames(ours[0], t.info["tids"], MT_THREAD_FUNCS, MT_OUTER)
+    assert all(len(regs) >= 16 for regs in ours[2].values()), ours[2]
+    for what, a, b in zip(
+        ("frames", "bt full", "registers", "libraries", "warnings"), ours, kernels
+    ):
+        assert a == b, (what, a, b)
+    assert "Program terminated with signal SIGABRT" in theirs_p.stdout
+    assert "Program terminated" not in mine_p.stdout
 
 
 # ---------------------------------------------------------------------------
 # lldb
 
 
-def lldb_threads(exe, core):
-    need_tool("lldb")
-    """{tid: backtrace text} from lldb's `thread list` and `thread backtrace all`."""
-    p = run(
-        [
-            "lldb",
-            "--batch",
-            "-o",
-            f"target create {exe} --core {core}",
-            "-o",
-            "thread list",
-            "-o",
-            "thread backtrace all",
-        ],
-        timeout=120,
-    )
-    out = p.stdout
-    tid_of = {int(n): int(t) for n, t in re.findall(r"thread #(\d+): tid = (\d+)", out)}
-    bt = out[out.index("thread backtrace all") :] if "thread backtrace all" in out else ""
-    by_index = blocks(bt, r"^\*?\s*thread #(\d+),")
-    return {tid_of[i]: text for i, text in by_index.items()}, out + p.stderr
-
-
 @pytest.mark.parametrize("name", ["mt", "mt_nopie", "mt_static", "python"])
 def test_lldb(spawn, tmp_path, name):
     s = snap_target(spawn, tmp_path, name)
-    threads, out = lldb_threads(s.exe, s.core)
-    assert sorted(threads) == sorted(s.tids), out
-    for tid, fn in s.funcs.items():
-        assert f"`{fn}" in threads[tid], (tid, fn, out)
-    assert f"`{s.outer}" in threads[s.tids[0]]
+    frames, out = lldb_threads(s.exe, s.core)
+    s.assert_frames(frames)
     assert_runs_on(s.target)
 
 
@@ -217,7 +193,7 @@ def test_lldb_i386_shows_what_it_shows_on_the_kernels_core(spawn, tmp_path):
         theirs, kout = lldb_threads(exe, kcore.path)
     assert sorted(mine) == sorted(t.info["tids"]), out
     assert mine == theirs, (out, kout)
-    assert "`command_loop" in mine[t.pid] and "`main" in mine[t.pid]
+    assert "command_loop" in mine[t.pid] and "main" in mine[t.pid], mine
 
 
 # ---------------------------------------------------------------------------
@@ -228,22 +204,15 @@ def test_lldb_i386_shows_what_it_shows_on_the_kernels_core(spawn, tmp_path):
 @pytest.mark.parametrize("name", ALL_TARGETS)
 def test_eu_stack(spawn, tmp_path, name, with_exe):
     s = snap_target(spawn, tmp_path, name)
-    need_tool("eu-stack", "elfutils")
-    argv = ["eu-stack", "--core", s.core] + (["-e", s.exe] if with_exe else [])
-    p = run(argv, timeout=120)
-    threads = blocks(p.stdout, r"^TID (\d+):")
-    assert sorted(threads) == sorted(s.tids), p.stdout + p.stderr
-    for tid, fn in s.funcs.items():
-        assert re.search(rf" {fn}$", threads[tid], re.M), (tid, fn, p.stdout)
-    assert re.search(rf" {s.outer}$", threads[s.tids[0]], re.M)
+    frames, p = eu_stack(s.core, s.exe if with_exe else None)
+    s.assert_frames(frames)
     assert_runs_on(s.target)
 
 
 @pytest.mark.parametrize("name", ALL_TARGETS)
 def test_eu_unstrip_build_ids(spawn, tmp_path, name):
     s = snap_target(spawn, tmp_path, name)
-    need_tool("eu-unstrip", "elfutils")
-    p = run(["eu-unstrip", "-n", "--core", s.core], timeout=60)
+    p = eu_unstrip(s.core)
     # START+SIZE BUILDID@ADDR FILE DEBUGFILE MODULE
     rows = [ln.split() for ln in p.stdout.splitlines()]
     mods = {r[4]: (r[1].split("@")[0], r[2]) for r in rows if len(r) >= 5}
@@ -259,23 +228,12 @@ def test_eu_unstrip_build_ids(spawn, tmp_path, name):
     else:
         assert "libc.so.6" in libs and any(m.startswith("ld-linux") for m in libs), p.stdout
     if name == "python":
-        assert "libpython3.11.so.1.0" in libs or any("libpython" in m for m in libs)
+        assert sysconfig.get_config_var("INSTSONAME") in libs, p.stdout
     assert_runs_on(s.target)
 
 
 # ---------------------------------------------------------------------------
 # drgn
-
-
-def drgn_program(core, exe):
-    drgn = need_module("drgn")
-    prog = drgn.Program()
-    prog.set_core_dump(core)
-    try:
-        prog.load_debug_info([exe], default=True)
-    except drgn.MissingDebugInfoError:
-        pass  # e.g. the vDSO: what we check below needs only exe's symbols
-    return drgn, prog
 
 
 def frame_names(trace):
@@ -294,13 +252,13 @@ def test_drgn(spawn, tmp_path, name):
     else:
         assert prog["snapcore_marker"].value_() == MARKER
         assert list(prog["tids"].value_()) == s.tids
-    for tid, fn in s.funcs.items():
-        if s.is32:
-            # a limitation of drgn itself, asserted so that its removal is noticed
+    if s.is32:
+        # a limitation of drgn itself, asserted so that its removal is noticed
+        for tid in s.tids:
             with pytest.raises(NotImplementedError, match="not supported for i386"):
                 threads[tid].stack_trace()
-            continue
-        assert fn in frame_names(threads[tid].stack_trace()), tid
+    else:
+        s.assert_frames({tid: frame_names(threads[tid].stack_trace()) for tid in s.tids})
     assert_runs_on(s.target)
 
 
@@ -359,30 +317,25 @@ def test_pyelftools(spawn, tmp_path, name):
 # pystack
 
 
-def pystack(core, *extra):
-    return run([sys.executable, "-m", "pystack", "core", core, *extra], timeout=120)
-
-
 @pytest.mark.parametrize("native", [False, True], ids=["python", "native"])
 def test_pystack(spawn, tmp_path, native):
-    need_module("pystack")
-    s = snap_python(spawn, tmp_path)
+    s = snap_target(spawn, tmp_path, "python")
     p = pystack(s.core, *(["--native"] if native else []))
     out = p.stdout
     assert p.returncode == 0, out + p.stderr
     assert "The core file seems to have been generated on demand" in out
     assert f"executable found in the core file: {sys.executable}" in out + p.stderr
-    threads = blocks(out, r"^Traceback for thread (\d+)")
+    threads = pystack_threads(out)
     assert sorted(threads) == sorted(s.tids), out
+    for tid, funcs in zip(s.tids, PY_FRAMES):
+        frames = re.findall(r'^\s+\(Python\) File ".*", line \d+, in (\S+)$', threads[tid], re.M)
+        assert [f for f in frames if f in funcs] == list(funcs), (tid, frames)
     main, worker = threads[s.tids[0]], threads[s.tids[1]]
-    order = [main.index(f" in {fn}\n") for fn in ("<module>", "main", "outer", "inner")]
-    assert order == sorted(order), main
     assert "time.sleep(3600)" in main
-    assert " in worker_loop\n" in worker and "event.wait()" in worker
-    assert " in wait\n" in worker
+    assert "event.wait()" in worker
     if native:
-        assert re.search(r"\(C\) File .*, in time_sleep", main), main
-        assert re.search(r"\(C\) File .*, in PyThread_acquire_lock_timed", worker), worker
+        for tid, fn in zip(s.tids, s.funcs):
+            assert re.search(rf"\(C\) File .*, in {fn}\b", threads[tid]), threads[tid]
     else:
         assert "(C) File" not in out
     assert_runs_on(s.target)

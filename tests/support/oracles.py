@@ -141,7 +141,7 @@ def gdb_live_registers(pid, exe, timeout=60):
 
 LLDB_THREAD = r"^\*?\s*thread #(\d+),"
 LLDB_FRAME = re.compile(r"frame #(\d+): 0x[0-9a-f]+ (?:\S+`)?([^\s(]+)")
-EU_FRAME = re.compile(r"^#(\d+)\s+0x[0-9a-f]+(?: - 1)?\s+(\S+)", re.M)
+EU_FRAME = re.compile(r"^#(\d+)[ \t]+0x[0-9a-f]+(?: - 1)?(?:[ \t]+(\S+))?[ \t]*$", re.M)
 
 
 def lldb_threads(exe, core):

@@ -50,7 +50,8 @@ def read_nr(name):
 
 # pythreads.py: main thread in outer() -> inner() -> time.sleep, a worker in Event.wait
 PY_THREAD_FUNCS = ("time_sleep", "PyThread_acquire_lock_timed")  # their C frames
-PY_FRAMES = (("<module>", "main", "outer", "inner"), ("worker_loop", "wait"))  # Python frames
+# their Python frames, outermost first (the worker: Event.wait -> Condition.wait)
+PY_FRAMES = (("<module>", "main", "outer", "inner"), ("worker_loop", "wait", "wait"))
 PY_OUTER = "Py_BytesMain"
 
 
