@@ -371,3 +371,97 @@ def _table(allowed, left, right):
 
 def kernel_table():
     return _table(KERNEL_ALLOWED, "kernel", "snapcore")
+
+
+# ---------------------------------------------------------------------------
+# a live core against a normal core of the same quiescent process
+
+LIVE_ALLOWED = {
+    "snapcore_note": Allowed(
+        "the SNAPCORE record of a normal snapshot",
+        'the record of a live one (`"live": true`, its own times and pause); the data moves '
+        "by exactly the pages a longer record needs",
+        "the record describes the snapshot, not the process",
+    ),
+    "pr_times": Allowed(
+        "NT_PRSTATUS times at the first snapshot",
+        "the same at the second, in whole clock ticks, never less, at most "
+        f"{TIMES_SLACK_USEC // 1000} ms more",
+        "the two snapshots are taken one after the other; the injected clone is the "
+        "injecting thread's system time",
+    ),
+}
+
+
+def classify_later_times(first, second):
+    """first, second: [(sec, usec)] x 4 of two snapshots, second taken later."""
+    for a, b in zip(first, second):
+        if not (_is_tick_time(a) and _is_tick_time(b)):
+            return "NT_PRSTATUS times (not clock ticks)"
+        au, bu = a[0] * 1_000_000 + a[1], b[0] * 1_000_000 + b[1]
+        if not au <= bu <= au + TIMES_SLACK_USEC:
+            return "NT_PRSTATUS times (not a little later)"
+    return "pr_times"
+
+
+def live_differences(n, v):
+    """[(key, detail)] for every way live core v differs from normal core n of the same
+    process, taken one after the other while it did nothing."""
+    out = []
+
+    def differ(key, what, a, b):
+        if a != b:
+            out.append((key, f"{what}: normal {_short(a)}, live {_short(b)}"))
+
+    nnotes, nextra, ndesc = snapcore_note(n.notes)
+    vnotes, vextra, vdesc = snapcore_note(v.notes)
+    shift = v.loads[0].offset - n.loads[0].offset
+    base = _notes_end(n) - nextra  # where both cores' own notes end
+    want = _roundup(base + vextra) - _roundup(base + nextra)
+    ok = ndesc is not None and vdesc is not None and shift == want
+    ok = ok and json.loads(vdesc).get("live") is True and json.loads(ndesc).get("live") is False
+    out.append(("snapcore_note" if ok else "program headers", f"data moved by {shift}"))
+    for name, core in (("normal", n), ("live", v)):
+        bad = core.nonzero_padding()
+        if bad:
+            out.append(("note padding", f"{name}: nonzero padding at {bad[:8]}"))
+    differ("ELF header", "ELF header", n.map[: n.ehdr_struct.size], v.map[: v.ehdr_struct.size])
+    differ("program headers", "segment count", n.phnum, v.phnum)
+    for i, ((nt, nl), (vt, vl)) in enumerate(zip(n.phdrs, v.phdrs)):
+        if vt == PT_NOTE:
+            vl = dataclasses.replace(vl, filesz=vl.filesz - vextra + nextra)
+        elif vt == PT_LOAD:
+            vl = dataclasses.replace(vl, offset=vl.offset - shift)
+        differ("program headers", f"phdr[{i}] {nl.vaddr:#x}", (nt, nl), (vt, vl))
+    for nl, vl in zip(n.loads, v.loads):
+        if (nl.vaddr, nl.filesz) != (vl.vaddr, vl.filesz):
+            continue
+        nb, vb = n.load_bytes(nl), v.load_bytes(vl)
+        if nb != vb:
+            pages = [
+                nl.vaddr + o
+                for o in range(0, nl.filesz, PAGE)
+                if nb[o : o + PAGE] != vb[o : o + PAGE]
+            ]
+            out.append(("memory", f"{len(pages)} page(s) differ at {[hex(p) for p in pages[:8]]}"))
+    differ("note order", "notes", [(a, b) for a, b, _ in nnotes], [(a, b) for a, b, _ in vnotes])
+    differ("threads", "threads", [t.tid for t in n.threads], [t.tid for t in v.threads])
+    for nt, vt in zip(n.threads, v.threads):
+        who = f"thread {nt.tid}"
+        np_, vp = nt.prstatus, vt.prstatus
+        times = [np_[f] for f in PR_TIMES], [vp[f] for f in PR_TIMES]
+        differ(classify_later_times(*times), f"{who} times", *times)
+        for f in np_:
+            if f not in PR_TIMES:
+                differ("NT_PRSTATUS", f"{who} {f}", np_[f], vp[f])
+        for (a, t, nd), (_, _, vd) in zip(nt.notes, vt.notes):
+            differ("thread notes", f"{who} note {a}/{t:#x}", nd, vd)
+        differ("thread notes", f"{who} notes", len(nt.notes), len(vt.notes))
+    for key in sorted(set(n.process) | set(v.process), key=str):
+        if key != SNAPCORE_NOTE:
+            differ("process notes", f"note {key}", n.process.get(key), v.process.get(key))
+    return out
+
+
+def live_table():
+    return _table(LIVE_ALLOWED, "normal core", "live core")

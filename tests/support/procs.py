@@ -123,13 +123,14 @@ def assert_untraced(pid, stopped_ok=False):
         time.sleep(0.02)
 
 
-def assert_runs_on(target):
-    """Not stopped, not traced, and still making progress (ticks advance)."""
+def assert_runs_on(target, progress=True):
+    """Not stopped, not traced, answering; and still making progress (its ticks
+    advance), unless progress=False (``mt still`` ticks nothing on purpose)."""
     assert target.proc.poll() is None, f"target exited with {target.proc.returncode}"
     assert_untraced(target.pid)
     first = target.ping()
     deadline = time.monotonic() + 5
-    while target.ping() <= first:
+    while progress and target.ping() <= first:
         if time.monotonic() > deadline:
             raise AssertionError("target answers but it makes no progress")
         time.sleep(0.01)
