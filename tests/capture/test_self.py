@@ -128,7 +128,8 @@ def test_self_tree_while_a_thread_waits_for_the_child(child, tmp_path):
         for n, t, d in raw_notes(str(tmp_path / "t" / f"core.{os.getpid()}"))
         if n == "CORE" and t == NT_PRPSINFO
     ][0]
-    assert prpsinfo[1:2] in (b"S", b"R")
+    # (the main thread waits for the helper's reply in a futex, and wakes every 0.1 s)
+    assert prpsinfo[1:2] == b"S", prpsinfo[:2]
     theirs = pystack(str(tmp_path / "t" / f"core.{child.pid}"))
     assert "in child_sleeps_here" in theirs
 
@@ -152,8 +153,10 @@ def test_tree_of_our_child_while_a_thread_waits_for_it(child, tmp_path):
 
 
 def test_snapshot_of_a_child_a_thread_waits_for_does_not_time_out(child, tmp_path):
-    """Without the helper (plain snapshot()), the stolen stop is found, not waited for."""
-    w = threading.Thread(target=child.wait, daemon=True)
+    """Our own child is traced from the helper: a thread of ours blocked in
+    Popen.wait() neither delays the snapshot nor sees a ptrace stop."""
+    box = {}
+    w = threading.Thread(target=lambda: box.setdefault("rc", child.wait()), daemon=True)
     w.start()
     time.sleep(0.2)
     t0 = time.monotonic()
@@ -161,19 +164,61 @@ def test_snapshot_of_a_child_a_thread_waits_for_does_not_time_out(child, tmp_pat
     assert time.monotonic() - t0 < 3
     assert snap.tids == [child.pid]
     assert_untraced(child.pid)
-    # Popen.wait() may have returned the stop (returncode -SIGTRAP): kill by pid
+    assert "rc" not in box and child.poll() is None
     os.kill(child.pid, signal.SIGKILL)
     w.join(10)
-    if child.returncode == -signal.SIGTRAP:
-        os.waitpid(child.pid, 0)
+    assert box["rc"] == -signal.SIGKILL  # the real end, not a stolen -SIGTRAP
+
+
+# Run by a process of its own while the test process is frozen by its helper: once
+# the caller's thread is in a ptrace stop, stop the helper, check the caller is
+# still frozen, send it SIGALRM, let the helper go.  Prints what it did.
+INTERRUPTER = r"""
+import os, signal, sys, time
+pid, tid, extra = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+
+def tracer():
+    try:
+        with open(f"/proc/{pid}/task/{tid}/status") as f:
+            text = f.read()
+    except OSError:
+        return 0
+    state = text.split("State:")[1].split()[0]
+    tr = int(text.split("TracerPid:")[1].split()[0])
+    return tr if state == "t" and tr else 0
+
+deadline = time.monotonic() + 60
+while not tracer():
+    if time.monotonic() > deadline:
+        sys.exit("never frozen")
+time.sleep(extra)
+tr = tracer()
+if not tr:
+    print("missed", flush=True)  # the dump was over already
+    sys.exit(0)
+helper = int(open(f"/proc/{tr}/status").read().split("Tgid:")[1].split()[0])
+os.kill(helper, signal.SIGSTOP)
+while open(f"/proc/{helper}/stat").read().rsplit(")", 1)[1].split()[0] not in "tT":
+    time.sleep(0.0005)
+try:
+    if tracer():
+        os.kill(pid, signal.SIGALRM)
+        print("sent", flush=True)
+    else:
+        print("missed", flush=True)
+finally:
+    os.kill(helper, signal.SIGCONT)
+"""
 
 
 def test_interrupted_self_snapshot_leaves_nothing(tmp_path):
     """Ctrl-C during a self snapshot: no core, nothing traced, the helper reaped.
 
-    Our threads are stopped while the helper dumps us, so the signal may only be
-    handled once the dump is over; the finished core must be taken back then.
-    """
+    Our threads are stopped while the helper dumps us, so the signal is handled once
+    the dump is over, and the finished core must be taken back then.  The signal is
+    sent by another process while we are known to be frozen (it holds the helper
+    stopped meanwhile), at several points of the dump: one right outcome each time,
+    KeyboardInterrupt out of snapshot() and no file."""
     data = os.urandom(200 << 20)  # makes the dump take a while
     before = set(our_children())
 
@@ -181,24 +226,25 @@ def test_interrupted_self_snapshot_leaves_nothing(tmp_path):
         raise KeyboardInterrupt()
 
     old = signal.signal(signal.SIGALRM, interrupt)
-    outcomes = []
+    me, caller = os.getpid(), threading.get_native_id()
     try:
-        for i, delay in enumerate((0.02, 0.15, 0.3, 0.6)):
+        for i, extra in enumerate((0, 0.01, 0.03, 0.05)):
             path = tmp_path / f"core{i}"
-            signal.setitimer(signal.ITIMER_REAL, delay)
+            watcher = subprocess.Popen(
+                [sys.executable, "-c", INTERRUPTER, str(me), str(caller), str(extra)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             try:
-                snapcore.snapshot(os.getpid(), path)
-                signal.setitimer(signal.ITIMER_REAL, 0)
-                outcomes.append("done")
-                assert path.exists()
-            except KeyboardInterrupt:
-                outcomes.append("interrupted")
-                assert not path.exists()
+                with pytest.raises(KeyboardInterrupt):
+                    snapcore.snapshot(os.getpid(), path)
+            finally:
+                out, _ = watcher.communicate(timeout=60)
+            assert watcher.returncode == 0 and out == "sent\n", (i, out)
+            assert not path.exists()
             assert [f for f in os.listdir(tmp_path) if f.startswith(".")] == []
             assert_untraced(os.getpid())
             assert set(our_children()) == before
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
     del data
-    assert "interrupted" in outcomes, outcomes
