@@ -12,7 +12,6 @@ import os
 import re
 import resource
 import signal
-import struct
 import sys
 
 from .coreparse import Core
@@ -110,32 +109,6 @@ def assert_known_frames(frames, tids, funcs, outer=None, main=None):
         assert outer in frames[main or tids[0]], frames[main or tids[0]]
 
 
-def gdb_live_registers(pid, exe, timeout=60):
-    """{tid: {reg: value}} read by gdb attached to the live (stopped) process:
-    the general registers, fs_base and gs_base."""
-    need_tool("gdb")
-    regs = {}
-    for cmd in ("info registers", "info registers fs_base gs_base"):
-        p = run(
-            [
-                "gdb",
-                "-nx",
-                "-batch",
-                "-ex",
-                "set debuginfod enabled off",
-                exe,
-                "-p",
-                str(pid),
-                "-ex",
-                f"thread apply all {cmd}",
-            ],
-            timeout=timeout,
-        )
-        for tid, values in registers_by_thread(p.stdout).items():
-            regs.setdefault(tid, {}).update(values)
-    return regs
-
-
 # ---------------------------------------------------------------------------
 # lldb, elfutils, drgn, pystack
 
@@ -229,27 +202,6 @@ def build_id(path):
 # reading cores with coreparse and pyelftools (framing)
 
 
-def core_notes(path):
-    from elftools.elf.elffile import ELFFile
-
-    with open(path, "rb") as f:
-        elf = ELFFile(f)
-        out = []
-        for seg in elf.iter_segments():
-            if seg["p_type"] == "PT_NOTE":
-                for n in seg.iter_notes():
-                    out.append(
-                        (
-                            n["n_name"],
-                            n["n_type"],
-                            n["n_descsz"],
-                            n["n_descdata"] if isinstance(n["n_descdata"], bytes) else None,
-                            n,
-                        )
-                    )
-        return out
-
-
 def core_loads(path):
     """Every PT_LOAD as a dict (vaddr, memsz, filesz, flags, offset, align, paddr)."""
     with Core(path) as c:
@@ -291,13 +243,6 @@ REG_NAMES_X86_64 = (
     "fs",
     "gs",
 )
-
-
-def prstatus_regs(desc):
-    """(tid, {reg: value}) from an x86_64 NT_PRSTATUS descriptor."""
-    tid = struct.unpack_from("<i", desc, 32)[0]
-    vals = struct.unpack_from("<27Q", desc, 112)
-    return tid, dict(zip(REG_NAMES_X86_64, vals))
 
 
 def raw_notes(path):
@@ -392,3 +337,53 @@ def assert_mt_backtraces(exe, core, tids):
     frames, p = gdb_frames(exe, core)
     assert_known_frames(frames, tids, MT_THREAD_FUNCS, MT_OUTER)
     return frames, p
+
+
+# ---------------------------------------------------------------------------
+# the registers of a stopped process, read with ptrace by a process of the test
+
+_PTRACE_READER = r"""
+import ctypes, json, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.restype = ctypes.c_long
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+SEIZE, INTERRUPT, DETACH, GETREGS, GETFPREGS, GETREGSET = 0x4206, 0x4207, 17, 12, 14, 0x4204
+NT_X86_XSTATE, WALL = 0x202, 0x40000000
+
+class iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+def call(req, tid, addr=None, data=None):
+    if libc.ptrace(req, tid, addr, data) != 0:
+        raise OSError(ctypes.get_errno(), f"ptrace({req:#x}, {tid})")
+
+out = {}
+pid = int(sys.argv[1])
+for tid in sorted(int(t) for t in os.listdir(f"/proc/{pid}/task")):
+    call(SEIZE, tid)
+    try:
+        call(INTERRUPT, tid)
+        os.waitpid(tid, WALL)
+        regs = ctypes.create_string_buffer(27 * 8)
+        call(GETREGS, tid, None, ctypes.addressof(regs))
+        fp = ctypes.create_string_buffer(512)
+        call(GETFPREGS, tid, None, ctypes.addressof(fp))
+        xs = ctypes.create_string_buffer(1 << 16)
+        iov = iovec(ctypes.addressof(xs), len(xs))
+        call(GETREGSET, tid, NT_X86_XSTATE, ctypes.addressof(iov))
+        out[tid] = [regs.raw.hex(), fp.raw.hex(), xs.raw[: iov.len].hex()]
+    finally:
+        call(DETACH, tid, None, None)
+print(json.dumps(out))
+"""
+
+
+def ptrace_registers(pid):
+    """{tid: (user_regs_struct, FXSAVE area, XSAVE area)} as raw bytes, read by a
+    separate process of the test with PTRACE_GETREGS, GETFPREGS and GETREGSET while
+    the x86_64 process ``pid`` is stopped (SIGSTOP): the kernel's own view, which a
+    core's NT_PRSTATUS pr_reg, NT_PRFPREG and NT_X86_XSTATE must equal."""
+    import json
+
+    p = run([sys.executable, "-c", _PTRACE_READER, str(pid)], timeout=60, check=True)
+    return {int(t): tuple(bytes.fromhex(h) for h in v) for t, v in json.loads(p.stdout).items()}
