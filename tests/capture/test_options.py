@@ -24,11 +24,9 @@ from snapcore.capture.request import PATH_REFUSALS, PATHS, SnapshotOptions, path
 
 from support.coreparse import Core
 from support.procs import assert_runs_on, assert_untraced, run, snapcore_cli
-from support.targets import ROOT, TARGETS
+from support.targets import HANG2, HANGSUITES, ROOT, TREE
 
-TREE = os.path.join(TARGETS, "tree.py")
-HANG2 = os.path.join(TARGETS, "hang2.py")
-SUITE = os.path.join(TARGETS, "hangsuite", "hang_suite.py")
+SUITE = os.path.join(HANGSUITES, "hang_suite.py")
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 PF_X = 1
 MAX_SIZE = 6 << 20
@@ -411,6 +409,7 @@ def test_cli_refuses_mini_with_all(tree, tmp_path):
     p = snapcore_cli(tree.pid, "-o", tmp_path / "c", "--mini", "--all")
     assert p.returncode == 2 and p.stderr.count("\n") == 1
     assert "--mini and --all" in p.stderr and not os.listdir(tmp_path)
+    assert_runs_on(tree)
 
 
 def test_progress_is_reported_on_single_live_and_tree(tree, tmp_path):
@@ -431,3 +430,4 @@ def test_progress_is_reported_on_single_live_and_tree(tree, tmp_path):
     p = run([sys.executable, "-c", code], cwd=tmp_path, timeout=120)
     assert p.returncode == 0 and p.stdout == "ok\n", p.stdout + p.stderr
     assert_untraced(tree.pid)
+    assert_runs_on(tree)

@@ -13,9 +13,9 @@ import pytest
 import snapcore
 
 from support.oracles import gdb_batch, raw_notes
-from support.procs import assert_untraced, run
+from support.oracles import pystack as oracle_pystack
+from support.procs import assert_untraced
 
-PYSTACK = os.path.join(os.path.dirname(sys.executable), "pystack")
 NT_PRPSINFO = 3
 
 CHILD = """
@@ -28,7 +28,7 @@ child_sleeps_here()
 
 
 def pystack(core):
-    p = run([PYSTACK, "core", core], timeout=60)
+    p = oracle_pystack(core, timeout=60)
     assert p.returncode == 0, p.stderr
     return p.stdout
 

@@ -12,27 +12,20 @@ import pytest
 
 import snapcore
 
-from support.oracles import gdb_frames, raw_notes
+from support.oracles import gdb_frames, pystack, raw_notes
 from support.procs import (
     assert_untraced,
     frozen,
     proc_state,
-    run,
     snapcore_cli,
     snapcore_popen,
     stop_process,
     wait_frozen,
 )
-from support.targets import TARGETS, Target
+from support.targets import TREE, Target
 
-TREE = os.path.join(TARGETS, "tree.py")
 GONE = {"NoSuchProcess", "TargetExited", "ZombieProcess"}
-PYSTACK = os.path.join(os.path.dirname(sys.executable), "pystack")
 NT_PRPSINFO = 3
-
-
-def pystack(core, timeout=60):
-    return run([PYSTACK, "core", core], timeout=timeout)
 
 
 def alive(pid):
@@ -261,6 +254,7 @@ def test_cli_tree_default_directory(tree, tmp_path):
     dirs = [d for d in os.listdir(tmp_path) if d.startswith(f"snapcore-{t.pid}-")]
     assert len(dirs) == 1
     assert sorted(os.listdir(tmp_path / dirs[0])) == sorted([f"core.{t.pid}", "manifest.json"])
+    assert_tree_runs_on(t)
 
 
 def test_cli_tree_warns_about_a_process_it_could_not_dump(tree, tmp_path):
@@ -270,6 +264,7 @@ def test_cli_tree_warns_about_a_process_it_could_not_dump(tree, tmp_path):
     assert p.returncode == 0
     assert p.stderr.startswith(f"snapcore: warning: pid {zombie} ")
     assert "zombie" in p.stderr and p.stderr.count("\n") == 1
+    assert_tree_runs_on(t)
 
 
 def test_cli_tree_no_such_process(tmp_path):

@@ -11,11 +11,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from support.procs import run
-from support.targets import TARGETS
+from support.oracles import pystack
+from support.targets import HANGSUITES
 
-SUITES = os.path.join(TARGETS, "hangsuite")
-PYSTACK = os.path.join(os.path.dirname(sys.executable), "pystack")
 RUN_TIMEOUT = 120  # hard limit for one subprocess pytest run
 
 
@@ -38,7 +36,7 @@ class Suite:
 
     def add(self, name, source=None, template=None):
         if template:
-            shutil.copy(os.path.join(SUITES, template), self.root / name)
+            shutil.copy(os.path.join(HANGSUITES, template), self.root / name)
         else:
             (self.root / name).write_text(source)
 
@@ -98,7 +96,7 @@ def suite(tmp_path):
 
 
 def pystack_out(core):
-    p = run([PYSTACK, "core", str(core)], timeout=60)
+    p = pystack(core, timeout=60)
     assert p.returncode == 0, p.stderr
     return p.stdout
 

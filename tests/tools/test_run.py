@@ -8,13 +8,10 @@ import time
 
 import pytest
 
-from support.oracles import gdb_batch
-from support.procs import run, snapcore_cli
+from support.oracles import gdb_batch, pystack
+from support.procs import snapcore_cli
 from support.strict import need_tool
-from support.targets import TARGETS
-
-HANG2 = os.path.join(TARGETS, "hang2.py")
-PYSTACK = os.path.join(os.path.dirname(sys.executable), "pystack")
+from support.targets import HANG2
 
 
 def exists(pid):
@@ -70,7 +67,7 @@ def test_timeout_cores_both_processes_then_ends_the_tree(tmp_path):
             assert (out / f"core.{pid}").is_file()
         # the cores are readable: pystack finds both Python stacks, gdb the threads
         for pid, func in ((parent, "parent_waits_for_child"), (child, "child_sleeps_forever")):
-            r = run([PYSTACK, "core", str(out / f"core.{pid}")], timeout=60)
+            r = pystack(out / f"core.{pid}", timeout=60)
             assert r.returncode == 0 and f"in {func}" in r.stdout, r.stdout + r.stderr
             g = gdb_batch(by_pid[pid]["exe"], str(out / f"core.{pid}"), "info threads")
             assert f"LWP {pid}" in g.stdout, g.stdout + g.stderr
