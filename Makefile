@@ -5,6 +5,7 @@
 #   make lint    ruff check and ruff format --check
 #   make bench   snapcore against gcore on large targets (ratios, same run)
 #   make soak    the reliability suite with hundreds of trials
+#   make mutants deliberate faults (tests/mutants.py), each must fail the fidelity tests
 
 PYTHON      ?= python3
 VENV        ?= .venv
@@ -13,7 +14,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS  ?=
 STAMP       := $(VENV)/.snapcore-installed
 
-.PHONY: all build deps test unit lint demo bench soak clean
+.PHONY: all build deps test unit lint demo bench soak mutants clean
 
 all: build
 
@@ -52,6 +53,10 @@ bench: deps build
 
 soak: deps build
 	SNAPCORE_SOAK=1 $(PY) -m pytest -n auto -rP tests/reliability
+
+# one line per mutant: killed by <test>, or SURVIVED (then the exit status is 1)
+mutants: deps build
+	$(PY) tests/mutants.py $(MUTANTS)
 
 clean:
 	rm -rf build $(VENV) snapcore/_shim*.so *.egg-info demo-out
