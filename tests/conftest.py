@@ -103,15 +103,17 @@ def mt(spawn):
     return t
 
 
-def _held_sysctl(name, wanted, why):
-    """Context for a test that needs /proc/sys/NAME >= wanted (raised as root)."""
+def _held_sysctl(name, wanted, why, least=None):
+    """Context for a test that needs /proc/sys/NAME >= least (default: wanted), which
+    is raised to wanted as root (the kernel may grant less, e.g. hugetlb pages)."""
+    least = wanted if least is None else least
     tag = f"{name} for {os.environ.get('PYTEST_CURRENT_TEST', '?')}"
     got = session.hold({name: ("min", wanted)}, tag)[name]
     try:
         if got is None:
             missing(f"this kernel has no {name}")
-        if int(got) < wanted:
-            missing(f"{name} is {got}; {why} needs {wanted}, and only root may raise it")
+        if int(got) < least:
+            missing(f"{name} is {got}; {why} needs {least}, and only root may raise it")
         yield int(got)
     finally:
         session.release(tag)
@@ -129,4 +131,4 @@ def hugepages():
 
     Request it before ``spawn`` so the targets die before the reservation goes back.
     """
-    yield from _held_sysctl("vm.nr_hugepages", 2, "a hugetlb mapping")
+    yield from _held_sysctl("vm.nr_hugepages", 2, "a hugetlb mapping", least=1)

@@ -4,7 +4,7 @@ Paths: single (`snapcore PID`), self (`snapshot(os.getpid())`), tree (`snapcore 
 --tree`), live (`snapcore PID --live`), run (`snapcore run --timeout`) and pytest
 (the plugin).  Each path runs the same three combinations of options, and every
 option of a combination is checked on what was written, with oracles that share
-no code with snapcore: tests/coreparse.py for the ELF framing and the notes,
+no code with snapcore: tests/support/coreparse.py for the ELF framing and the notes,
 zstandard for compressed streams, json for the sidecars.  Refusals are checked
 for their exit status, their one-line message and for nothing having been
 touched.  The table of refusals is snapcore.capture.request.PATH_REFUSALS;
