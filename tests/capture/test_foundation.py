@@ -91,6 +91,8 @@ def test_registers_and_memory_equal_the_stopped_process(spawn, tmp_path):
                 for ld, off in picked:
                     addr = ld.vaddr + off
                     try:
+                        if addr >= 1 << 63:  # [vsyscall]: beyond what lseek takes, and xonly
+                            raise OSError("not readable")
                         mem.seek(addr)
                         want = mem.read(4096)
                     except OSError:

@@ -10,7 +10,6 @@ does).
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -34,7 +33,6 @@ from support.procs import (
     tgkill,
     tracer_of,
     trials,
-    wait_traced,
 )
 
 
@@ -188,60 +186,92 @@ def test_exec_during_the_freeze(spawn, tmp_path):
     print(f"\n{n} execs during the freeze, in {attempts} snapshots")
 
 
+def freezing(pid):
+    """True while a freeze of pid is under way: some of its threads traced, and they
+    are the lowest tids (the freeze seizes in tid order, the resume lets go in that
+    order too, so a resume leaves the highest ones traced), and no image forked yet."""
+    states = task_states(pid)
+    tids = sorted(states)
+    traced = [tid for tid in tids if states[tid][1]]
+    return 0 < len(traced) < len(tids) and traced == tids[: len(traced)] and not children_of(pid)
+
+
+def kill_held(t, tracer, moment):
+    """Stop the tracer; if moment() still holds, SIGKILL the target; let the tracer go.
+    Returns whether the target was killed."""
+    if not stop_process(tracer):
+        return False
+    try:
+        if moment():
+            os.kill(t.pid, signal.SIGKILL)
+            return True
+        return False
+    finally:
+        os.kill(tracer, signal.SIGCONT)
+
+
 @pytest.mark.parametrize("live", [False, True], ids=["normal", "live"])
 def test_target_killed_mid_snapshot(spawn, tmp_path, live):
     """SIGKILL while a snapshot holds the target: the one right outcome is TargetExited,
-    with no file.
+    with no file.  The moment is held: the tracer is stopped, /proc shows what the
+    snapshot is doing, and only then is the target killed and the tracer let go.
 
-    The tracer is stopped at a chosen moment once it traces the target: right after the
-    first thread is seized (the freeze under way), or (normal mode) within the first 40%
-    of the time a reference snapshot of the same target kept it frozen (the copy).  If
-    /proc then shows threads traced, the target is killed and the tracer let go.  A
-    moment that lands elsewhere (the freeze over, or so late that the work may be done
-    and only the resume left) is drawn again: there a whole core is as right as
-    TargetExited, and the trial says nothing.
+      * the freeze under way (some threads seized, the lowest tids, no image yet): the
+        tracer is stopped as soon as the first thread is seen traced;
+      * (normal mode) the copy under way, less than half done: the tracer is stopped
+        from the progress callback, and every thread must be seen frozen.
+
+    A moment that turns out to be another (the freeze already over) is drawn again:
+    there a whole core is as right as TargetExited, and the trial says nothing.
     """
-    rng = random.Random(os.getpid())
-    ref = spawn("mt", "mib=160", "threads=40")
-    ref.wait_blocked()
-    hold = snapcore.snapshot(ref.pid, tmp_path / "ref", live=live).pause_time
-    ref.close()
-    os.unlink(tmp_path / "ref")
     n = trials(8, 80)
+    counted = {"freezing": 0, "copying": 0}
     i = attempts = 0
     while i < n:
         attempts += 1
         assert attempts <= 4 * n, f"{i} of {n} kills landed inside a snapshot"
-        t = spawn("mt", "mib=160", "threads=40")
+        copying = not live and i % 2 == 1
+        # a copy long enough to be met before its half; or threads enough (seized one
+        # by one) for the freeze to be met under way
+        t = spawn("mt", *(("mib=600", "threads=40") if copying else ("mib=64", "threads=1000")))
         t.wait_blocked()
+        lowest = min(live_tids(t.pid))  # the first thread a freeze seizes (pids wrap)
         path = tmp_path / f"core.{i}"
-        bg = Background(t.pid, path, live=live)
-        while bg.t.is_alive() and not wait_traced(t.pid, timeout=0.05):
-            pass
-        first = time.monotonic()
-        # live mode's freeze is milliseconds, and varies by more than 2x: right away
-        time.sleep(0 if live else rng.choice((0, rng.uniform(0, 0.4 * hold))))
-        tracer = tgid_of(tracer_of(t.pid)) if tracer_of(t.pid) > 0 else None
-        landed = False
-        if tracer is not None and stop_process(tracer):
-            try:
-                held_for = time.monotonic() - first
-                if any(tr for _, tr in task_states(t.pid).values()) and held_for < 0.4 * hold:
-                    landed = True
-                    os.kill(t.pid, signal.SIGKILL)
-            finally:
-                os.kill(tracer, signal.SIGCONT)
+        box = {"killed": False}
+
+        def progress(done, total, t=t, box=box):
+            if box.get("tried") or not 0 < done < total / 2:
+                return
+            box["tried"] = True
+            tracer = tgid_of(tracer_of(t.pid))
+            box["killed"] = kill_held(
+                t, tracer, lambda: all(tr for _, tr in task_states(t.pid).values())
+            )
+
+        if copying:
+            bg = Background(t.pid, path, progress=progress)
+        else:
+            bg = Background(t.pid, path, live=live)
+            while bg.t.is_alive() and tracer_of(lowest) <= 0:
+                pass
+            tracer = tgid_of(tracer_of(lowest)) if tracer_of(lowest) > 0 else None
+            if tracer is not None:
+                box["killed"] = kill_held(t, tracer, lambda t=t: freezing(t.pid))
         result, error = bg.join()
         t.close()
-        if not landed:  # not killed: not at a moment this test can tell; draw again
+        if not box["killed"]:  # not killed: not at a moment this test can tell; draw again
             assert error is None, repr(error)
             for name in os.listdir(tmp_path):
                 os.unlink(tmp_path / name)
             continue
-        assert isinstance(error, snapcore.TargetExited), (i, held_for, hold, result, repr(error))
+        assert isinstance(error, snapcore.TargetExited), (i, copying, result, repr(error))
         assert os.listdir(tmp_path) == [], i
+        counted["copying" if copying else "freezing"] += 1
         i += 1
-    print(f"\n{'live' if live else 'normal'}: {n} kills while frozen, in {attempts} snapshots")
+    print(
+        f"\n{'live' if live else 'normal'}: {n} kills inside a snapshot, in {attempts} "
+        f"snapshots: {counted}"
+    )
 
 
 def test_target_exits_by_itself_while_its_image_is_copied(spawn, tmp_path):
