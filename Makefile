@@ -1,12 +1,14 @@
 # snapcore
 #   make demo    build, snapshot a bundled multi-threaded target, show gdb's backtraces
-#   make test    install test tools (apt) and a venv (pip), run the whole suite in parallel
+#   make test    install test tools (apt) and a venv (pip), run the whole suite in parallel,
+#                strict: a missing oracle (tool, root, -m32, kernel setting) fails the run
 #   make lint    ruff check and ruff format --check
 #   make bench   snapcore against gcore on large targets (ratios, same run)
 #   make soak    the reliability suite with hundreds of trials
 #   make dist    sdist and a manylinux wheel in dist/ (docs/packaging.md)
 #   make distcheck  install each into a clean venv, snapshot a process, read the core
 #   make matrix  the suite under every supported Python (nox; docs/compatibility.md)
+#   make mutants deliberate faults (tests/mutants.py), each must fail the fidelity tests
 
 PYTHON      ?= python3
 VENV        ?= .venv
@@ -21,7 +23,7 @@ ARCH        := $(shell uname -m)
 PLAT        ?= manylinux_2_17_$(ARCH)
 NOX_ARGS    ?=
 
-.PHONY: all build deps test unit demo bench soak dist distcheck matrix lint clean
+.PHONY: all build deps test unit demo bench soak mutants dist distcheck matrix lint clean
 
 all: build
 
@@ -38,8 +40,10 @@ deps:
 	.ci/deps
 
 # pytest exits 5 when it collected nothing: that is a failure here, not a pass.
+# SNAPCORE_REQUIRE_ORACLES=1: a test that would skip for lack of an oracle fails
+# instead (docs/testing.md); run pytest directly for a lenient run.
 test: deps build
-	$(PY) -m pytest -n auto $(PYTEST_ARGS); rc=$$?; \
+	SNAPCORE_REQUIRE_ORACLES=1 $(PY) -m pytest -n auto $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; \
 	exit $$rc
 
@@ -90,6 +94,10 @@ matrix: deps $(TOOLS)
 	$(VENV)/bin/nox $(NOX_ARGS)
 
 # the files this branch owns; the whole tree after the package restructure (#12)
+# one line per mutant: killed by <test>, or SURVIVED (then the exit status is 1)
+mutants: deps build
+	$(PY) tests/mutants.py $(MUTANTS)
+
 clean:
 	rm -rf build $(DIST) .nox $(VENV) snapcore/_shim*.so *.egg-info demo-out
 	$(MAKE) -s -C tests/targets clean

@@ -1,3 +1,18 @@
+"""The fixture hub, and what the whole session needs.
+
+Helpers live in tests/support/ by role: targets.py (the targets and what each
+is known to hold), oracles.py (the readers and the kernel's own core),
+procs.py (process fixtures and health checks), coreparse.py (an independent
+ELF core decoder), compare.py (core against core), strict.py (the one way to
+give up for lack of an oracle) and session.py (machine-wide kernel settings).
+
+Session: the targets are built once (safe under xdist); as root, the kernel
+settings the oracles need are held for the run (support/session.py) by the
+controlling process, and put back at its end; under
+SNAPCORE_REQUIRE_ORACLES=1 any skip is a failure; the number of skipped tests
+is printed at the end of every run.
+"""
+
 import fcntl
 import os
 import subprocess
@@ -7,17 +22,31 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from helpers import STRICT, TARGETS, Target, target_path  # noqa: E402
+from support import session  # noqa: E402
+from support.strict import MARK, STRICT, missing  # noqa: E402
+from support.targets import BIN, TARGETS, Target, target_path  # noqa: E402
+
+_TAG = "pytest session"
 
 
 def _build_targets():
     """Build tests/targets once per machine state; safe under pytest-xdist."""
-    os.makedirs(os.path.join(TARGETS, "bin"), exist_ok=True)
-    with open(os.path.join(TARGETS, "bin", ".lock"), "w") as lock:
+    os.makedirs(BIN, exist_ok=True)
+    with open(os.path.join(BIN, ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         subprocess.run(
             ["make", "-s", "-C", TARGETS], check=True, timeout=300, stdout=subprocess.DEVNULL
         )
+
+
+def _controller(config):
+    return not hasattr(config, "workerinput")  # not an xdist worker
+
+
+def pytest_configure(config):
+    if _controller(config):
+        session.hold(session.SESSION_SETTINGS, _TAG)
+        config.add_cleanup(lambda: session.release(_TAG))
 
 
 def pytest_sessionstart(session):
@@ -26,19 +55,26 @@ def pytest_sessionstart(session):
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """Under SNAPCORE_REQUIRE_ORACLES=1 a skipped test is a failed one: a skip there means
-    an oracle, tool or kernel feature the run was supposed to have is missing."""
+    """Under strict mode a skip, whatever raised it, is a failure."""
     outcome = yield
     report = outcome.get_result()
     if STRICT and report.skipped and not hasattr(report, "wasxfail"):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
-        report.longrepr = f"skipped, and SNAPCORE_REQUIRE_ORACLES=1 forbids skips: {reason}"
+        report.longrepr = f"skipped under SNAPCORE_REQUIRE_ORACLES=1: {reason}"
 
 
-def pytest_report_header(config):
-    if STRICT:
-        return "SNAPCORE_REQUIRE_ORACLES=1: a missing reader, tool or interpreter fails"
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    skipped = terminalreporter.stats.get("skipped", [])
+    oracles = sum(1 for r in skipped if MARK in str(r.longrepr))
+    terminalreporter.write_line(
+        f"snapcore tests: {len(skipped)} skipped ({oracles} for a missing oracle); "
+        f"strict mode {'on' if STRICT else 'off'} (SNAPCORE_REQUIRE_ORACLES)"
+    )
+
+
+# ---------------------------------------------------------------------------
+# fixtures
 
 
 @pytest.fixture
@@ -67,45 +103,32 @@ def mt(spawn):
     return t
 
 
-def _raised_sysctl(name, wanted, why):
-    """Context for a test that needs /proc/sys/NAME >= wanted: raise it as root, restore after."""
-    path = "/proc/sys/" + name.replace(".", "/")
-    with open(path) as f:
-        old = int(f.read())
-    if old >= wanted:
-        yield old
-        return
-    if os.geteuid() != 0:
-        pytest.skip(f"{name} is {old}; {why} needs {wanted}, and only root may raise it")
+def _held_sysctl(name, wanted, why, least=None):
+    """Context for a test that needs /proc/sys/NAME >= least (default: wanted), which
+    is raised to wanted as root (the kernel may grant less, e.g. hugetlb pages)."""
+    least = wanted if least is None else least
+    tag = f"{name} for {os.environ.get('PYTEST_CURRENT_TEST', '?')}"
+    got = session.hold({name: ("min", wanted)}, tag)[name]
     try:
-        with open(path, "w") as f:
-            f.write(str(wanted))
-        with open(path) as f:
-            got = int(f.read())
-        yield got
+        if got is None:
+            missing(f"this kernel has no {name}")
+        if int(got) < least:
+            missing(f"{name} is {got}; {why} needs {least}, and only root may raise it")
+        yield int(got)
     finally:
-        with open(path, "w") as f:
-            f.write(str(old))
+        session.release(tag)
 
 
 @pytest.fixture
 def many_maps_allowed():
     """vm.max_map_count high enough for a target with more than 65535 mappings."""
-    yield from _raised_sysctl("vm.max_map_count", 200000, "a PN_XNUM target")
+    yield from _held_sysctl("vm.max_map_count", 200000, "a PN_XNUM target")
 
 
 @pytest.fixture
 def hugepages():
-    """Two 2 MiB hugetlb pages reserved for the test (0 if the kernel would not give them).
+    """Two 2 MiB hugetlb pages reserved for the test.
 
     Request it before ``spawn`` so the targets die before the reservation goes back.
     """
-    try:
-        gen = _raised_sysctl("vm.nr_hugepages", 2, "a hugetlb mapping")
-        got = next(gen)
-    except FileNotFoundError:
-        pytest.skip("this kernel has no hugetlb support (/proc/sys/vm/nr_hugepages)")
-    try:
-        yield got
-    finally:
-        gen.close()
+    yield from _held_sysctl("vm.nr_hugepages", 2, "a hugetlb mapping", least=1)

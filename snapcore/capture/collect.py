@@ -17,6 +17,7 @@ Everything here reads /proc or ptrace; nothing decides what memory is dumped
 """
 
 import errno
+import time
 from dataclasses import dataclass
 
 from .. import _native, procfs
@@ -55,7 +56,19 @@ def check_target(pid):
     if st.kthread:
         raise KernelThread(pid, st.name)
     if st.state in ("Z", "X") and not has_live_task(pid):
-        raise ZombieProcess(pid)  # a zombie leader with live threads is still a process
+        # a zombie leader with live threads is still a process; and while a thread
+        # other than the leader execs, the leader reads Z for a moment and that
+        # thread's tid vanishes (it takes the leader's): look again before saying so
+        for pause in (0.001, 0.005, 0.02):
+            time.sleep(pause)
+            try:
+                st = procfs.read_status(pid)
+            except NoSuchProcess:
+                raise NoSuchProcess(pid) from None
+            if st.state not in ("Z", "X") or has_live_task(pid):
+                break
+        else:
+            raise ZombieProcess(pid)
     if st.tracer_pid and not procfs.is_own_thread(st.tracer_pid):
         # (a snapcore helper process holds threads of its caller before dumping it)
         raise AlreadyTraced(pid, *procfs.tracer_process(st.tracer_pid))

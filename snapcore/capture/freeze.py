@@ -36,10 +36,11 @@ from ..errors import (
     ThreadStopTimeout,
     UnsupportedTarget,
 )
-from ..procfs import is_own_thread, list_tids, read_status, tracer_process
+from ..procfs import is_own_thread, list_tids, read_stat, read_status, tracer_process
 
 _JOB_CONTROL = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
 MAX_SCANS = 64
+PF_EXITING = 0x4  # include/linux/sched.h: the task is on its way out (flags in /proc stat)
 
 
 class Unstable(Exception):
@@ -81,6 +82,8 @@ class Freezer:
         self.stop_timeout = stop_timeout
         self.cancel = cancel
         self.seized = []  # tids we are attached to, stopped or not
+        self.ever_seized = set()  # (forgotten ones too)
+        self._adopted = []  # seized under another tid (see _adopt_renamed)
         self.threads = {}  # tid -> FrozenThread, stopped ones
         self.frozen_at = None
         self.resumed_at = None
@@ -98,10 +101,18 @@ class Freezer:
             except NoSuchProcess:
                 raise TargetExited(self.pid) from None
             new = [t for t in tids if t not in seen]
+            if self.pid in self.ever_seized and not self._still_ours(self.pid):
+                # the leader we hold is gone and its tid taken by a thread that
+                # exec'd: the threads we hold belong to a program no longer there
+                raise Unstable(f"process {self.pid} exec'd while it was being frozen")
             if not new:
                 break
             seen.update(new)
-            batch = [t for t in new if self._seize(t)]
+            with _ExitReaper(self):
+                batch = [t for t in new if self._seize(t)]
+            batch += self._adopted
+            seen.update(self._adopted)
+            self._adopted = []
             self._wait_stopped(batch, deadline)
             self._check_cancel()
         else:
@@ -126,7 +137,8 @@ class Freezer:
         deadline = time.monotonic() + self.stop_timeout
         if self.frozen_at is None:
             self.frozen_at = time.monotonic()
-        batch = [t for t in tids if t not in self.seized and self._seize(t)]
+        with _ExitReaper(self):
+            batch = [t for t in tids if t not in self.seized and self._seize(t)]
         self._wait_stopped(batch, deadline)
         held = []
         for tid in batch:
@@ -167,20 +179,56 @@ class Freezer:
         else:
             raise AccessDenied(self.pid, "ptrace(PTRACE_SEIZE) was refused (EPERM)")
         self.seized.append(tid)
+        self.ever_seized.add(tid)
         try:
             _native.interrupt(tid)
         except _native.SyscallError as exc:
             if exc.errno != errno.ESRCH:
                 raise
+            self._adopt_renamed()
         return True
 
+    def _still_ours(self, tid):
+        """False only if tid is a live thread that we do not trace (any more)."""
+        try:
+            if read_status(self.pid, tid).tracer_pid == threading.get_native_id():
+                return True
+        except SnapcoreError:
+            return True  # gone: the process is exiting, not replaced
+        return exiting(self.pid, tid)
+
+    def _adopt_renamed(self):
+        """A thread gone right after we attached to it may have been renamed, not
+        killed: an exec by a thread other than the leader gives the execing thread
+        the leader's tid.  Whatever thread we trace but do not know is taken in, and
+        stopped like the others (else it would stay traced, and running)."""
+        me = threading.get_native_id()
+        try:
+            tids = list_tids(self.pid)
+        except NoSuchProcess:
+            return
+        for t in tids:
+            if t in self.threads:
+                continue  # stopped, and known as what it is
+            try:
+                if read_status(self.pid, t).tracer_pid != me:
+                    continue
+                _native.interrupt(t)  # (the tid may be one we seized as another thread)
+            except (SnapcoreError, _native.SyscallError):
+                continue
+            if t not in self.seized:
+                self.seized.append(t)
+                self._adopted.append(t)
+
     def _eperm_is_transient(self, tid):
-        """After EPERM: False for a zombie or vanished thread; raise if traced by another."""
+        """After EPERM: False for a thread that is gone, dead or exiting (the kernel
+        refuses to attach to those: a process killed, or an exec replacing its
+        threads); raise if traced by another."""
         try:
             st = read_status(self.pid, tid)
         except SnapcoreError:
             return False  # gone
-        if st.state in ("Z", "X"):
+        if exiting(self.pid, tid):
             return False
         if st.tracer_pid and not is_own_thread(st.tracer_pid):
             tracer, comm = tracer_process(st.tracer_pid)
@@ -308,6 +356,47 @@ class Freezer:
         self.resume()
 
 
+class _ExitReaper:
+    """While the tracer thread seizes threads, reap those it already traces that exit.
+
+    PTRACE_SEIZE waits for the target's cred_guard_mutex, which an exec holds from
+    its start; the exec then kills the other threads and waits until each is
+    released, and a traced thread that dies is released only when its tracer reaps
+    it.  A tracer blocked in PTRACE_SEIZE while a thread it traces dies that way
+    would wait for ever (and the exec with it).  Any thread of the tracer's process
+    may reap its tracees, so this one does, every few milliseconds, exits only
+    (WEXITED: the stops stay for the tracer to collect), and never the group
+    leader (an exec waits only for it to be a zombie, and its parent may be us).
+    """
+
+    PERIOD = 0.002
+    WALL = 0x40000000  # __WALL: threads too
+
+    def __init__(self, freezer):
+        self.freezer = freezer
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="snapcore-reaper", daemon=True)
+
+    def _run(self):
+        pid = self.freezer.pid
+        while not self._stop.wait(self.PERIOD):
+            for tid in list(self.freezer.seized):
+                if tid == pid:
+                    continue
+                try:
+                    os.waitid(os.P_PID, tid, os.WEXITED | os.WNOHANG | self.WALL)
+                except (ChildProcessError, OSError):
+                    pass
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
 def detach_with(tid, held):
     """Detach tid handing back held signals: the first with its exact siginfo
     (PTRACE_SETSIGINFO, so si_pid/si_value survive), any others re-sent to the
@@ -325,18 +414,34 @@ def detach_with(tid, held):
             pass
 
 
+def exiting(pid, tid):
+    """True if the thread is gone, dead, or exiting (PF_EXITING: killed, or replaced
+    by an exec), though its state may still read R or D."""
+    try:
+        st = read_stat(pid, tid)
+    except SnapcoreError:
+        return True
+    return st.state in ("Z", "X", "x") or bool(st.flags & PF_EXITING)
+
+
 def has_live_task(pid):
     try:
         tids = list_tids(pid)
     except NoSuchProcess:
         return False
-    for tid in tids:
-        try:
-            if read_status(pid, tid).state not in ("Z", "X"):
-                return True
-        except SnapcoreError:
-            continue
-    return False
+    return any(not exiting(pid, tid) for tid in tids)
+
+
+def dying(pid, timeout=1.0):
+    """After ESRCH from ptrace on a thread we had stopped: True once every thread of
+    pid is exiting or gone (the process was killed); False if some thread still
+    lives after ``timeout`` (a killed thread sets PF_EXITING only when it runs)."""
+    deadline = time.monotonic() + timeout
+    while has_live_task(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.005)
+    return True
 
 
 def _is_parent_of(pid):

@@ -22,6 +22,8 @@ into Snapshot.stats["phases"].
 """
 
 import contextlib
+import errno
+import random
 import time
 
 from .. import _native, metadata, procfs, procmaps
@@ -35,14 +37,15 @@ from ..errors import (
 )
 from . import collect, kstate, live, waits
 from .copy import CoreWriter
-from .freeze import Freezer, Unstable
+from .freeze import Freezer, Unstable, dying, has_live_task
 from .plan import READ, BackingFiles, plan_dump, read_memory
 from .result import Snapshot
 from .select import select
 
 
 class Job:
-    ATTEMPTS = 3
+    ATTEMPTS = 5
+    RETRY_PAUSE = 0.005  # up to this much more before each new attempt, at random
 
     def __init__(self, pid, out, status, options, facts, started, cancel):
         self.pid = pid
@@ -112,18 +115,39 @@ class Job:
                             f"process {self.pid} kept changing while it was being "
                             f"frozen ({exc}); tried {self.ATTEMPTS} times",
                         ) from None
+                    # e.g. an exec replaced the threads: one that execs every few
+                    # milliseconds would meet each attempt made in step with it
+                    time.sleep(random.uniform(0, self.RETRY_PAUSE * changed))
                     continue
+                facts = None
                 if want_live:
+                    # what the core says of the process is read now, while it is frozen:
+                    # the image holds the memory, not the target's ids, times or auxv,
+                    # and the target may change them, or exit, once resumed
+                    with self.phase("collect"):
+                        facts = self._process_facts(arch)
                     with self.phase("fork"):
                         image, self.fallback = live.fork_image(
                             self.pid, freezer, frozen, threads, arch, nofork, self.options
                         )
                 if image is None:
-                    snap = self._write(threads, arch)
+                    snap = self._write(threads, arch, facts=facts)
+                    if not has_live_task(self.pid):
+                        # killed while frozen: what was read of it may be nothing
+                        # (its smaps are empty once its memory is gone)
+                        raise TargetExited(self.pid)
             except NoSuchProcess as exc:
                 if isinstance(exc, TargetExited):
                     raise
                 raise TargetExited(self.pid) from exc  # vanished while we read /proc
+            except _native.SyscallError as exc:
+                if image is not None:
+                    image.dispose()
+                if exc.errno == errno.ESRCH and dying(self.pid):
+                    # a ptrace call on a thread killed while frozen (e.g. in the
+                    # injected clone of live mode): the process is exiting
+                    raise TargetExited(self.pid) from exc
+                raise
             except BaseException:
                 if image is not None:
                     image.dispose()
@@ -145,7 +169,7 @@ class Job:
                     image.dispose()
                     raise
                 try:
-                    snap = self._write(threads, arch, image=image)
+                    snap = self._write(threads, arch, image=image, facts=facts)
                 except NoSuchProcess as exc:
                     raise TargetExited(self.pid) from exc
                 finally:
@@ -186,19 +210,27 @@ class Job:
         return self._write(threads, arch)
 
     # -- plan, select, lay out, copy ---------------------------------------
-    def _write(self, threads, arch, image=None):
+    def _process_facts(self, arch):
+        """(ProcessNotes, coredump_filter): read from /proc of the frozen target."""
+        proc = collect.collect_process(self.pid, self.status.state, arch, self.pid)
+        filt = self.options.coredump_filter
+        if filt is None:
+            filt = procfs.read_coredump_filter(self.pid)
+        return proc, filt
+
+    def _write(self, threads, arch, image=None, facts=None):
         """Plan, select, lay out and write the core, reading memory from the target
-        (frozen) or, in live mode, from its forked image (the target runs on)."""
+        (frozen) or, in live mode, from its forked image (the target runs on).
+        ``facts``: _process_facts() read while the target was frozen (live mode)."""
         pid = self.pid
         opts = self.options
         self.src = src = image.child if image is not None else pid
-        with self.phase("collect"):
-            proc = collect.collect_process(pid, self.status.state, arch, src)
+        if facts is None:
+            with self.phase("collect"):
+                facts = self._process_facts(arch)
+        proc, filt = facts
         self._check_cancel()
         plan_started = time.monotonic()
-        filt = opts.coredump_filter
-        if filt is None:
-            filt = procfs.read_coredump_filter(pid)
         file_ranges = procmaps.map_files_ranges(src)
         with BackingFiles(src) as files:
             if image is None:
@@ -222,11 +254,11 @@ class Job:
             with self.phase("waits"):
                 found = waits.frozen_facts(src, arch, threads, self.samples, plans)
             threads_meta = waits.annotate(collect.thread_meta(pid, threads, self.states), found)
-            facts = dict(self.facts, kernel=self.process_sample, python=found.process)
+            described = dict(self.facts, kernel=self.process_sample, python=found.process)
 
             def notes_for(sel):
                 self.record = metadata.new_record(
-                    facts=facts,
+                    facts=described,
                     uid=proc.uid,
                     gid=proc.gid,
                     options=opts,

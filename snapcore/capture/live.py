@@ -38,7 +38,7 @@ from .. import _native, procfs, procmaps
 from ..elf.structs import NT_PRSTATUS
 from ..errors import LiveUnavailable, NoSuchProcess, SnapcoreError, TargetExited
 from .copy import Copier
-from .freeze import detach_with
+from .freeze import detach_with, exiting
 from .plan import NONE, PRELOADED, READ, BackingFiles, plan_dump, read_memory
 
 CLONE_FILES = 0x400
@@ -164,6 +164,10 @@ class Injection:
                 if statuses[0] == _native.WAIT_GONE:
                     raise TargetExited(self.tid)
                 return statuses[0]
+            if exiting(self.tid, self.tid):
+                # killed meanwhile: a group leader's exit is reported only once its
+                # other threads are reaped, which they cannot be while we wait here
+                raise TargetExited(self.tid)
 
 
 def inject_clone(arch, tid, saved_regs):

@@ -9,8 +9,8 @@ import pytest
 
 import snapcore
 
-from faults import wait_traced
-from helpers import assert_runs_on, have, task_states
+from support.procs import assert_runs_on, task_states, wait_traced
+from support.strict import need_tool
 
 
 def test_second_snapcore_fails_cleanly_and_first_succeeds(spawn, tmp_path):
@@ -37,8 +37,8 @@ def test_second_snapcore_fails_cleanly_and_first_succeeds(spawn, tmp_path):
     assert_runs_on(t)
 
 
-@pytest.mark.skipif(not have("strace"), reason="strace not installed")
 def test_traced_by_strace(spawn, tmp_path):
+    need_tool("strace")
     t = spawn("mt")
     st = subprocess.Popen(
         ["strace", "-p", str(t.pid), "-o", os.devnull],

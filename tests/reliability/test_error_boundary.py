@@ -12,8 +12,14 @@ import sys
 import textwrap
 import time
 
-from faults import tracer_of, wait_traced
-from helpers import assert_runs_on, assert_untraced, snapcore_cli, task_states
+from support.procs import (
+    assert_runs_on,
+    assert_untraced,
+    snapcore_cli,
+    task_states,
+    tracer_of,
+    wait_traced,
+)
 
 
 def one_line_error(p, code, *fragments):

@@ -8,7 +8,8 @@ import pytest
 
 import snapcore
 
-from helpers import assert_runs_on, assert_untraced, read_core_memory
+from support.oracles import read_core_memory
+from support.procs import assert_runs_on
 
 # VmHWM is the high-water RSS of this process's own address space.  getrusage's
 # ru_maxrss is not: it keeps the RSS the parent had when it forked us (the kernel
@@ -81,5 +82,4 @@ def test_copy_on_write_shared_pages_stay_shared(spawn, tmp_path, live):
     assert after.shared_rss == before.shared_rss, (before.shared_rss, after.shared_rss)
     assert after.anonymous == before.anonymous
     assert read_core_memory(s.path, t.info["buf"], 4096) != b"\0" * 4096
-    t.ping()
-    assert_untraced(t.pid)
+    assert_runs_on(t)

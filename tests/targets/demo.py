@@ -13,7 +13,8 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from helpers import Target, assert_runs_on, target_path  # noqa: E402
+from support.procs import assert_runs_on  # noqa: E402
+from support.targets import Target, target_path  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.dirname(HERE)), "demo-out")
 

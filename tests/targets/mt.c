@@ -156,7 +156,7 @@ __attribute__((noinline)) void command_loop(void)
     }
 }
 
-/* The bytes tests/helpers.py edge_pattern(seed, n) expects. */
+/* The bytes tests/support/targets.py edge_pattern(seed, n) expects. */
 static void fill(unsigned char *p, size_t n, unsigned seed)
 {
     for (size_t i = 0; i < n; i++)

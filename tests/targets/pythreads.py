@@ -3,7 +3,7 @@
     main thread      outer() -> inner() -> time.sleep(...)
     "worker" thread  worker_loop() -> threading.Event.wait()   (never set)
 
-It speaks the test targets' protocol (tests/helpers.py Target) without a
+It speaks the test targets' protocol (tests/support/targets.py Target) without a
 third thread: stdin is put in O_ASYNC mode, so a command line raises SIGIO,
 and the SIGIO handler (run by the interpreter in the main thread, between
 two slices of the sleep) answers it.  The sleep is then resumed (PEP 475),

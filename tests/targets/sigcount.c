@@ -3,11 +3,23 @@
  *
  * Three threads (main + two workers blocked in pause) share the handlers.
  * SIGUSR1, SIGUSR2, SIGWINCH and SIGRTMIN..SIGRTMIN+3 are counted (SA_RESTART,
- * no signal blocked).  `sigcount [MIB]` adds MIB of pseudo-random data so a
- * snapshot lasts long enough to send signals into it.
+ * no signal blocked), each with an atomic add: a Python handler would run
+ * once for several deliveries of one signal, and after a freeze pending
+ * signals land on several threads at once.  `sigcount [MIB]` adds MIB of
+ * pseudo-random data so that a snapshot lasts a while.
+ *
+ * A fourth thread, the heartbeat, blocks every signal and notes the time
+ * (CLOCK_MONOTONIC, the clock the test reads too) every millisecond; a gap of
+ * more than GAP_NS between two beats is recorded: while the process is frozen
+ * nothing beats, so the gap around a freeze is the process's own account of
+ * when it was frozen.  Each handler also notes when it ran.
+ *
  * Prints "READY {json with tids}", then answers:
- *   ping    -> "pong TICKS"
- *   counts  -> "counts USR1 USR2 WINCH RT0 RT1 RT2 RT3"
+ *   ping        -> "pong TICKS"
+ *   counts      -> "counts USR1 USR2 WINCH RT0 RT1 RT2 RT3"
+ *   gaps        -> "gaps START END ..." (ns) of the gaps since the last "gaps"
+ *   deliveries  -> "deliveries N FIRST LAST" (ns): handler runs since the last
+ *                  "deliveries", the time of the first and of the last
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -21,8 +33,22 @@
 #include <time.h>
 #include <unistd.h>
 
+#define GAP_NS 2000000LL
+#define MAX_GAPS 256
+
 static int counts[8];
 static volatile unsigned long ticks;
+static pthread_mutex_t gaps_mu = PTHREAD_MUTEX_INITIALIZER;
+static long long gaps[MAX_GAPS][2];
+static int ngaps;
+static long long deliv_n, deliv_first, deliv_last;
+
+static long long now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
 static volatile int tids[4];
 static volatile int started;
 
@@ -36,7 +62,17 @@ static int slot(int sig)
 }
 
 /* atomic: after a freeze, pending signals land on several threads at once */
-static void on_signal(int sig) { __atomic_add_fetch(&counts[slot(sig)], 1, __ATOMIC_SEQ_CST); }
+static void on_signal(int sig)
+{
+    long long t = now_ns(), first = 0;
+    __atomic_add_fetch(&counts[slot(sig)], 1, __ATOMIC_SEQ_CST);
+    __atomic_compare_exchange_n(&deliv_first, &first, t, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    long long last = __atomic_load_n(&deliv_last, __ATOMIC_SEQ_CST);
+    while (t > last && !__atomic_compare_exchange_n(&deliv_last, &last, t, 0, __ATOMIC_SEQ_CST,
+                                                    __ATOMIC_SEQ_CST))
+        ;
+    __atomic_add_fetch(&deliv_n, 1, __ATOMIC_SEQ_CST);
+}
 
 static void *worker(void *arg)
 {
@@ -55,8 +91,20 @@ static void *ticker(void *arg)
     sigset_t all;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL);   /* the ticker takes no signals */
+    long long last = now_ns();
     for (;;) {
         nanosleep(&ts, NULL);
+        long long t = now_ns();
+        if (t - last > GAP_NS) {
+            pthread_mutex_lock(&gaps_mu);
+            if (ngaps < MAX_GAPS) {
+                gaps[ngaps][0] = last;
+                gaps[ngaps][1] = t;
+                ngaps++;
+            }
+            pthread_mutex_unlock(&gaps_mu);
+        }
+        last = t;
         ticks++;
     }
     return arg;
@@ -98,9 +146,26 @@ int main(int argc, char **argv)
     while (fgets(line, sizeof line, stdin)) {
         if (!strncmp(line, "ping", 4))
             printf("pong %lu\n", ticks);
-        else if (!strncmp(line, "counts", 6))
-            printf("counts %d %d %d %d %d %d %d\n", counts[0], counts[1], counts[2],
-                   counts[3], counts[4], counts[5], counts[6]);
+        else if (!strncmp(line, "counts", 6)) {
+            int c[7];
+            for (int i = 0; i < 7; i++)
+                c[i] = __atomic_load_n(&counts[i], __ATOMIC_SEQ_CST);
+            printf("counts %d %d %d %d %d %d %d\n", c[0], c[1], c[2], c[3], c[4], c[5], c[6]);
+        }
+        else if (!strncmp(line, "gaps", 4)) {
+            pthread_mutex_lock(&gaps_mu);
+            printf("gaps");
+            for (int i = 0; i < ngaps; i++)
+                printf(" %lld %lld", gaps[i][0], gaps[i][1]);
+            printf("\n");
+            ngaps = 0;
+            pthread_mutex_unlock(&gaps_mu);
+        }
+        else if (!strncmp(line, "deliveries", 10)) {
+            printf("deliveries %lld %lld %lld\n", __atomic_exchange_n(&deliv_n, 0, __ATOMIC_SEQ_CST),
+                   __atomic_exchange_n(&deliv_first, 0, __ATOMIC_SEQ_CST),
+                   __atomic_exchange_n(&deliv_last, 0, __ATOMIC_SEQ_CST));
+        }
         else
             printf("ok\n");
         fflush(stdout);

@@ -14,7 +14,8 @@ from snapcore import clidoc
 from snapcore.cli.main import COMMANDS
 from snapcore.cli.main import parsers as all_parsers
 
-from helpers import require_tool, run
+from support.procs import run
+from support.strict import need_tool as require_tool
 
 
 def snapcore_out(*args):

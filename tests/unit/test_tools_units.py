@@ -18,6 +18,8 @@ from snapcore.cli.decompress import write_sparse
 from snapcore.procmaps import Vma
 from snapcore.read.coreinfo import build_id_from_image
 
+from support.targets import need_built
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 MT = os.path.join(os.path.dirname(HERE), "targets", "bin", "mt")
 P = 4096
@@ -219,8 +221,7 @@ def test_note_reserves_room_and_final_fits():
 
 
 def test_build_id_from_the_first_page():
-    if not os.path.exists(MT):
-        pytest.skip("targets not built")
+    need_built("mt")
     out = subprocess.run(["readelf", "-n", MT], capture_output=True, text=True).stdout
     want = re.search(r"Build ID: ([0-9a-f]+)", out).group(1)
     with open(MT, "rb") as f:

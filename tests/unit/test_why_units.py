@@ -18,7 +18,9 @@ from snapcore.capture import kstate, sockdiag
 from snapcore.cpython.objects import addr2line
 from snapcore.read.threadstate import classify, timed
 
-from helpers import ROOT, have
+from support.procs import have
+from support.strict import missing
+from support.targets import ROOT
 
 # layout field -> the C expression gdb evaluates for it, per version
 _COMMON = {
@@ -109,7 +111,7 @@ def _libpython(version):
 def test_cpython_layouts_match_the_dwarf(version):
     lib = _libpython(version)
     if lib is None or not have("gdb"):
-        pytest.skip(f"no libpython {version} with gdb here")
+        missing(f"no libpython {version} with gdb here")
     exprs = dict(_COMMON, **_BY_VERSION[version])
     script = "\n".join(
         f'print("{k}", int(gdb.parse_and_eval("(long)({e})")))' for k, e in exprs.items()
@@ -122,7 +124,7 @@ def test_cpython_layouts_match_the_dwarf(version):
     )
     got = dict(line.split() for line in p.stdout.splitlines() if line.split()[0] in exprs)
     if len(got) < len(exprs):
-        pytest.skip(f"gdb could not read {lib}'s DWARF: {p.stderr[-300:]}")
+        missing(f"gdb could not read {lib}'s DWARF: {p.stderr[-300:]}")
     lay = LAYOUTS[version]
     assert {k: getattr(lay, k) for k in exprs} == {k: int(v) for k, v in got.items()}
 
@@ -173,7 +175,7 @@ print(json.dumps(bad))
 def test_addr2line_agrees_with_other_cpythons(version):
     exe = glob.glob(f"/root/.pyenv/versions/{version}.*/bin/python{version}")
     if not exe:
-        pytest.skip(f"no CPython {version}")
+        missing(f"no CPython {version}")
     objects = os.path.join(ROOT, "snapcore", "cpython", "objects.py")
     p = subprocess.run([exe[0], "-c", PROBE, objects], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
@@ -188,7 +190,7 @@ def test_unix_peers_from_sock_diag():
         il = os.fstat(listener.fileno()).st_ino
         peers = sockdiag.unix_peers([ia, ib, il])
         if not peers:
-            pytest.skip("no sock_diag for AF_UNIX in this kernel")
+            missing("no sock_diag for AF_UNIX in this kernel")
         assert peers == {ia: ib, ib: ia}
     finally:
         for s in (a, b, listener):

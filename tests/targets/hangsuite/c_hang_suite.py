@@ -1,6 +1,6 @@
 """A test stuck in C code (no Python signal handler can run), and a healthy one.
 
-Copied as test_c_hang_suite.py by tests/integration/test_pytest_plugin.py.
+Copied as test_c_hang_suite.py by tests/tools/test_pytest_plugin.py.
 """
 
 import ctypes

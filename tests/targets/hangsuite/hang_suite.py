@@ -1,4 +1,4 @@
-"""A test suite with a hung test, run by tests/integration/test_pytest_plugin.py.
+"""A test suite with a hung test, run by tests/tools/test_pytest_plugin.py.
 
 Copied into a temporary directory as test_hang_suite.py and run there with
 --snapcore-timeout.  test_hangs starts a Python child that sleeps forever and
