@@ -94,6 +94,10 @@ struct sc_copy_stats {
     uint64_t readv_calls;
     uint64_t mem_reads;
     uint64_t scan_calls;
+    uint64_t read_ns;          /* reading the target and backing files (reader) */
+    uint64_t write_ns;         /* zero scan and writes (writer) */
+    uint64_t scan_ns;          /* asking pagemap which pages are resident (reader) */
+    uint64_t wait_ns;          /* the reader waiting for a free buffer (write-bound) */
     int32_t  cancel;           /* set to 1 from another thread to stop early */
     int32_t  pad;
 };
@@ -106,6 +110,7 @@ struct sc_copy_ctx {
     int      scan_mode;        /* 2 PAGEMAP_SCAN, 1 pagemap reads, 0 none; lowered on ENOTTY */
     int      readv_ok;         /* 1 until process_vm_readv proves unusable */
     uint64_t bufsize;          /* bytes per read buffer (rounded to pages) */
+    int      nbufs;            /* buffers in the reader -> writer ring (0: 2) */
     int      writer_thread;    /* 1: overlap reads and writes with a second thread */
     int      sequential;       /* 1: out_fd is a stream (pipe): write every byte in
                                   order, zeros included, starting at stream_pos */
@@ -114,7 +119,9 @@ struct sc_copy_ctx {
 };
 
 /* Copy the segments; returns 0, -ECANCELED, -ESRCH (the target is gone), or
- * -errno of a fatal write error. */
+ * -errno of a fatal write error.  Resident runs are packed into batches of up
+ * to bufsize bytes and IOV_MAX runs, each read with one process_vm_readv; the
+ * writer takes whole batches from a ring of nbufs buffers. */
 long sc_copy(struct sc_copy_ctx *ctx, const struct sc_seg *segs, size_t nsegs,
              struct sc_copy_stats *stats, struct sc_bad *bad, size_t bad_cap);
 

@@ -18,6 +18,7 @@ import errno
 import os
 import stat
 import struct
+import time
 from dataclasses import dataclass, field
 
 from . import _native
@@ -574,21 +575,34 @@ class CopyResult:
     readv_calls: int
     mem_reads: int
     scan_calls: int
+    read_seconds: float = 0.0   # the C loop reading the target and backing files
+    write_seconds: float = 0.0  # its zero scan and writes (on the writer thread, overlapped)
+    scan_seconds: float = 0.0   # asking pagemap which pages are resident
+    wait_seconds: float = 0.0   # the reader waiting for the writer (write-bound)
+    copy_seconds: float = 0.0   # the whole sc_copy call
 
 
 class Copier:
-    """One sc_copy run; ``stats`` is shared with the C loop for progress and cancel."""
+    """One sc_copy run; ``stats`` is shared with the C loop for progress and cancel.
+
+    The C loop packs resident runs into batches of ``bufsize`` bytes (and up to
+    IOV_MAX runs, one process_vm_readv each) that go round a ring of ``nbufs``
+    buffers to the writer thread: memory used is about nbufs * bufsize.
+    """
 
     BAD_CAP = 4096
+    NBUFS = 4
 
     def __init__(self, pid, out_fd, bufsize=4 << 20, writer_thread=True, sequential=False,
-                 stream_pos=0, use_readv=True):
+                 stream_pos=0, use_readv=True, nbufs=None):
         """sequential: out_fd is a stream (e.g. a pipe to a compressor); every byte is
         written in order, holes as zeros, starting at file offset stream_pos.
 
         use_readv=False reads everything through /proc/PID/mem: for a forked
         live image, every page of which is copy-on-write shared with the
-        target (see Vma.cow_shared)."""
+        target (see Vma.cow_shared).
+
+        nbufs: buffers in the ring between reader and writer (default NBUFS)."""
         lib = _native.require()
         self.ffi = _native.ffi
         self.lib = lib
@@ -598,6 +612,7 @@ class Copier:
         self.ctx.pid = pid
         self.ctx.out_fd = out_fd
         self.ctx.bufsize = bufsize
+        self.ctx.nbufs = self.NBUFS if nbufs is None else nbufs
         self.ctx.readv_ok = 1 if use_readv else 0
         self.ctx.writer_thread = 1 if writer_thread else 0
         self.ctx.sequential = 1 if sequential else 0
@@ -657,7 +672,9 @@ class Copier:
                 fl |= self.lib.SC_SEG_FAULT_ABSENT
             s.flags = fl
         bad = ffi.new("struct sc_bad[]", self.BAD_CAP)
+        t0 = time.monotonic()
         r = self.lib.sc_copy(self.ctx, segs, len(todo), self.stats, bad, self.BAD_CAP)
+        elapsed = time.monotonic() - t0
         st = self.stats
         if r == -errno.ECANCELED:
             from .errors import SnapshotCancelled
@@ -675,4 +692,6 @@ class Copier:
                         for i in range(int(st.n_bad))],
             unreadable_truncated=int(st.n_bad_total - st.n_bad),
             readv_calls=int(st.readv_calls), mem_reads=int(st.mem_reads),
-            scan_calls=int(st.scan_calls))
+            scan_calls=int(st.scan_calls), read_seconds=st.read_ns / 1e9,
+            write_seconds=st.write_ns / 1e9, scan_seconds=st.scan_ns / 1e9,
+            wait_seconds=st.wait_ns / 1e9, copy_seconds=elapsed)
