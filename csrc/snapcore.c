@@ -215,15 +215,30 @@ long sc_pread(int fd, void *buf, size_t len, uint64_t offset)
 /* ---- residency: PAGEMAP_SCAN (Linux 6.7+) or /proc/PID/pagemap ------------ */
 
 /* From include/uapi/linux/fs.h (6.7+); older build headers lack them. */
-struct sc_page_region { uint64_t start, end, categories; };
 struct sc_pm_scan_arg {
     uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages;
     uint64_t category_inverted, category_mask, category_anyof_mask, return_mask;
 };
 #define SC_PAGEMAP_SCAN _IOWR('f', 16, struct sc_pm_scan_arg)
-#define SC_PAGE_IS_PRESENT (1ULL << 3)
-#define SC_PAGE_IS_SWAPPED (1ULL << 4)
-#define SC_PAGE_IS_PFNZERO (1ULL << 5)
+
+long sc_pagemap_scan(int pagemap_fd, uint64_t start, uint64_t end, struct sc_region *out,
+                     size_t cap, uint64_t *walk_end)
+{
+    struct sc_pm_scan_arg arg;
+    memset(&arg, 0, sizeof arg);
+    arg.size = sizeof arg;
+    arg.start = start;
+    arg.end = end;
+    arg.vec = (uint64_t)(uintptr_t)out;
+    arg.vec_len = cap;
+    arg.category_anyof_mask = SC_PAGE_IS_PRESENT | SC_PAGE_IS_SWAPPED;
+    arg.return_mask = SC_PAGE_IS_PRESENT | SC_PAGE_IS_SWAPPED | SC_PAGE_IS_PFNZERO;
+    long r = ioctl(pagemap_fd, SC_PAGEMAP_SCAN, &arg);
+    if (r < 0)
+        return -errno;
+    *walk_end = arg.walk_end;
+    return r;
+}
 
 enum { R_ABSENT = 0, R_RESIDENT = 1, R_ZEROPAGE = 2 };
 
@@ -232,7 +247,7 @@ struct resid_iter {
     struct sc_copy_ctx *ctx;
     struct sc_copy_stats *st;
     uint64_t pos, end;
-    struct sc_page_region regs[512];
+    struct sc_region regs[512];
     int nregs, ri;
     uint64_t scanned_to;                      /* PAGEMAP_SCAN walked up to here */
     uint64_t pm[512];                         /* raw pagemap entries */
@@ -263,26 +278,19 @@ static int next_scan(struct resid_iter *it, uint64_t *a, uint64_t *b, int *kind)
             }
             return 0;
         }
-        struct sc_pm_scan_arg arg;
-        memset(&arg, 0, sizeof arg);
-        arg.size = sizeof arg;
-        arg.start = it->scanned_to;
-        arg.end = it->end;
-        arg.vec = (uint64_t)(uintptr_t)it->regs;
-        arg.vec_len = sizeof it->regs / sizeof it->regs[0];
-        arg.category_anyof_mask = SC_PAGE_IS_PRESENT | SC_PAGE_IS_SWAPPED;
-        arg.return_mask = SC_PAGE_IS_PRESENT | SC_PAGE_IS_SWAPPED | SC_PAGE_IS_PFNZERO;
-        long r = ioctl(it->ctx->pagemap_fd, SC_PAGEMAP_SCAN, &arg);
+        uint64_t walk_end = 0;
+        long r = sc_pagemap_scan(it->ctx->pagemap_fd, it->scanned_to, it->end, it->regs,
+                                 sizeof it->regs / sizeof it->regs[0], &walk_end);
         it->st->scan_calls++;
         if (r < 0)
-            return -errno;
+            return (int)r;
         it->nregs = (int)r;
         it->ri = 0;
-        it->scanned_to = arg.walk_end > it->scanned_to ? arg.walk_end : it->end;
-        if (r == 0 && it->scanned_to < it->end && arg.walk_end == 0)
+        it->scanned_to = walk_end > it->scanned_to ? walk_end : it->end;
+        if (r == 0 && it->scanned_to < it->end && walk_end == 0)
             it->scanned_to = it->end;
     }
-    struct sc_page_region *rg = &it->regs[it->ri];
+    struct sc_region *rg = &it->regs[it->ri];
     if (rg->start > it->pos) {                /* gap before this region: absent */
         *a = it->pos; *b = rg->start; *kind = R_ABSENT;
         it->pos = rg->start;

@@ -53,6 +53,27 @@ long sc_readv(int pid, const uint64_t *remote_addrs, const uint64_t *remote_lens
 /* One pread(2); used on /proc/PID/mem (FOLL_FORCE) and backing files. */
 long sc_pread(int fd, void *buf, size_t len, uint64_t offset);
 
+/* One page run that PAGEMAP_SCAN reported (the kernel's struct page_region). */
+struct sc_region {
+    uint64_t start;
+    uint64_t end;
+    uint64_t categories;       /* SC_PAGE_IS_* */
+};
+
+enum {
+    SC_PAGE_IS_PRESENT = 8,    /* include/uapi/linux/fs.h PAGE_IS_PRESENT */
+    SC_PAGE_IS_SWAPPED = 16,
+    SC_PAGE_IS_PFNZERO = 32    /* mapped to the shared zero page: reads as zeros */
+};
+
+/* One PAGEMAP_SCAN ioctl (Linux 6.7+) on /proc/PID/pagemap over [start, end):
+ * up to cap runs of pages that are present or swapped, in address order, with
+ * their categories.  *walk_end is where the walk stopped (it may stop before
+ * end when out is full: call again from there).  Returns the number of runs,
+ * or -errno (-ENOTTY/-EINVAL: the kernel has no PAGEMAP_SCAN). */
+long sc_pagemap_scan(int pagemap_fd, uint64_t start, uint64_t end, struct sc_region *out,
+                     size_t cap, uint64_t *walk_end);
+
 /* One dumped range: copy [vaddr, vaddr+len) to out_fd at file_off. */
 struct sc_seg {
     uint64_t vaddr;

@@ -138,6 +138,20 @@ def readv(pid, addr, length):
     return ffi.buffer(buf, got)[:]
 
 
+def pagemap_scan(pagemap_fd, start, end, cap=512):
+    """One PAGEMAP_SCAN over [start, end): ([(start, end, categories)], walk_end).
+
+    The runs are pages present or swapped; categories has SC_PAGE_IS_* bits.
+    Raises SyscallError (ENOTTY/EINVAL: no PAGEMAP_SCAN on this kernel).
+    """
+    out = ffi.new("struct sc_region[]", cap)
+    walk_end = ffi.new("uint64_t *")
+    n = _check(require().sc_pagemap_scan(pagemap_fd, start, end, out, cap, walk_end),
+               "ioctl(PAGEMAP_SCAN)")
+    return [(int(out[i].start), int(out[i].end), int(out[i].categories)) for i in range(n)], \
+        int(walk_end[0])
+
+
 def pread(fd, length, offset):
     buf = ffi.new("char[]", length)
     got = _check(require().sc_pread(fd, buf, length, offset), "pread")
