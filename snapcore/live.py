@@ -441,44 +441,59 @@ def resident_runs(pagemap_fd, start, end):
     return out
 
 
-def split_for_self_write(image, plans, offsets, min_run=SELF_WRITE_MIN_RUN):
+def split_for_self_write(image, plans, offsets, min_run=SELF_WRITE_MIN_RUN, share=1.0,
+                         page_size=4096):
     """Split the copy between the image and the C loop.
 
     Returns (runs, rest_plans, rest_offsets): runs [(addr, length, file_off)] are
     resident runs of at least min_run bytes in readable, non-special VMAs that
-    the image writes itself; the rest (small runs, everything else) stays with
-    the C loop as pieces of the plans (same VMA, same flags, file offsets kept).
+    the image writes itself, at most ``share`` of their bytes (the C loop, on
+    another CPU, copies the rest of them meanwhile); the rest (small runs,
+    everything else) stays with the C loop as pieces of the plans (same VMA,
+    same flags, file offsets kept).
     """
     import dataclasses
 
     from .memory import PRELOADED, READ
-    runs, rest, rest_off = [], [], []
     try:
         pm = os.open(f"/proc/{image}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return [], list(plans), list(offsets)
+    todo = []                                     # (plan, offset, [(a, b)] for the image)
     try:
         for p, off in zip(plans, offsets):
             if not p.filesz or p.fill not in (READ, PRELOADED):
                 continue
             v = p.vma
-            if p.fill != READ or v.special or not v.readable:
-                rest.append(p)
-                rest_off.append(off)
-                continue
-            end = p.start + p.filesz
-            taken = [(a, b) for a, b in resident_runs(pm, p.start, end) if b - a >= min_run]
-            pos = p.start
-            for a, b in taken + [(end, end)]:
-                if a > pos:                       # the C loop keeps what lies between
-                    rest.append(dataclasses.replace(p, start=pos, end=p.end if a == end
-                                                    else a, filesz=a - pos))
-                    rest_off.append(off + (pos - p.start))
-                if b > a:
-                    runs.append((a, b - a, off + (a - p.start)))
-                pos = b
+            big = []
+            if p.fill == READ and not v.special and v.readable:
+                end = p.start + p.filesz
+                big = [(a, b) for a, b in resident_runs(pm, p.start, end) if b - a >= min_run]
+            todo.append((p, off, big))
     except _native.SyscallError:
         return [], list(plans), list(offsets)       # no PAGEMAP_SCAN: all to the C loop
     finally:
         os.close(pm)
+    budget = share * sum(b - a for _, _, big in todo for a, b in big)
+    runs, rest, rest_off = [], [], []
+    for p, off, big in todo:
+        end = p.start + p.filesz
+        taken = []
+        for a, b in big:
+            if budget <= 0:
+                break
+            if b - a > budget:
+                b = max(a, a + int(budget) // page_size * page_size)
+            budget -= b - a
+            if b > a:
+                taken.append((a, b))
+        pos = p.start
+        for a, b in taken + [(end, end)]:
+            if a > pos:                           # the C loop keeps what lies between
+                rest.append(dataclasses.replace(p, start=pos, end=p.end if a == end else a,
+                                                filesz=a - pos))
+                rest_off.append(off + (pos - p.start))
+            if b > a:
+                runs.append((a, b - a, off + (a - p.start)))
+            pos = b
     return runs, rest, rest_off

@@ -10,9 +10,12 @@ on the same benchtarget, interleaved rep after rep:
     normal      snapcore.snapshot's job in stop mode (process_vm_readv, C loop)
     live/mem    live mode as it is: the C loop reads the image through
                 /proc/PID/mem, its writer thread writes (overlapped)
+    live/mem-1t the same without the writer thread (read, then write)
     live/self   live mode with self-write (snapcore/live.py ImageWriter): the
                 image pwrite()s its own resident runs of >= 1 MiB into the core
                 while the C loop copies the rest through /proc/PID/mem
+    live/self-70  the same, the image taking 70% of those bytes and the C loop
+                the rest, so that both CPUs copy
 
 For each: in-call wall, the copy step alone, the target's pause (its heartbeat:
 largest gap of the run), snapcore's own pause count, and the copy-on-write
@@ -43,7 +46,7 @@ from coreparse import Core  # noqa: E402
 
 S = importlib.import_module("snapcore.snapshot")  # the module, not the function
 
-VARIANTS = ("normal", "live/mem", "live/self")
+VARIANTS = ("normal", "live/mem", "live/mem-1t", "live/self", "live/self-70")
 
 
 def _self_write_copy(self, plans, layout):
@@ -53,7 +56,9 @@ def _self_write_copy(self, plans, layout):
     out = self.out
     out.write_at(layout.header_block(), 0)
     t0 = time.monotonic()
-    runs, rest, rest_off = live.split_for_self_write(self.src, plans, layout.offsets)
+    runs, rest, rest_off = live.split_for_self_write(
+        self.src, plans, layout.offsets, share=self._share
+    )
     copier = Copier(
         self.src, out.fd, self.opts.buffer_size, self.opts.writer_thread, use_readv=False
     )
@@ -95,13 +100,14 @@ def snap(pid, path, variant):
     """One snapshot in this process; returns (Snapshot, copy seconds, extra)."""
     t0 = time.monotonic()
     status = S.check_target(pid)
-    opts = S._Options(live=variant != "normal")
+    opts = S._Options(live=variant != "normal", writer_thread=variant != "live/mem-1t")
     out = output.CoreFile(path, force=True)
     cancel = tracer.CancelToken()
     job = S._Job(pid, out, status, opts, metadata.process_facts(pid), time.time(), cancel)
     job._write = types.MethodType(_keep_arch, job)
-    if variant == "live/self":
+    if variant.startswith("live/self"):
         job._copy_to_file = types.MethodType(_self_write_copy, job)
+        job._share = 0.7 if variant == "live/self-70" else 1.0
     try:
         s = tracer.run_traced(job.run, cancel, lambda: None)
         size, _ = job.finish(s, t0)
