@@ -75,6 +75,7 @@ def _self_write_copy(self, plans, layout):
     try:
         with live.ImageWriter(self._arch, self.src, out.fd) as w:
             w.write_runs(runs, self.cancel)
+        self._image_cpu = _cpu_of(self.src)
     finally:
         t.join()
         copier.close()
@@ -91,6 +92,13 @@ def _self_write_copy(self, plans, layout):
     return result
 
 
+def _cpu_of(pid):
+    """utime + stime of a process, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _keep_arch(self, threads, arch, image=None):
     self._arch = arch
     return S._Job._write(self, threads, arch, image=image)
@@ -99,6 +107,7 @@ def _keep_arch(self, threads, arch, image=None):
 def snap(pid, path, variant):
     """One snapshot in this process; returns (Snapshot, copy seconds, extra)."""
     t0 = time.monotonic()
+    c0 = os.times()
     status = S.check_target(pid)
     opts = S._Options(live=variant != "normal", writer_thread=variant != "live/mem-1t")
     out = output.CoreFile(path, force=True)
@@ -116,6 +125,8 @@ def snap(pid, path, variant):
         out.abort()
         raise
     s.wall_time = time.monotonic() - t0
+    c1 = os.times()
+    s.cpu = c1.user - c0.user + c1.system - c0.system + getattr(job, "_image_cpu", 0.0)
     return s, getattr(job, "_self", None)
 
 
@@ -169,6 +180,7 @@ def main(argv=None):
                         r = {
                             "wall": s.wall_time,
                             "copy": s.stats["copy_seconds"],
+                            "cpu": s.cpu,
                             "pause": gap,
                             "self_pause": s.pause_time,
                             "cow": s.cow_time,
@@ -179,7 +191,7 @@ def main(argv=None):
                         res[v].append(r)
                         print(
                             f"[liveproto] {mib} MiB churn {churn} {v:<10} rep {rep}: "
-                            f"wall {r['wall']:.3f} copy {r['copy']:.3f} pause "
+                            f"wall {r['wall']:.3f} copy {r['copy']:.3f} cpu {r['cpu']:.2f} pause "
                             f"{r['pause'] * 1000:.1f} ms cow {r['cow']:.3f} "
                             f"disk {r['disk'] >> 20} MiB same-bytes {ok} {extra or ''}",
                             flush=True,
@@ -189,10 +201,10 @@ def main(argv=None):
             rows.append((mib, churn, res))
     print()
     print(
-        "| target | variant | in-call wall | copy step | ÷ normal (wall) | pause (heartbeat) "
-        "| snapcore's pause | cow window | data equal |"
+        "| target | variant | in-call wall | copy step | ÷ normal (wall) | CPU (s) "
+        "| pause (heartbeat) | snapcore's pause | cow window | data equal |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for mib, churn, res in rows:
         nw = statistics.median(r["wall"] for r in res["normal"])
         for v in VARIANTS:
@@ -214,6 +226,7 @@ def main(argv=None):
             print(
                 f"| {mib} MiB random{f', written {churn} pages/ms' if churn else ', idle'} "
                 f"| {v} | {f('wall')} s | {f('copy')} s | {w / nw:.2f}× | "
+                f"{f('cpu', 1, '{:.2f}')} | "
                 f"{f('pause', 1000, '{:.1f}')} ms | {f('self_pause', 1000, '{:.1f}')} ms | "
                 f"{f('cow')} s | {'—' if oks == {None} else 'yes' if oks == {True} else 'NO'} |"
             )
