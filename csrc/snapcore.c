@@ -242,65 +242,84 @@ long sc_pagemap_scan(int pagemap_fd, uint64_t start, uint64_t end, struct sc_reg
 
 enum { R_ABSENT = 0, R_RESIDENT = 1, R_ZEROPAGE = 2 };
 
-/* Iterator over [start, end) yielding runs of one residency kind. */
+/*
+ * Iterator over a segment [pos, end) yielding runs of one residency kind.  It
+ * lives as long as the copy: one PAGEMAP_SCAN may cover several segments (up
+ * to `limit`, the end of a group of nearby segments in address order), and a
+ * region that runs past one segment's end is kept for the next.  A mapping
+ * per page (65,000 one-page VMAs) then costs a few ioctls, not one each.
+ */
 struct resid_iter {
     struct sc_copy_ctx *ctx;
     struct sc_copy_stats *st;
-    uint64_t pos, end;
+    uint64_t pos, end;                        /* the current segment, what is left */
+    uint64_t limit;                           /* scan ahead up to here */
     struct sc_region regs[512];
     int nregs, ri;
-    uint64_t scanned_to;                      /* PAGEMAP_SCAN walked up to here */
+    uint64_t scanned_to;                      /* regs[] describe up to here */
     uint64_t pm[512];                         /* raw pagemap entries */
     uint64_t pm_base;
     int pm_n;
 };
 
-static void resid_init(struct resid_iter *it, struct sc_copy_ctx *ctx,
-                       struct sc_copy_stats *st, uint64_t start, uint64_t end)
+/* Start on a new segment [start, end); scans may run on to limit. */
+static void resid_begin(struct resid_iter *it, uint64_t start, uint64_t end, uint64_t limit)
 {
-    memset(it, 0, sizeof *it);
-    it->ctx = ctx;
-    it->st = st;
+    int reuse = it->ctx != NULL && start >= it->pos && start <= it->scanned_to;
     it->pos = start;
     it->end = end;
-    it->scanned_to = start;
+    it->limit = limit > end ? limit : end;
+    if (!reuse) {
+        it->nregs = it->ri = 0;
+        it->scanned_to = start;
+        return;
+    }
+    while (it->ri < it->nregs && it->regs[it->ri].end <= start)
+        it->ri++;                             /* regions of what lay between */
 }
 
 /* Next run via PAGEMAP_SCAN; 1 with a run, 0 at end, -errno. */
 static int next_scan(struct resid_iter *it, uint64_t *a, uint64_t *b, int *kind)
 {
+    if (it->pos >= it->end)
+        return 0;
     while (it->ri >= it->nregs) {
-        if (it->scanned_to >= it->end) {
-            if (it->pos < it->end) {          /* tail after the last resident region */
-                *a = it->pos; *b = it->end; *kind = R_ABSENT;
-                it->pos = it->end;
-                return 1;
-            }
-            return 0;
+        if (it->scanned_to >= it->end) {      /* tail after the last resident region */
+            *a = it->pos; *b = it->end; *kind = R_ABSENT;
+            it->pos = it->end;
+            return 1;
         }
+        uint64_t from = it->scanned_to > it->pos ? it->scanned_to : it->pos;
         uint64_t walk_end = 0;
-        long r = sc_pagemap_scan(it->ctx->pagemap_fd, it->scanned_to, it->end, it->regs,
+        long r = sc_pagemap_scan(it->ctx->pagemap_fd, from, it->limit, it->regs,
                                  sizeof it->regs / sizeof it->regs[0], &walk_end);
         it->st->scan_calls++;
-        if (r < 0)
+        if (r < 0) {
+            it->nregs = it->ri = 0;           /* nothing cached survives an error */
+            it->scanned_to = it->pos;
             return (int)r;
+        }
         it->nregs = (int)r;
         it->ri = 0;
-        it->scanned_to = walk_end > it->scanned_to ? walk_end : it->end;
-        if (r == 0 && it->scanned_to < it->end && walk_end == 0)
-            it->scanned_to = it->end;
+        it->scanned_to = walk_end > from ? walk_end : it->limit;
     }
     struct sc_region *rg = &it->regs[it->ri];
+    if (rg->start >= it->end) {               /* the rest of this segment: absent */
+        *a = it->pos; *b = it->end; *kind = R_ABSENT;
+        it->pos = it->end;
+        return 1;
+    }
     if (rg->start > it->pos) {                /* gap before this region: absent */
         *a = it->pos; *b = rg->start; *kind = R_ABSENT;
         it->pos = rg->start;
         return 1;
     }
-    *a = rg->start;
-    *b = rg->end;
+    *a = it->pos;
+    *b = rg->end < it->end ? rg->end : it->end;
     *kind = (rg->categories & SC_PAGE_IS_PFNZERO) ? R_ZEROPAGE : R_RESIDENT;
-    it->pos = rg->end;
-    it->ri++;
+    it->pos = *b;
+    if (rg->end <= it->end)
+        it->ri++;                             /* else: the next segment starts in it */
     return 1;
 }
 
@@ -415,6 +434,7 @@ struct copier {
     int nb;
     int fill;                                 /* the batch the reader packs */
     int have;                                 /* ... and it holds it */
+    struct resid_iter it;                     /* reader: residency, across segments */
     struct iovec riov[IOV_MAX];               /* reader: remote ranges */
     struct iovec wiov[IOV_MAX];               /* writer: sequential mode */
     /* writer thread */
@@ -801,6 +821,7 @@ static int add_range(struct copier *c, const struct sc_seg *s, uint64_t a, uint6
         if (__atomic_load_n(&c->st->cancel, __ATOMIC_RELAXED))
             return -ECANCELED;
         struct batch *b = batch_acquire(c);
+        uint64_t file_off = s->file_off + (a - s->vaddr);
         if (b->used == cap || b->npieces == SC_PIECES) {
             int r = batch_submit(c);
             if (r < 0)
@@ -809,14 +830,18 @@ static int add_range(struct copier *c, const struct sc_seg *s, uint64_t a, uint6
         }
         uint64_t n = end - a < cap - b->used ? end - a : cap - b->used;
         struct piece *last = b->npieces ? &b->pieces[b->npieces - 1] : NULL;
-        if (last && last->seg == s && last->src == src && last->addr + last->len == a) {
-            last->len += n;                   /* contiguous in memory and in the file */
+        if (last && last->src == src && last->addr + last->len == a &&
+            last->file_off + last->len == file_off &&
+            (last->seg == s || (src == SRC_TARGET && last->seg->flags == s->flags))) {
+            /* contiguous in memory and in the file (adjacent segments too: the
+             * backing file of a piece is its first segment's, so those stay apart) */
+            last->len += n;
         } else {
             struct piece *p = &b->pieces[b->npieces++];
             p->seg = s;
             p->addr = a;
             p->len = n;
-            p->file_off = s->file_off + (a - s->vaddr);
+            p->file_off = file_off;
             p->buf_off = b->used;
             p->src = src;
         }
@@ -826,20 +851,20 @@ static int add_range(struct copier *c, const struct sc_seg *s, uint64_t a, uint6
     return 0;
 }
 
-static int copy_seg(struct copier *c, const struct sc_seg *s)
+static int copy_seg(struct copier *c, const struct sc_seg *s, uint64_t limit)
 {
     uint64_t end = s->vaddr + s->len;
     if (s->flags & SC_SEG_BACKING_ONLY)
         return add_range(c, s, s->vaddr, end, SRC_BACKING);
     if (!(s->flags & SC_SEG_RESIDENT_ONLY))
         return add_range(c, s, s->vaddr, end, SRC_TARGET);
-    struct resid_iter it;
-    resid_init(&it, c->ctx, c->st, s->vaddr, end);
+    struct resid_iter *it = &c->it;
+    resid_begin(it, s->vaddr, end, limit);
     uint64_t a = 0, b = 0;
     int kind = R_ABSENT, r;
     for (;;) {
         uint64_t t0 = now_ns();
-        r = resid_next(&it, &a, &b, &kind);
+        r = resid_next(it, &a, &b, &kind);
         add_ns(&c->st->scan_ns, t0);
         if (r <= 0)
             break;
@@ -864,10 +889,30 @@ static int copy_seg(struct copier *c, const struct sc_seg *s)
     if (r < 0) {
         /* No residency information for the rest (e.g. the VMA went away):
          * report it unreadable rather than risk faulting memory in. */
-        note_bad(c, it.pos, end - it.pos, -r);
-        __atomic_add_fetch(&c->st->bytes_done, end - it.pos, __ATOMIC_RELAXED);
+        note_bad(c, it->pos, end - it->pos, -r);
+        __atomic_add_fetch(&c->st->bytes_done, end - it->pos, __ATOMIC_RELAXED);
+        it->pos = end;
     }
     return 0;
+}
+
+/* How far one PAGEMAP_SCAN from segs[i] may run: to the end of the last of the
+ * resident-only segments that follow in address order, each starting less than
+ * SCAN_GAP past the one before (what lies between, a guard page or a VMA that
+ * is not dumped, is walked for nothing; keep that small). */
+#define SCAN_GAP (2ULL << 20)
+
+static uint64_t scan_limit(const struct sc_seg *segs, size_t nsegs, size_t i)
+{
+    uint64_t limit = segs[i].vaddr + segs[i].len;
+    for (size_t j = i + 1; j < nsegs; j++) {
+        const struct sc_seg *s = &segs[j];
+        if (!(s->flags & SC_SEG_RESIDENT_ONLY) || (s->flags & SC_SEG_BACKING_ONLY) ||
+            s->vaddr < limit || s->vaddr - limit > SCAN_GAP)
+            break;
+        limit = s->vaddr + s->len;
+    }
+    return limit;
 }
 
 static void free_bufs(struct copier *c)
@@ -922,9 +967,15 @@ long sc_copy(struct sc_copy_ctx *ctx, const struct sc_seg *segs, size_t nsegs,
             c->threaded = 0;
         pthread_sigmask(SIG_SETMASK, &old, NULL);
     }
+    c->it.ctx = ctx;
+    c->it.st = stats;
     long ret = 0;
-    for (size_t i = 0; i < nsegs && ret == 0; i++)
-        ret = copy_seg(c, &segs[i]);
+    uint64_t limit = 0;
+    for (size_t i = 0; i < nsegs && ret == 0; i++) {
+        if (limit <= segs[i].vaddr)
+            limit = scan_limit(segs, nsegs, i);
+        ret = copy_seg(c, &segs[i], limit);
+    }
     if (ret == 0)
         ret = batch_submit(c);
     if (c->threaded) {
