@@ -176,7 +176,7 @@ def specs(tiny):
     nmaps = 2000 if tiny else 65000
     reserved = s(65536) if not tiny else GiB
     touched = s(256) if not tiny else 8 * MiB
-    churn = 256  # pages written per millisecond
+    churn = 64  # pages written per millisecond: 256 MiB/s of first writes
     return [
         Spec(
             "rand1g", f"{human(s(1024))} random", random=s(1024), thp=False, tools=full, quick=True
@@ -1251,19 +1251,27 @@ def goals(bench, summ):
                 f"(goal ≤ 1.25×; gcore {fmt_ratio(ratio(get(name, GCORE, 'wall'), fl['median']))}"
                 f" the floor)",
             )
-    main_peaks = [
-        r["rss"]
+    # the 64 MB goal is the stop-mode one on the random targets; the others are reported
+    rand = {s.name for s in bench.chosen if s.random and not (s.threads or s.maps or s.stride > 1)}
+    peaks = [
+        (r["rss"], r["target"])
         for r in bench.runs
         if r["tool"] in (SNAP, LIVE) and r.get("rss") and not r.get("error")
     ]
+    main_peaks = [v for v, t in peaks if t in rand]
     if main_peaks:
         sums = [r["rss_sum"] for r in bench.runs if r["tool"] == LIVE and r.get("rss_sum")]
+        others = sorted(
+            {(t, max(v for v, u in peaks if u == t)) for _, t in peaks if t not in rand}
+        )
         add(
             max(main_peaks) <= 64e6,
-            f"peak RSS: largest snapcore process {max(main_peaks) / 1e6:.1f} MB over "
-            f"{len(main_peaks)} runs"
+            f"peak RSS on the random targets: largest snapcore process "
+            f"{max(main_peaks) / 1e6:.1f} MB over {len(main_peaks)} runs"
             + (f" (live: CLI + helper together at most {max(sums) / 1e6:.1f} MB)" if sums else "")
-            + " (goal ≤ 64 MB, 1 MB = 10^6 bytes)",
+            + " (goal ≤ 64 MB, 1 MB = 10^6 bytes; elsewhere: "
+            + (", ".join(f"{t} {v / 1e6:.1f} MB" for t, v in others) or "none")
+            + ")",
         )
     else:
         add(None, "peak RSS ≤ 64 MB: not measured in this run")
