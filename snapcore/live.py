@@ -310,22 +310,32 @@ def _reap_from(pid, arch, child, tid):
 # Not yet wired into snapshot.py.  How it must be called (on the tracer
 # thread, which traces the image):
 #
-#     with ImageWriter(arch, image_pid, core_fd) as w:   # opens the core in the image
-#         big, rest = split_for_self_write(image_pid, plans, offsets)
-#         copier = Copier(image_pid, core_fd, ..., use_readv=False)
-#         t = threading.Thread(target=copier.run, args=rest)   # small runs, PROT_NONE
-#         t.start()                                            # VMAs, backing files:
-#         w.write_runs(big, cancel)                            # the C loop, meanwhile
+#     runs, rest, rest_off = split_for_self_write(image_pid, plans, offsets)
+#     copier = Copier(image_pid, core_fd, ..., use_readv=False)
+#     t = threading.Thread(target=copier.run, args=(rest, rest_off))  # small runs,
+#     t.start()                                   # PROT_NONE VMAs, backing files
+#     try:
+#         with ImageWriter(arch, image_pid, core_fd) as w:   # opens the core in the image
+#             w.write_runs(runs, cancel)                     # the C loop, meanwhile
+#     finally:
 #         t.join()
+#         copier.close()
 #
 # The image must be stopped and traced by this thread, and alive until the
-# last write returned.  Pages the image writes that hold only zeros become data
+# last write returned; if open() raises LiveUnavailable, copy everything with
+# the C loop instead.  Pages the image writes that hold only zeros become data
 # (the kernel's own core does the same); the C loop leaves them as holes.
+#
+# The writes run in the image, so they are accounted where the image is: open()
+# first gives it a session of its own (setsid: out of the target's process
+# group and, with sched autogroup, out of its CPU share) and moves it into this
+# process's cgroups where it may (memory: the core's page cache; cpu; io), so
+# that the copy is not charged to the target's limits.
 
 # System call numbers the self-write needs (arch facts: they belong in
 # arch/x86_64.py next to nr_clone and nr_wait4 once this is wired in).
 _SELF_WRITE_NR = {"x86_64": {"mmap": 9, "munmap": 11, "openat": 257, "pwrite64": 18,
-                             "close": 3}}
+                             "close": 3, "setsid": 112}}
 _AT_FDCWD = -100
 _PROT_READ_WRITE = 3
 _MAP_PRIVATE_ANONYMOUS = 0x22
@@ -361,6 +371,8 @@ class ImageWriter:
 
     def open(self):
         """Open our core fd in the image through /proc/OWNER/fd/N."""
+        self._call("setsid")                      # its own session: see the note above
+        self.cgroups_moved = move_to_our_cgroups(self.image)
         path = f"/proc/{self.owner_pid}/fd/{self.out_fd}".encode() + b"\0"
         page = self._call("mmap", 0, 4096, _PROT_READ_WRITE, _MAP_PRIVATE_ANONYMOUS, -1, 0)
         if page < 0:
@@ -419,6 +431,50 @@ class ImageWriter:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _cgroup_mounts():
+    """{controller or "": mount point} from /proc/self/mounts ("" is cgroup2)."""
+    out = {}
+    try:
+        with open("/proc/self/mounts") as f:
+            for line in f:
+                _dev, mnt, fstype, opts = line.split()[:4]
+                if fstype == "cgroup2":
+                    out.setdefault("", mnt)
+                elif fstype == "cgroup":
+                    for opt in opts.split(","):
+                        out.setdefault(opt, mnt)
+    except OSError:
+        pass
+    return out
+
+
+def move_to_our_cgroups(pid):
+    """Best effort: move pid into each cgroup this process is in.  Returns how many
+    hierarchies took it (0 without permission, which is not an error)."""
+    mounts = _cgroup_mounts()
+    moved = 0
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return 0
+    for line in lines:
+        _hid, ctrls, path = line.split(":", 2)
+        if ctrls.startswith("name="):
+            continue
+        key = ctrls.split(",")[0] if ctrls else ""
+        mnt = mounts.get(key)
+        if mnt is None:
+            continue
+        try:
+            with open(os.path.join(mnt, path.lstrip("/"), "cgroup.procs"), "w") as f:
+                f.write(str(pid))
+            moved += 1
+        except OSError:
+            pass
+    return moved
 
 
 def resident_runs(pagemap_fd, start, end):
