@@ -144,13 +144,15 @@ def main(argv=None):
     p.add_argument("--churn", type=int, default=256, help="pages/ms for the churn targets")
     p.add_argument("--no-churn", action="store_true", help="idle targets only")
     p.add_argument("--dir", default="/tmp", help="where the cores go")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="which, comma-separated")
     args = p.parse_args(argv)
+    variants = tuple(v for v in VARIANTS if v in args.variants.split(","))
     rows = []
     for mib in [int(x) for x in args.sizes.split(",")]:
         for churn in [0] if args.no_churn else [0, args.churn]:
             spec = bench.Spec(f"r{mib}", "", random=mib << 20, thp=False, churn=churn)
             t = bench.BenchTarget(spec, args.dir)
-            res = {v: [] for v in VARIANTS}
+            res = {v: [] for v in variants}
             try:
                 addr, length = t.info["addr"], t.info["random_bytes"]
                 want = None
@@ -159,8 +161,8 @@ def main(argv=None):
                     want = region_digest(lambda a, n, fd=fd: os.pread(fd, n, a), addr, length)
                     os.close(fd)
                 for rep in range(args.reps):
-                    k = rep % len(VARIANTS)
-                    for v in VARIANTS[k:] + VARIANTS[:k]:
+                    k = rep % len(variants)
+                    for v in variants[k:] + variants[:k]:
                         path = os.path.join(args.dir, "liveproto.core")
                         os.sync()
                         with open("/proc/sys/vm/drop_caches", "w") as f:
@@ -207,7 +209,7 @@ def main(argv=None):
     print("|---|---|---|---|---|---|---|---|---|---|")
     for mib, churn, res in rows:
         nw = statistics.median(r["wall"] for r in res["normal"])
-        for v in VARIANTS:
+        for v in variants:
             rs = res[v]
 
             def f(key, scale=1.0, fmt="{:.3f}", rs=rs):
