@@ -31,8 +31,8 @@ Each run records
   phases      snapcore: Snapshot.stats["phases"] when the snapshot reports them,
               and the C loop's read and write seconds
   floor       floor.c on the same bytes of the same target, into the same
-              directory: a read-only pass (process_vm_readv, 1 MiB per call, as
-              snapcore's batches) and a write-only pass (pwrite, 1 MiB per call).
+              directory: a read-only pass (process_vm_readv, 256 KiB per call, as
+              snapcore's batches) and a write-only pass (pwrite, 256 KiB per call).
               On two cores reads and writes can overlap, so max(read, write) is
               the fastest any core writer can be.
 The target's own fork() time (the page-table copy a live snapshot pays) is
@@ -80,7 +80,7 @@ GCORE, GCORE_NEW, KERNEL, SNAP, LIVE, FLOOR_R, FLOOR_W = (
 )
 TOOL_ORDER = (GCORE, GCORE_NEW, KERNEL, SNAP, LIVE, FLOOR_R, FLOOR_W)
 FLOORS = (FLOOR_R, FLOOR_W)
-FLOOR_CHUNK = 1 * MiB  # the size of snapcore's batches (its 4 MiB buffer in 4)
+FLOOR_CHUNK = 256 << 10  # the size of snapcore's batches (snapcore.memory.Copier.BATCH)
 RUN_TIMEOUT = 600.0  # one tool run; gdb 18 on 64 GiB reserved takes a minute
 READY_TIMEOUT = 180.0  # filling 4 GiB on a busy machine
 SETTLE_MAX = 20.0  # the longest wait for free page reporting to go quiet
