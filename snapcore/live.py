@@ -307,8 +307,14 @@ def _reap_from(pid, arch, child, tid):
 # has its own copy of the target's fd table and its own page tables; one
 # scratch page is mapped in the image for the path and unmapped again).
 #
-# Not yet wired into snapshot.py.  How it must be called (on the tracer
-# thread, which traces the image):
+# Measured, and not wired in (docs/performance.md, "Live mode"): on the 2-vCPU
+# test VM the overlapped /proc/PID/mem copy (the C loop's writer thread) was as
+# fast or faster.  The image's one big pwrite makes the page cache use large
+# folios, whose memory this VM first has to fault back in from its host (free
+# page reporting): 0.27-1.5 s of CPU per GiB, varying run to run; cut into
+# 2 MiB or 256 KiB calls it costs 512 or 4096 injected system calls per GiB
+# (0.7-0.9 s and 1.1-1.5 s per GiB).  Keep it for hosts where that is not so.
+# How it must be called (on the tracer thread, which traces the image):
 #
 #     runs, rest, rest_off = split_for_self_write(image_pid, plans, offsets)
 #     copier = Copier(image_pid, core_fd, ..., use_readv=False)
