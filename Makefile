@@ -57,8 +57,14 @@ unit: build
 demo: build
 	$(PY) tests/targets/demo.py
 
-bench: deps build
-	$(PY) tests/bench/bench.py $(BENCH_ARGS)
+# gdb 18 (gdb-for-pwndbg, for the sparse-gcore column) goes beside the venv, not into it:
+# its launcher named gdb would otherwise come first on an activated venv's PATH
+BENCH_GDB := build/bench-gdb
+$(BENCH_GDB):
+	$(PY) -m pip install -q --disable-pip-version-check --target $@ gdb-for-pwndbg
+
+bench: deps build $(BENCH_GDB)
+	PYTHONPATH=$(BENCH_GDB) $(PY) tests/bench/bench.py $(BENCH_ARGS)
 
 soak: deps build
 	SNAPCORE_SOAK=1 $(PY) -m pytest -n auto -rP tests/reliability

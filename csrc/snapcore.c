@@ -4,11 +4,11 @@
  * See snapcore.h for the contract (>= 0 or -errno, no policy, no printing).
  * The only non-trivial code is sc_copy(), the loop that moves a target's
  * memory into the core file: it asks pagemap which pages are resident, reads
- * them with process_vm_readv (falling back to /proc/PID/mem, which uses
- * FOLL_FORCE and reads PROT_NONE memory as the kernel's dumper does), skips
- * all-zero pages so the core stays sparse, and pwrite()s the rest at their
- * file offsets.  Optionally a second thread does the zero scan and the writes
- * while the first one reads the next chunk.
+ * them with process_vm_readv, many runs per call (falling back to
+ * /proc/PID/mem, which uses FOLL_FORCE and reads PROT_NONE memory as the
+ * kernel's dumper does), skips all-zero pages so the core stays sparse, and
+ * pwrite()s the rest at their file offsets.  Optionally a second thread does
+ * the zero scan and the writes while the first one reads the next batches.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -25,13 +25,14 @@
 #endif
 #include <limits.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/ptrace.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
 
 #include "snapcore.h"
 
-#define SC_ABI_VERSION 3
+#define SC_ABI_VERSION 4
 #define PAGE 4096ULL
 
 int sc_abi_version(void) { return SC_ABI_VERSION; }
@@ -216,84 +217,111 @@ long sc_pread(int fd, void *buf, size_t len, uint64_t offset)
 /* ---- residency: PAGEMAP_SCAN (Linux 6.7+) or /proc/PID/pagemap ------------ */
 
 /* From include/uapi/linux/fs.h (6.7+); older build headers lack them. */
-struct sc_page_region { uint64_t start, end, categories; };
 struct sc_pm_scan_arg {
     uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages;
     uint64_t category_inverted, category_mask, category_anyof_mask, return_mask;
 };
 #define SC_PAGEMAP_SCAN _IOWR('f', 16, struct sc_pm_scan_arg)
-#define SC_PAGE_IS_PRESENT (1ULL << 3)
-#define SC_PAGE_IS_SWAPPED (1ULL << 4)
-#define SC_PAGE_IS_PFNZERO (1ULL << 5)
+
+long sc_pagemap_scan(int pagemap_fd, uint64_t start, uint64_t end, struct sc_region *out,
+                     size_t cap, uint64_t *walk_end)
+{
+    struct sc_pm_scan_arg arg;
+    memset(&arg, 0, sizeof arg);
+    arg.size = sizeof arg;
+    arg.start = start;
+    arg.end = end;
+    arg.vec = (uint64_t)(uintptr_t)out;
+    arg.vec_len = cap;
+    arg.category_anyof_mask = SC_PAGE_IS_PRESENT | SC_PAGE_IS_SWAPPED;
+    arg.return_mask = SC_PAGE_IS_PRESENT | SC_PAGE_IS_SWAPPED | SC_PAGE_IS_PFNZERO;
+    long r = ioctl(pagemap_fd, SC_PAGEMAP_SCAN, &arg);
+    if (r < 0)
+        return -errno;
+    *walk_end = arg.walk_end;
+    return r;
+}
 
 enum { R_ABSENT = 0, R_RESIDENT = 1, R_ZEROPAGE = 2 };
 
-/* Iterator over [start, end) yielding runs of one residency kind. */
+/*
+ * Iterator over a segment [pos, end) yielding runs of one residency kind.  It
+ * lives as long as the copy: one PAGEMAP_SCAN may cover several segments (up
+ * to `limit`, the end of a group of nearby segments in address order), and a
+ * region that runs past one segment's end is kept for the next.  A mapping
+ * per page (65,000 one-page VMAs) then costs a few ioctls, not one each.
+ */
 struct resid_iter {
     struct sc_copy_ctx *ctx;
     struct sc_copy_stats *st;
-    uint64_t pos, end;
-    struct sc_page_region regs[512];
+    uint64_t pos, end;                        /* the current segment, what is left */
+    uint64_t limit;                           /* scan ahead up to here */
+    struct sc_region regs[512];
     int nregs, ri;
-    uint64_t scanned_to;                      /* PAGEMAP_SCAN walked up to here */
+    uint64_t scanned_to;                      /* regs[] describe up to here */
     uint64_t pm[512];                         /* raw pagemap entries */
     uint64_t pm_base;
     int pm_n;
 };
 
-static void resid_init(struct resid_iter *it, struct sc_copy_ctx *ctx,
-                       struct sc_copy_stats *st, uint64_t start, uint64_t end)
+/* Start on a new segment [start, end); scans may run on to limit. */
+static void resid_begin(struct resid_iter *it, uint64_t start, uint64_t end, uint64_t limit)
 {
-    memset(it, 0, sizeof *it);
-    it->ctx = ctx;
-    it->st = st;
+    int reuse = it->ctx != NULL && start >= it->pos && start <= it->scanned_to;
     it->pos = start;
     it->end = end;
-    it->scanned_to = start;
+    it->limit = limit > end ? limit : end;
+    if (!reuse) {
+        it->nregs = it->ri = 0;
+        it->scanned_to = start;
+        return;
+    }
+    while (it->ri < it->nregs && it->regs[it->ri].end <= start)
+        it->ri++;                             /* regions of what lay between */
 }
 
 /* Next run via PAGEMAP_SCAN; 1 with a run, 0 at end, -errno. */
 static int next_scan(struct resid_iter *it, uint64_t *a, uint64_t *b, int *kind)
 {
+    if (it->pos >= it->end)
+        return 0;
     while (it->ri >= it->nregs) {
-        if (it->scanned_to >= it->end) {
-            if (it->pos < it->end) {          /* tail after the last resident region */
-                *a = it->pos; *b = it->end; *kind = R_ABSENT;
-                it->pos = it->end;
-                return 1;
-            }
-            return 0;
+        if (it->scanned_to >= it->end) {      /* tail after the last resident region */
+            *a = it->pos; *b = it->end; *kind = R_ABSENT;
+            it->pos = it->end;
+            return 1;
         }
-        struct sc_pm_scan_arg arg;
-        memset(&arg, 0, sizeof arg);
-        arg.size = sizeof arg;
-        arg.start = it->scanned_to;
-        arg.end = it->end;
-        arg.vec = (uint64_t)(uintptr_t)it->regs;
-        arg.vec_len = sizeof it->regs / sizeof it->regs[0];
-        arg.category_anyof_mask = SC_PAGE_IS_PRESENT | SC_PAGE_IS_SWAPPED;
-        arg.return_mask = SC_PAGE_IS_PRESENT | SC_PAGE_IS_SWAPPED | SC_PAGE_IS_PFNZERO;
-        long r = ioctl(it->ctx->pagemap_fd, SC_PAGEMAP_SCAN, &arg);
+        uint64_t from = it->scanned_to > it->pos ? it->scanned_to : it->pos;
+        uint64_t walk_end = 0;
+        long r = sc_pagemap_scan(it->ctx->pagemap_fd, from, it->limit, it->regs,
+                                 sizeof it->regs / sizeof it->regs[0], &walk_end);
         it->st->scan_calls++;
-        if (r < 0)
-            return -errno;
+        if (r < 0) {
+            it->nregs = it->ri = 0;           /* nothing cached survives an error */
+            it->scanned_to = it->pos;
+            return (int)r;
+        }
         it->nregs = (int)r;
         it->ri = 0;
-        it->scanned_to = arg.walk_end > it->scanned_to ? arg.walk_end : it->end;
-        if (r == 0 && it->scanned_to < it->end && arg.walk_end == 0)
-            it->scanned_to = it->end;
+        it->scanned_to = walk_end > from ? walk_end : it->limit;
     }
-    struct sc_page_region *rg = &it->regs[it->ri];
+    struct sc_region *rg = &it->regs[it->ri];
+    if (rg->start >= it->end) {               /* the rest of this segment: absent */
+        *a = it->pos; *b = it->end; *kind = R_ABSENT;
+        it->pos = it->end;
+        return 1;
+    }
     if (rg->start > it->pos) {                /* gap before this region: absent */
         *a = it->pos; *b = rg->start; *kind = R_ABSENT;
         it->pos = rg->start;
         return 1;
     }
-    *a = rg->start;
-    *b = rg->end;
+    *a = it->pos;
+    *b = rg->end < it->end ? rg->end : it->end;
     *kind = (rg->categories & SC_PAGE_IS_PFNZERO) ? R_ZEROPAGE : R_RESIDENT;
-    it->pos = rg->end;
-    it->ri++;
+    it->pos = *b;
+    if (rg->end <= it->end)
+        it->ri++;                             /* else: the next segment starts in it */
     return 1;
 }
 
@@ -363,11 +391,40 @@ static int resid_next(struct resid_iter *it, uint64_t *a, uint64_t *b, int *kind
 
 /* ---- the copy ---------------------------------------------------------- */
 
-struct job {
-    char    *buf;
-    uint64_t len;                             /* bytes valid in buf */
-    uint64_t file_off;                        /* where buf[0] goes */
-    int      ready;
+/*
+ * The reader (the calling thread) walks the segments and their resident runs
+ * and packs them into batches: one buffer of ctx->bufsize bytes and up to
+ * IOV_MAX pieces, each a run of the target or of a backing file together with
+ * the file offset it goes to.  A full batch is read with as few system calls
+ * as its pieces allow: one process_vm_readv for up to IOV_MAX target pieces
+ * (so scattered 4 KiB runs cost one call per batch, not one each), one pread
+ * per /proc/PID/mem or backing-file piece.  The writer (a second thread, or
+ * the reader itself) zero-scans each page and pwrite()s the non-zero runs; in
+ * sequential mode it writev()s the pieces, and zeros for the holes between
+ * them, in order.  Batches go round a ring of ctx->nbufs buffers: one
+ * hand-off per batch.
+ */
+
+#define SC_PIECES IOV_MAX
+#define SC_MAX_BUFS 16
+
+enum { SRC_TARGET, SRC_BACKING };
+
+struct piece {
+    const struct sc_seg *seg;
+    uint64_t addr;                            /* target address of buf[buf_off] */
+    uint64_t len;
+    uint64_t file_off;
+    uint64_t buf_off;
+    int      src;
+};
+
+struct batch {
+    char *buf;
+    struct piece pieces[SC_PIECES];
+    int npieces;
+    uint64_t used;                            /* bytes of buf taken by pieces */
+    int ready;                                /* read, waiting for the writer */
 };
 
 struct copier {
@@ -375,8 +432,13 @@ struct copier {
     struct sc_copy_stats *st;
     struct sc_bad *bad;
     size_t bad_cap;
-    struct job jobs[2];
-    int next_job;
+    struct batch *b;
+    int nb;
+    int fill;                                 /* the batch the reader packs */
+    int have;                                 /* ... and it holds it */
+    struct resid_iter it;                     /* reader: residency, across segments */
+    struct iovec riov[IOV_MAX];               /* reader: remote ranges */
+    struct iovec wiov[IOV_MAX];               /* writer: sequential mode */
     /* writer thread */
     int threaded;
     pthread_t thr;
@@ -386,13 +448,19 @@ struct copier {
     int write_err;                            /* first fatal write errno */
 };
 
+static void add_ns(uint64_t *counter, uint64_t t0)
+{
+    __atomic_add_fetch(counter, now_ns() - t0, __ATOMIC_RELAXED);
+}
+
+/* Random data leaves at the first word; only zero pages are read whole. */
 static int page_is_zero(const char *p)
 {
     const uint64_t *w = (const uint64_t *)p;
-    uint64_t acc = 0;
     for (size_t i = 0; i < PAGE / 8; i += 8)
-        acc |= w[i] | w[i + 1] | w[i + 2] | w[i + 3] | w[i + 4] | w[i + 5] | w[i + 6] | w[i + 7];
-    return acc == 0;
+        if (w[i] | w[i + 1] | w[i + 2] | w[i + 3] | w[i + 4] | w[i + 5] | w[i + 6] | w[i + 7])
+            return 0;
+    return 1;
 }
 
 /* Write all n bytes: at file offset off, or at the stream position when off < 0. */
@@ -414,13 +482,37 @@ static int write_out(int fd, const char *p, uint64_t n, int64_t off)
     return 0;
 }
 
-static char zero_page_buf[65536];
+/* writev all of iov[0..n) to a stream (pipes may take part of it). */
+static int writev_all(int fd, struct iovec *iov, int n)
+{
+    while (n > 0) {
+        ssize_t w = writev(fd, iov, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (w == 0)
+            return -EIO;
+        while (n > 0 && (size_t)w >= iov->iov_len) {
+            w -= (ssize_t)iov->iov_len;
+            iov++; n--;
+        }
+        if (n > 0) {
+            iov->iov_base = (char *)iov->iov_base + w;
+            iov->iov_len -= (size_t)w;
+        }
+    }
+    return 0;
+}
+
+static char zero_buf[1 << 20];                /* never written: maps the zero page */
 
 long sc_write_zeros(int fd, uint64_t n)
 {
     while (n > 0) {
-        uint64_t k = n < sizeof zero_page_buf ? n : sizeof zero_page_buf;
-        int r = write_out(fd, zero_page_buf, k, -1);
+        uint64_t k = n < sizeof zero_buf ? n : sizeof zero_buf;
+        int r = write_out(fd, zero_buf, k, -1);
         if (r < 0)
             return r;
         n -= k;
@@ -428,51 +520,87 @@ long sc_write_zeros(int fd, uint64_t n)
     return 0;
 }
 
-/* Sequential sink: fill the gap since the last write with zeros, then the data. */
-static int flush_job_stream(struct copier *c, struct job *j)
+/* Sequential sink: the holes since the last byte written as zeros, then the data,
+ * in as few writev() calls as IOV_MAX allows. */
+static int write_batch_stream(struct copier *c, struct batch *b)
 {
     struct sc_copy_ctx *ctx = c->ctx;
-    if (j->file_off < ctx->stream_pos)
-        return -EINVAL;                        /* out of order: a bug, not an I/O error */
-    long r = sc_write_zeros(ctx->out_fd, j->file_off - ctx->stream_pos);
-    if (r < 0)
-        return (int)r;
-    r = write_out(ctx->out_fd, j->buf, j->len, -1);
-    if (r < 0)
-        return (int)r;
-    ctx->stream_pos = j->file_off + j->len;
-    __atomic_add_fetch(&c->st->bytes_written, j->len, __ATOMIC_RELAXED);
+    struct iovec *iov = c->wiov;
+    uint64_t pos = ctx->stream_pos, data = 0;
+    int n = 0, r;
+    for (int i = 0; i < b->npieces; i++) {
+        struct piece *p = &b->pieces[i];
+        if (p->file_off < pos)
+            return -EINVAL;                   /* out of order: a bug, not an I/O error */
+        uint64_t gap = p->file_off - pos;
+        while (gap > 0) {
+            uint64_t k = gap < sizeof zero_buf ? gap : sizeof zero_buf;
+            iov[n].iov_base = zero_buf;
+            iov[n++].iov_len = k;
+            gap -= k;
+            if (n == IOV_MAX) {
+                if ((r = writev_all(ctx->out_fd, iov, n)) < 0)
+                    return r;
+                n = 0;
+            }
+        }
+        iov[n].iov_base = b->buf + p->buf_off;
+        iov[n++].iov_len = p->len;
+        if (n == IOV_MAX) {
+            if ((r = writev_all(ctx->out_fd, iov, n)) < 0)
+                return r;
+            n = 0;
+        }
+        pos = p->file_off + p->len;
+        data += p->len;
+    }
+    if (n > 0 && (r = writev_all(ctx->out_fd, iov, n)) < 0)
+        return r;
+    ctx->stream_pos = pos;
+    __atomic_add_fetch(&c->st->bytes_written, data, __ATOMIC_RELAXED);
     return 0;
 }
 
-/* Zero-scan a filled buffer and write its non-zero page runs.  Returns 0 or -errno. */
-static int flush_job(struct copier *c, struct job *j)
+/* Zero-scan a batch and pwrite its non-zero page runs.  Returns 0 or -errno. */
+static int write_batch(struct copier *c, struct batch *b)
 {
-    if (c->ctx->sequential)
-        return flush_job_stream(c, j);
-    uint64_t i = 0, zero = 0, written = 0;
-    while (i < j->len) {
-        uint64_t n = j->len - i < PAGE ? j->len - i : PAGE;
-        if (n == PAGE && page_is_zero(j->buf + i)) {
-            zero += n;
+    uint64_t t0 = now_ns();
+    if (c->ctx->sequential) {
+        int r = write_batch_stream(c, b);
+        add_ns(&c->st->write_ns, t0);
+        return r;
+    }
+    uint64_t zero = 0, written = 0;
+    for (int k = 0; k < b->npieces; k++) {
+        struct piece *p = &b->pieces[k];
+        const char *buf = b->buf + p->buf_off;
+        uint64_t i = 0, len = p->len;
+        while (i < len) {
+            uint64_t n = len - i < PAGE ? len - i : PAGE;
+            if (n == PAGE && page_is_zero(buf + i)) {
+                zero += n;
+                i += n;
+                continue;
+            }
+            uint64_t s = i;
             i += n;
-            continue;
+            while (i < len) {
+                uint64_t m = len - i < PAGE ? len - i : PAGE;
+                if (m == PAGE && page_is_zero(buf + i))
+                    break;
+                i += m;
+            }
+            int r = write_out(c->ctx->out_fd, buf + s, i - s, (int64_t)(p->file_off + s));
+            if (r < 0) {
+                add_ns(&c->st->write_ns, t0);
+                return r;
+            }
+            written += i - s;
         }
-        uint64_t s = i;
-        i += n;
-        while (i < j->len) {
-            uint64_t m = j->len - i < PAGE ? j->len - i : PAGE;
-            if (m == PAGE && page_is_zero(j->buf + i))
-                break;
-            i += m;
-        }
-        int r = write_out(c->ctx->out_fd, j->buf + s, i - s, (int64_t)(j->file_off + s));
-        if (r < 0)
-            return r;
-        written += i - s;
     }
     __atomic_add_fetch(&c->st->bytes_zero, zero, __ATOMIC_RELAXED);
     __atomic_add_fetch(&c->st->bytes_written, written, __ATOMIC_RELAXED);
+    add_ns(&c->st->write_ns, t0);
     return 0;
 }
 
@@ -482,50 +610,22 @@ static void *writer_main(void *arg)
     int k = 0;
     pthread_mutex_lock(&c->mu);
     for (;;) {
-        while (!c->jobs[k].ready && !c->stop)
+        while (!c->b[k].ready && !c->stop)
             pthread_cond_wait(&c->cv, &c->mu);
-        if (!c->jobs[k].ready && c->stop)
+        if (!c->b[k].ready && c->stop)
             break;
+        int skip = c->write_err != 0;
         pthread_mutex_unlock(&c->mu);
-        int r = c->write_err ? 0 : flush_job(c, &c->jobs[k]);
+        int r = skip ? 0 : write_batch(c, &c->b[k]);
         pthread_mutex_lock(&c->mu);
         if (r < 0 && !c->write_err)
             c->write_err = -r;
-        c->jobs[k].ready = 0;
+        c->b[k].ready = 0;
         pthread_cond_broadcast(&c->cv);
-        k ^= 1;
+        k = (k + 1) % c->nb;
     }
     pthread_mutex_unlock(&c->mu);
     return NULL;
-}
-
-/* Get an empty buffer to fill. */
-static struct job *job_acquire(struct copier *c)
-{
-    struct job *j = &c->jobs[c->next_job];
-    if (c->threaded) {
-        pthread_mutex_lock(&c->mu);
-        while (j->ready)
-            pthread_cond_wait(&c->cv, &c->mu);
-        pthread_mutex_unlock(&c->mu);
-    }
-    return j;
-}
-
-/* Hand a filled buffer over (to the writer thread, or write it now). */
-static int job_submit(struct copier *c, struct job *j)
-{
-    if (!c->threaded) {
-        int r = flush_job(c, j);
-        return r;
-    }
-    pthread_mutex_lock(&c->mu);
-    int err = c->write_err;
-    j->ready = 1;
-    c->next_job ^= 1;
-    pthread_cond_broadcast(&c->cv);
-    pthread_mutex_unlock(&c->mu);
-    return err ? -err : 0;
 }
 
 static void note_bad(struct copier *c, uint64_t addr, uint64_t len, int err)
@@ -551,31 +651,20 @@ static void note_bad(struct copier *c, uint64_t addr, uint64_t len, int err)
 }
 
 /*
- * Fill buf with [addr, addr+len) of the target: process_vm_readv first, then
- * /proc/PID/mem for what it refused, page by page; unreadable pages are zeroed
- * (holes) and reported.  Returns 0, or -ESRCH once the target is gone (its
- * memory can no longer be read at all: the copy must stop, not fill holes).
+ * The rest of a target piece, from byte done on, through /proc/PID/mem (which
+ * uses FOLL_FORCE and never unshares a copy-on-write page); pages neither path
+ * can read are zeroed (holes) and reported.  Returns 0, or -ESRCH once the
+ * target is gone (its memory can no longer be read at all: the copy must stop,
+ * not fill holes).
  */
-static int read_target(struct copier *c, const struct sc_seg *s, char *buf,
-                       uint64_t addr, uint64_t len)
+static int read_mem(struct copier *c, struct piece *p, char *buf, uint64_t done)
 {
     struct sc_copy_ctx *ctx = c->ctx;
-    uint64_t done = 0;
-    if (ctx->readv_ok && !(s->flags & SC_SEG_FORCE_MEM)) {
-        long r = sc_readv(ctx->pid, &addr, &len, 1, buf, len);
-        c->st->readv_calls++;
-        if (r == -ESRCH)
-            return -ESRCH;
-        if (r == -ENOSYS || r == -EPERM)
-            ctx->readv_ok = 0;                /* kernel or sandbox refuses it */
-        if (r > 0)
-            done = (uint64_t)r;
-    }
-    while (done < len) {
-        uint64_t a = addr + done;
+    while (done < p->len) {
+        uint64_t a = p->addr + done;
         long r = -EIO;
         if (ctx->mem_fd >= 0) {
-            r = sc_pread(ctx->mem_fd, buf + done, len - done, a);
+            r = sc_pread(ctx->mem_fd, buf + done, p->len - done, a);
             c->st->mem_reads++;
             if (r == 0 || r == -ESRCH)
                 return -ESRCH;                /* /proc/PID/mem reads 0 once the mm is gone */
@@ -584,91 +673,236 @@ static int read_target(struct copier *c, const struct sc_seg *s, char *buf,
             done += (uint64_t)r;
             continue;
         }
-        /* This page cannot be read by either path: leave a hole. */
+        if (r == -EINTR)
+            continue;
         uint64_t n = PAGE - (a & (PAGE - 1));
-        if (n > len - done)
-            n = len - done;
+        if (n > p->len - done)
+            n = p->len - done;
         memset(buf + done, 0, n);
         note_bad(c, a, n, r < 0 ? (int)-r : EIO);
         done += n;
     }
-    c->st->bytes_read += len;
     return 0;
 }
 
-/* Fill buf from the backing file; bytes past its end read as zeros. */
-static void read_backing(struct copier *c, const struct sc_seg *s, char *buf,
-                         uint64_t addr, uint64_t len)
+/* A backing-file piece; bytes past the file's end read as zeros. */
+static void read_backing(struct copier *c, struct piece *p, char *buf)
 {
+    const struct sc_seg *s = p->seg;
     uint64_t done = 0;
-    while (done < len) {
-        long r = sc_pread(s->backing_fd, buf + done, len - done,
-                          s->backing_off + (addr - s->vaddr) + done);
+    while (done < p->len) {
+        long r = sc_pread(s->backing_fd, buf + done, p->len - done,
+                          s->backing_off + (p->addr - s->vaddr) + done);
         if (r == -EINTR)
             continue;
         if (r <= 0)
             break;
         done += (uint64_t)r;
     }
-    if (done < len)
-        memset(buf + done, 0, len - done);
+    if (done < p->len)
+        memset(buf + done, 0, p->len - done);
     c->st->bytes_from_file += done;
 }
 
-enum { SRC_TARGET, SRC_BACKING };
-
-static int copy_run(struct copier *c, const struct sc_seg *s, uint64_t a, uint64_t b, int src)
+static int by_readv(struct copier *c, struct piece *p)
 {
-    uint64_t chunk = c->ctx->bufsize;
-    while (a < b) {
+    return p->src == SRC_TARGET && c->ctx->readv_ok && !(p->seg->flags & SC_SEG_FORCE_MEM);
+}
+
+/* Fill a packed batch.  Returns 0 or -ESRCH. */
+static int read_batch(struct copier *c, struct batch *b)
+{
+    uint64_t t0 = now_ns();
+    struct sc_copy_stats *st = c->st;
+    int i = 0, r = 0;
+    while (i < b->npieces && r == 0) {
+        struct piece *p = &b->pieces[i];
+        char *buf = b->buf + p->buf_off;
+        if (p->src == SRC_BACKING) {
+            read_backing(c, p, buf);
+            i++;
+            continue;
+        }
+        if (!by_readv(c, p)) {
+            r = read_mem(c, p, buf, 0);
+            st->bytes_read += p->len;
+            i++;
+            continue;
+        }
+        int j = i;
+        uint64_t want = 0;
+        while (j < b->npieces && j - i < IOV_MAX && by_readv(c, &b->pieces[j])) {
+            c->riov[j - i].iov_base = (void *)(uintptr_t)b->pieces[j].addr;
+            c->riov[j - i].iov_len = b->pieces[j].len;
+            want += b->pieces[j].len;
+            j++;
+        }
+        struct iovec liov = { buf, want };
+        ssize_t got = process_vm_readv(c->ctx->pid, &liov, 1, c->riov, (unsigned long)(j - i), 0);
+        st->readv_calls++;
+        if (got < 0) {
+            int e = errno;
+            if (e == ESRCH) {
+                r = -ESRCH;
+                break;
+            }
+            if (e == ENOSYS || e == EPERM)
+                c->ctx->readv_ok = 0;         /* kernel or sandbox refuses it */
+            got = 0;
+        }
+        /* the pieces read whole; then the one it stopped in goes through /proc/PID/mem */
+        uint64_t left = (uint64_t)got;
+        while (i < j && left >= b->pieces[i].len) {
+            left -= b->pieces[i].len;
+            st->bytes_read += b->pieces[i].len;
+            i++;
+        }
+        if (i < j) {
+            p = &b->pieces[i];
+            r = read_mem(c, p, b->buf + p->buf_off, left);
+            st->bytes_read += p->len;
+            i++;
+        }
+    }
+    add_ns(&st->read_ns, t0);
+    return r;
+}
+
+/* Take the next ring buffer for packing (wait until the writer is done with it). */
+static struct batch *batch_acquire(struct copier *c)
+{
+    struct batch *b = &c->b[c->fill];
+    if (!c->have) {
+        if (c->threaded) {
+            pthread_mutex_lock(&c->mu);
+            if (b->ready) {
+                uint64_t t0 = now_ns();
+                while (b->ready)
+                    pthread_cond_wait(&c->cv, &c->mu);
+                add_ns(&c->st->wait_ns, t0);
+            }
+            pthread_mutex_unlock(&c->mu);
+        }
+        b->npieces = 0;
+        b->used = 0;
+        c->have = 1;
+    }
+    return b;
+}
+
+/* Read the packed batch and hand it to the writer (or write it now). */
+static int batch_submit(struct copier *c)
+{
+    if (!c->have)
+        return 0;
+    struct batch *b = &c->b[c->fill];
+    c->have = 0;
+    if (b->npieces == 0)
+        return 0;
+    int r = read_batch(c, b);
+    if (r < 0)
+        return r;
+    __atomic_add_fetch(&c->st->bytes_done, b->used, __ATOMIC_RELAXED);
+    if (!c->threaded)
+        return write_batch(c, b);
+    pthread_mutex_lock(&c->mu);
+    int err = c->write_err;
+    b->ready = 1;
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    c->fill = (c->fill + 1) % c->nb;
+    return err ? -err : 0;
+}
+
+/* Queue [a, end) of segment s, read from src, packing it into batches. */
+static int add_range(struct copier *c, const struct sc_seg *s, uint64_t a, uint64_t end,
+                     int src)
+{
+    uint64_t cap = c->ctx->bufsize;
+    while (a < end) {
         if (__atomic_load_n(&c->st->cancel, __ATOMIC_RELAXED))
             return -ECANCELED;
-        uint64_t n = b - a < chunk ? b - a : chunk;
-        struct job *j = job_acquire(c);
-        if (src == SRC_TARGET) {
-            int r = read_target(c, s, j->buf, a, n);
+        struct batch *b = batch_acquire(c);
+        uint64_t file_off = s->file_off + (a - s->vaddr);
+        if (b->used == cap || b->npieces == SC_PIECES) {
+            int r = batch_submit(c);
             if (r < 0)
                 return r;
-        } else {
-            read_backing(c, s, j->buf, a, n);
+            continue;
         }
-        j->len = n;
-        j->file_off = s->file_off + (a - s->vaddr);
-        int r = job_submit(c, j);
-        if (r < 0)
-            return r;
+        uint64_t room = cap - b->used;
+        uint64_t n = end - a < room ? end - a : room;
+        int cut = 0;
+        if (end - a > room) {
+            /* The range goes on past this batch: end the batch where the file
+             * offset is a multiple of cap, so that the next batches are written
+             * at aligned offsets.  The page cache then takes each write in one
+             * large folio, not a ramp of small ones (-12% write time measured
+             * for 1 MiB writes at 16 KiB past alignment, ext4, Linux 6.18). */
+            uint64_t to_aligned = cap - file_off % cap;
+            if (to_aligned < room) {
+                n = to_aligned;
+                cut = 1;
+            }
+        }
+        struct piece *last = b->npieces ? &b->pieces[b->npieces - 1] : NULL;
+        if (last && last->src == src && last->addr + last->len == a &&
+            last->file_off + last->len == file_off &&
+            (last->seg == s || (src == SRC_TARGET && last->seg->flags == s->flags))) {
+            /* contiguous in memory and in the file (adjacent segments too: the
+             * backing file of a piece is its first segment's, so those stay apart) */
+            last->len += n;
+        } else {
+            struct piece *p = &b->pieces[b->npieces++];
+            p->seg = s;
+            p->addr = a;
+            p->len = n;
+            p->file_off = file_off;
+            p->buf_off = b->used;
+            p->src = src;
+        }
+        b->used += n;
         a += n;
-        __atomic_add_fetch(&c->st->bytes_done, n, __ATOMIC_RELAXED);
+        if (cut) {
+            int r = batch_submit(c);
+            if (r < 0)
+                return r;
+        }
     }
     return 0;
 }
 
-static int copy_seg(struct copier *c, const struct sc_seg *s)
+static int copy_seg(struct copier *c, const struct sc_seg *s, uint64_t limit)
 {
     uint64_t end = s->vaddr + s->len;
     if (s->flags & SC_SEG_BACKING_ONLY)
-        return copy_run(c, s, s->vaddr, end, SRC_BACKING);
+        return add_range(c, s, s->vaddr, end, SRC_BACKING);
     if (!(s->flags & SC_SEG_RESIDENT_ONLY))
-        return copy_run(c, s, s->vaddr, end, SRC_TARGET);
-    struct resid_iter it;
-    resid_init(&it, c->ctx, c->st, s->vaddr, end);
+        return add_range(c, s, s->vaddr, end, SRC_TARGET);
+    struct resid_iter *it = &c->it;
+    resid_begin(it, s->vaddr, end, limit);
     uint64_t a = 0, b = 0;
     int kind = R_ABSENT, r;
-    while ((r = resid_next(&it, &a, &b, &kind)) > 0) {
+    for (;;) {
+        uint64_t t0 = now_ns();
+        r = resid_next(it, &a, &b, &kind);
+        add_ns(&c->st->scan_ns, t0);
+        if (r <= 0)
+            break;
         if (a < s->vaddr) a = s->vaddr;
         if (b > end) b = end;
         if (a >= b)
             continue;
         if (kind == R_RESIDENT) {
-            r = copy_run(c, s, a, b, SRC_TARGET);
+            r = add_range(c, s, a, b, SRC_TARGET);
         } else if (kind == R_ABSENT && s->backing_fd >= 0) {
-            r = copy_run(c, s, a, b, SRC_BACKING);
+            r = add_range(c, s, a, b, SRC_BACKING);
         } else if (kind == R_ABSENT && (s->flags & SC_SEG_FAULT_ABSENT)) {
-            r = copy_run(c, s, a, b, SRC_TARGET);
+            r = add_range(c, s, a, b, SRC_TARGET);
         } else {
             c->st->bytes_absent += b - a;     /* never touched: a hole, never faulted in */
             __atomic_add_fetch(&c->st->bytes_done, b - a, __ATOMIC_RELAXED);
-            r = 0;
+            r = __atomic_load_n(&c->st->cancel, __ATOMIC_RELAXED) ? -ECANCELED : 0;
         }
         if (r < 0)
             return r;
@@ -676,58 +910,108 @@ static int copy_seg(struct copier *c, const struct sc_seg *s)
     if (r < 0) {
         /* No residency information for the rest (e.g. the VMA went away):
          * report it unreadable rather than risk faulting memory in. */
-        note_bad(c, it.pos, end - it.pos, -r);
-        __atomic_add_fetch(&c->st->bytes_done, end - it.pos, __ATOMIC_RELAXED);
+        note_bad(c, it->pos, end - it->pos, -r);
+        __atomic_add_fetch(&c->st->bytes_done, end - it->pos, __ATOMIC_RELAXED);
+        it->pos = end;
     }
     return 0;
+}
+
+/* How far one PAGEMAP_SCAN from segs[i] may run: to the end of the last of the
+ * resident-only segments that follow in address order, each starting less than
+ * SCAN_GAP past the one before (what lies between, a guard page or a VMA that
+ * is not dumped, is walked for nothing; keep that small). */
+#define SCAN_GAP (2ULL << 20)
+
+static uint64_t scan_limit(const struct sc_seg *segs, size_t nsegs, size_t i)
+{
+    uint64_t limit = segs[i].vaddr + segs[i].len;
+    for (size_t j = i + 1; j < nsegs; j++) {
+        const struct sc_seg *s = &segs[j];
+        if (!(s->flags & SC_SEG_RESIDENT_ONLY) || (s->flags & SC_SEG_BACKING_ONLY) ||
+            s->vaddr < limit || s->vaddr - limit > SCAN_GAP)
+            break;
+        limit = s->vaddr + s->len;
+    }
+    return limit;
+}
+
+static void free_bufs(struct copier *c)
+{
+    for (int k = 0; k < c->nb; k++)
+        if (c->b[k].buf)
+            munmap(c->b[k].buf, c->ctx->bufsize);
+    free(c->b);
 }
 
 long sc_copy(struct sc_copy_ctx *ctx, const struct sc_seg *segs, size_t nsegs,
              struct sc_copy_stats *stats, struct sc_bad *bad, size_t bad_cap)
 {
-    struct copier c;
-    memset(&c, 0, sizeof c);
-    c.ctx = ctx;
-    c.st = stats;
-    c.bad = bad;
-    c.bad_cap = bad_cap;
+    struct copier *c = calloc(1, sizeof *c);
+    if (!c)
+        return -ENOMEM;
+    c->ctx = ctx;
+    c->st = stats;
+    c->bad = bad;
+    c->bad_cap = bad_cap;
     if (ctx->bufsize < PAGE)
         ctx->bufsize = PAGE;
     ctx->bufsize &= ~(PAGE - 1);
-    for (int k = 0; k < 2; k++) {
-        c.jobs[k].buf = malloc(ctx->bufsize);
-        if (!c.jobs[k].buf) {
-            free(c.jobs[0].buf);
+    c->threaded = ctx->writer_thread != 0;
+    c->nb = ctx->nbufs > 0 ? ctx->nbufs : 2;
+    if (c->nb > SC_MAX_BUFS)
+        c->nb = SC_MAX_BUFS;
+    if (!c->threaded)
+        c->nb = 1;
+    c->b = calloc((size_t)c->nb, sizeof *c->b);
+    if (!c->b) {
+        free(c);
+        return -ENOMEM;
+    }
+    for (int k = 0; k < c->nb; k++) {
+        void *m = mmap(NULL, ctx->bufsize, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (m == MAP_FAILED) {
+            free_bufs(c);
+            free(c);
             return -ENOMEM;
         }
+        c->b[k].buf = m;
     }
-    c.threaded = ctx->writer_thread != 0;
-    if (c.threaded) {
-        pthread_mutex_init(&c.mu, NULL);
-        pthread_cond_init(&c.cv, NULL);
+    if (c->threaded) {
+        pthread_mutex_init(&c->mu, NULL);
+        pthread_cond_init(&c->cv, NULL);
         sigset_t all, old;
         sigfillset(&all);                     /* signals stay with the caller's threads */
         pthread_sigmask(SIG_BLOCK, &all, &old);
-        if (pthread_create(&c.thr, NULL, writer_main, &c) != 0)
-            c.threaded = 0;
+        if (pthread_create(&c->thr, NULL, writer_main, c) != 0)
+            c->threaded = 0;
         pthread_sigmask(SIG_SETMASK, &old, NULL);
     }
+    c->it.ctx = ctx;
+    c->it.st = stats;
     long ret = 0;
-    for (size_t i = 0; i < nsegs && ret == 0; i++)
-        ret = copy_seg(&c, &segs[i]);
-    if (c.threaded) {
-        pthread_mutex_lock(&c.mu);
-        c.stop = 1;
-        pthread_cond_broadcast(&c.cv);
-        pthread_mutex_unlock(&c.mu);
-        pthread_join(c.thr, NULL);
-        if (ret == 0 && c.write_err)
-            ret = -c.write_err;
-        pthread_mutex_destroy(&c.mu);
-        pthread_cond_destroy(&c.cv);
+    uint64_t limit = 0;
+    for (size_t i = 0; i < nsegs && ret == 0; i++) {
+        if (limit <= segs[i].vaddr)
+            limit = scan_limit(segs, nsegs, i);
+        ret = copy_seg(c, &segs[i], limit);
     }
-    free(c.jobs[0].buf);
-    free(c.jobs[1].buf);
+    if (ret == 0)
+        ret = batch_submit(c);
+    if (c->threaded) {
+        pthread_mutex_lock(&c->mu);
+        c->stop = 1;
+        pthread_cond_broadcast(&c->cv);
+        pthread_mutex_unlock(&c->mu);
+        pthread_join(c->thr, NULL);
+        if (ret == 0 && c->write_err)
+            ret = -c->write_err;
+        pthread_mutex_destroy(&c->mu);
+        pthread_cond_destroy(&c->cv);
+    }
+    free_bufs(c);
+    free(c);
     return ret;
 }
 

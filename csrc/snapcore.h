@@ -53,6 +53,27 @@ long sc_readv(int pid, const uint64_t *remote_addrs, const uint64_t *remote_lens
 /* One pread(2); used on /proc/PID/mem (FOLL_FORCE) and backing files. */
 long sc_pread(int fd, void *buf, size_t len, uint64_t offset);
 
+/* One page run that PAGEMAP_SCAN reported (the kernel's struct page_region). */
+struct sc_region {
+    uint64_t start;
+    uint64_t end;
+    uint64_t categories;       /* SC_PAGE_IS_* */
+};
+
+enum {
+    SC_PAGE_IS_PRESENT = 8,    /* include/uapi/linux/fs.h PAGE_IS_PRESENT */
+    SC_PAGE_IS_SWAPPED = 16,
+    SC_PAGE_IS_PFNZERO = 32    /* mapped to the shared zero page: reads as zeros */
+};
+
+/* One PAGEMAP_SCAN ioctl (Linux 6.7+) on /proc/PID/pagemap over [start, end):
+ * up to cap runs of pages that are present or swapped, in address order, with
+ * their categories.  *walk_end is where the walk stopped (it may stop before
+ * end when out is full: call again from there).  Returns the number of runs,
+ * or -errno (-ENOTTY/-EINVAL: the kernel has no PAGEMAP_SCAN). */
+long sc_pagemap_scan(int pagemap_fd, uint64_t start, uint64_t end, struct sc_region *out,
+                     size_t cap, uint64_t *walk_end);
+
 /* One dumped range: copy [vaddr, vaddr+len) to out_fd at file_off. */
 struct sc_seg {
     uint64_t vaddr;
@@ -94,6 +115,10 @@ struct sc_copy_stats {
     uint64_t readv_calls;
     uint64_t mem_reads;
     uint64_t scan_calls;
+    uint64_t read_ns;          /* reading the target and backing files (reader) */
+    uint64_t write_ns;         /* zero scan and writes (writer) */
+    uint64_t scan_ns;          /* asking pagemap which pages are resident (reader) */
+    uint64_t wait_ns;          /* the reader waiting for a free buffer (write-bound) */
     int32_t  cancel;           /* set to 1 from another thread to stop early */
     int32_t  pad;
 };
@@ -106,6 +131,7 @@ struct sc_copy_ctx {
     int      scan_mode;        /* 2 PAGEMAP_SCAN, 1 pagemap reads, 0 none; lowered on ENOTTY */
     int      readv_ok;         /* 1 until process_vm_readv proves unusable */
     uint64_t bufsize;          /* bytes per read buffer (rounded to pages) */
+    int      nbufs;            /* buffers in the reader -> writer ring (0: 2) */
     int      writer_thread;    /* 1: overlap reads and writes with a second thread */
     int      sequential;       /* 1: out_fd is a stream (pipe): write every byte in
                                   order, zeros included, starting at stream_pos */
@@ -114,7 +140,9 @@ struct sc_copy_ctx {
 };
 
 /* Copy the segments; returns 0, -ECANCELED, -ESRCH (the target is gone), or
- * -errno of a fatal write error. */
+ * -errno of a fatal write error.  Resident runs are packed into batches of up
+ * to bufsize bytes and IOV_MAX runs, each read with one process_vm_readv; the
+ * writer takes whole batches from a ring of nbufs buffers. */
 long sc_copy(struct sc_copy_ctx *ctx, const struct sc_seg *segs, size_t nsegs,
              struct sc_copy_stats *stats, struct sc_bad *bad, size_t bad_cap);
 

@@ -11,7 +11,7 @@ import threading
 
 from .errors import ShimUnavailable, SyscallError
 
-ABI_VERSION = 3
+ABI_VERSION = 4
 
 try:
     from ._shim import ffi, lib

@@ -10,6 +10,7 @@ import errno
 import fcntl
 import os
 import threading
+import time
 from dataclasses import dataclass
 
 from .. import _native
@@ -31,12 +32,28 @@ class CopyResult:
     readv_calls: int
     mem_reads: int
     scan_calls: int
+    read_seconds: float = 0.0  # the C loop reading the target and backing files
+    write_seconds: float = 0.0  # its zero scan and writes (on the writer thread, overlapped)
+    scan_seconds: float = 0.0  # asking pagemap which pages are resident
+    wait_seconds: float = 0.0  # the reader waiting for the writer (write-bound)
+    copy_seconds: float = 0.0  # the whole sc_copy call
 
 
 class Copier:
-    """One sc_copy run; ``stats`` is shared with the C loop for progress and cancel."""
+    """One sc_copy run; ``stats`` is shared with the C loop for progress and cancel.
+
+    The C loop packs resident runs into batches (up to IOV_MAX runs, one
+    process_vm_readv each) that go round a ring of ``nbufs`` buffers to the
+    writer thread.  Batches are BATCH bytes (less if bufsize // nbufs is
+    smaller): small enough that what the reader just copied is still in cache
+    when the writer copies it on (1 GiB random, same run, quiet machine: the
+    copy took 0.272 s with 256 KiB batches, 0.283 s with 1 MiB ones; 4 MiB ones
+    cost the writer 2-5x as long).
+    """
 
     BAD_CAP = 4096
+    NBUFS = 4
+    BATCH = 256 << 10
 
     def __init__(
         self,
@@ -47,8 +64,11 @@ class Copier:
         sequential=False,
         stream_pos=0,
         use_readv=True,
+        nbufs=None,
     ):
-        """sequential: out_fd is a stream (e.g. a pipe to a compressor); every byte is
+        """bufsize: the most buffer memory to use, in all (nbufs batches).
+
+        sequential: out_fd is a stream (e.g. a pipe to a compressor); every byte is
         written in order, holes as zeros, starting at file offset stream_pos.
 
         use_readv=False reads everything through /proc/PID/mem: for a forked
@@ -62,7 +82,9 @@ class Copier:
         self.ctx = self.ffi.new("struct sc_copy_ctx *")
         self.ctx.pid = pid
         self.ctx.out_fd = out_fd
-        self.ctx.bufsize = bufsize
+        nbufs = self.NBUFS if nbufs is None else max(1, nbufs)
+        self.ctx.bufsize = max(4096, min(self.BATCH, bufsize // nbufs))
+        self.ctx.nbufs = nbufs
         self.ctx.readv_ok = 1 if use_readv else 0
         self.ctx.writer_thread = 1 if writer_thread else 0
         self.ctx.sequential = 1 if sequential else 0
@@ -123,7 +145,9 @@ class Copier:
                 fl |= self.lib.SC_SEG_FAULT_ABSENT
             s.flags = fl
         bad = ffi.new("struct sc_bad[]", self.BAD_CAP)
+        t0 = time.monotonic()
         r = self.lib.sc_copy(self.ctx, segs, len(todo), self.stats, bad, self.BAD_CAP)
+        elapsed = time.monotonic() - t0
         st = self.stats
         if r == -errno.ECANCELED:
             raise SnapshotCancelled()
@@ -145,6 +169,11 @@ class Copier:
             readv_calls=int(st.readv_calls),
             mem_reads=int(st.mem_reads),
             scan_calls=int(st.scan_calls),
+            read_seconds=st.read_ns / 1e9,
+            write_seconds=st.write_ns / 1e9,
+            scan_seconds=st.scan_ns / 1e9,
+            wait_seconds=st.wait_ns / 1e9,
+            copy_seconds=elapsed,
         )
 
 

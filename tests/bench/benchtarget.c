@@ -6,16 +6,29 @@
  * the target itself saw, whoever caused it.
  *
  *   benchtarget [--map MIB] [--random MIB] [--zero MIB] [--threads N]
- *               [--thp | --nothp] [--noreserve]
+ *               [--thp | --nothp] [--noreserve] [--stride PAGES] [--maps N]
+ *               [--churn PAGES_PER_MS]
  *
  * One anonymous private mapping of --map MiB (at least random + zero; with
  * --noreserve it is MAP_NORESERVE, so 64 GiB can be reserved on a 24 GiB machine):
  *
  *     [ random: xorshift bytes, never a zero page | zero: written with zeros | untouched ]
  *
+ * With --stride S the random MiB are spread out: one page of data, then S-1 pages
+ * never touched, and so on (random * S bytes of address space; every data page is
+ * its own resident run).
+ *
  * --thp asks for transparent huge pages (madvise MADV_HUGEPAGE, the mapping 2 MiB
  * aligned), --nothp forbids them (MADV_NOHUGEPAGE).  --threads N starts N idle
  * threads with 64 KiB stacks, blocked in a futex wait.
+ *
+ * --maps N adds N one-page mappings, each written once, read-write and read-only
+ * in turn so that the kernel cannot merge them: N more VMAs (one anonymous region
+ * of N pages, every other page mprotect()ed read-only).
+ *
+ * --churn P starts a thread that keeps writing the random data: one word in each
+ * of P pages every millisecond, page after page, round and round.  During a live
+ * snapshot every first write to a page is a copy-on-write fault.
  *
  * When ready it prints one line, READY {json}, then answers commands on stdin,
  * one line each:
@@ -106,6 +119,27 @@ static void *heartbeat(void *arg)
     return NULL;
 }
 
+static char *churn_base;
+static size_t churn_pages, churn_stride = 1;
+static unsigned long long churn_rate;
+
+static void *churn(void *arg)
+{
+    (void)arg;
+    size_t next = 0;
+    struct timespec tick = { 0, TICK_NS };
+    for (;;) {
+        for (unsigned long long k = 0; k < churn_rate; k++) {
+            volatile uint64_t *w = (volatile uint64_t *)(churn_base + next * churn_stride * 4096);
+            *w += 1;
+            if (++next == churn_pages)
+                next = 0;
+        }
+        clock_nanosleep(CLOCK_MONOTONIC, 0, &tick, NULL);
+    }
+    return NULL;
+}
+
 static pthread_mutex_t idle_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t idle_cv = PTHREAD_COND_INITIALIZER;
 
@@ -145,6 +179,7 @@ static unsigned long long arg_num(const char *s, const char *name)
 int main(int argc, char **argv)
 {
     unsigned long long map_mib = 0, rand_mib = 0, zero_mib = 0, nthreads = 0;
+    unsigned long long stride = 1, nmaps = 0, churn_ppms = 0;
     int thp = 0, nothp = 0, noreserve = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -156,10 +191,15 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--thp")) thp = 1;
         else if (!strcmp(a, "--nothp")) nothp = 1;
         else if (!strcmp(a, "--noreserve")) noreserve = 1;
+        else if (!strcmp(a, "--stride") && v) { stride = arg_num(v, a); i++; }
+        else if (!strcmp(a, "--maps") && v) { nmaps = arg_num(v, a); i++; }
+        else if (!strcmp(a, "--churn") && v) { churn_ppms = arg_num(v, a); i++; }
         else { fprintf(stderr, "benchtarget: unknown argument '%s'\n", a); return 2; }
     }
-    if (map_mib < rand_mib + zero_mib)
-        map_mib = rand_mib + zero_mib;
+    if (stride < 1)
+        stride = 1;
+    if (map_mib < rand_mib * stride + zero_mib)
+        map_mib = rand_mib * stride + zero_mib;
     setvbuf(stdout, NULL, _IOLBF, 0);
 
     char *base = NULL;
@@ -186,9 +226,30 @@ int main(int argc, char **argv)
         if (nothp)
             madvise(base, len, MADV_NOHUGEPAGE);
         uint64_t t0 = now_ns();
-        fill_random((uint64_t *)base, rand_mib * MIB / 8, 0x9E3779B97F4A7C15ULL);
-        memset(base + rand_mib * MIB, 0, zero_mib * MIB);
+        if (stride == 1) {
+            fill_random((uint64_t *)base, rand_mib * MIB / 8, 0x9E3779B97F4A7C15ULL);
+        } else {
+            for (size_t pg = 0; pg < rand_mib * MIB / 4096; pg++)
+                fill_random((uint64_t *)(base + pg * stride * 4096), 4096 / 8,
+                            0x9E3779B97F4A7C15ULL + pg);
+        }
+        memset(base + rand_mib * stride * MIB, 0, zero_mib * MIB);
         fill_s = (double)(now_ns() - t0) / 1e9;
+    }
+    if (nmaps) {
+        char *m = mmap(NULL, nmaps * 4096, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (m == MAP_FAILED) {
+            perror("benchtarget: mmap --maps");
+            return 1;
+        }
+        for (unsigned long long i = 0; i < nmaps; i++)
+            fill_random((uint64_t *)(m + i * 4096), 4096 / 8, 0x51ED27A5ULL + i);
+        for (unsigned long long i = 1; i < nmaps; i += 2)
+            if (mprotect(m + i * 4096, 4096, PROT_READ) < 0) {
+                perror("benchtarget: mprotect --maps (vm.max_map_count?)");
+                return 1;
+            }
     }
 
     pthread_attr_t attr;
@@ -212,14 +273,26 @@ int main(int argc, char **argv)
      * without it the heartbeat stays SCHED_OTHER and READY says so. */
     struct sched_param sp = { .sched_priority = 1 };
     int fifo = pthread_setschedparam(hb, SCHED_FIFO, &sp) == 0;
+    if (churn_ppms && rand_mib) {
+        pthread_t ch;
+        churn_base = base;
+        churn_pages = rand_mib * MIB / 4096;
+        churn_stride = stride;
+        churn_rate = churn_ppms;
+        if (pthread_create(&ch, NULL, churn, NULL)) {
+            fprintf(stderr, "benchtarget: churn thread failed\n");
+            return 1;
+        }
+    }
 
     printf("READY {\"pid\": %d, \"addr\": %llu, \"map_bytes\": %llu, \"random_bytes\": %llu, "
            "\"zero_bytes\": %llu, \"threads\": %llu, \"thp\": %s, \"noreserve\": %s, "
+           "\"stride\": %llu, \"maps\": %llu, \"churn\": %llu, "
            "\"fill_seconds\": %.3f, \"heartbeat\": \"%s\", \"tick_ns\": %ld}\n",
            (int)getpid(), (unsigned long long)(uintptr_t)base, (unsigned long long)len,
            rand_mib * MIB, zero_mib * MIB, nthreads, thp ? "true" : "false",
-           noreserve ? "true" : "false", fill_s, fifo ? "SCHED_FIFO" : "SCHED_OTHER",
-           TICK_NS);
+           noreserve ? "true" : "false", stride, nmaps, churn_ppms, fill_s,
+           fifo ? "SCHED_FIFO" : "SCHED_OTHER", TICK_NS);
 
     char line[256];
     while (fgets(line, sizeof line, stdin)) {

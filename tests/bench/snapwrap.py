@@ -1,39 +1,51 @@
-"""Run the snapcore CLI and record its peak RSS, for `make bench`.
+"""Run the snapcore CLI and record what the bench needs from inside it.
 
-    python snapwrap.py HWM_FILE SNAPCORE-ARGS...
+    python snapwrap.py RECORD_FILE SNAPCORE-ARGS...
 
 runs ``snapcore SNAPCORE-ARGS...`` in this process (exactly what ``python -m
-snapcore`` does) and, just before exiting, writes {"main_hwm_kb": VmHWM} of this
-process to HWM_FILE.  VmHWM is the high-water mark of this process's own
-resident set; getrusage's ru_maxrss would not do, since a forked child starts
-with its parent's.
+snapcore`` does) and, just before exiting, writes a JSON record to RECORD_FILE:
 
-Live snapshots run their job in a guardian process (snapcore/_guardian.py).
-Its command line is redirected here (``snapwrap.py --guardian FILE``), which
-runs the same guardian code and then writes its own VmHWM to FILE; the result
-gets "guardian_hwm_kb".
+  main_hwm_kb         VmHWM of this process: the high-water mark of its own
+                      resident set.
+  children_maxrss_kb  getrusage(RUSAGE_CHILDREN).ru_maxrss: the largest peak RSS
+                      of any child process this one has waited for, e.g. the
+                      helper process of a live snapshot, however it is started
+                      (forked or exec'd, whatever its module is called).  The
+                      kernel carries a parent's high-water mark into the child
+                      over fork and exec, so this is at least what this process
+                      had resident when it started the child; 0 without children.
+  stats               the ``stats`` of the Snapshot the CLI printed (``--json``):
+                      the C loop's read/write seconds and, when the snapshot
+                      reports them, its phases.  Captured by wrapping the public
+                      ``snapcore.Snapshot.to_json``; null if that was not called.
+  freeze_window       [time.time() when a Freezer first froze the target, when its
+                      last resume returned], if a Freezer class is found in this
+                      process (normal snapshots; a helper process that is exec'd
+                      is not instrumented); else null.
 
-Both also note when the target was frozen: "freeze_window" is [CLOCK_REALTIME
-when Freezer.freeze() was first entered, when the last Freezer.resume() that
-let threads go returned], so that the bench can tell the target's heartbeat
-gap at the freeze from stalls at other times.  Nothing else is changed.
+Nothing else is changed.
 """
+
+import importlib
 import json
-import os
-import subprocess
+import resource
 import sys
 import time
 
-_GUARDIAN = [sys.executable, "-m", "snapcore._guardian"]
-
+# where the freezer has lived or may live; the first one found is instrumented
+_FREEZER_MODULES = (
+    "snapcore.tracer",
+    "snapcore.capture.freeze",
+    "snapcore.capture.tracer",
+    "snapcore.freeze",
+)
 
 _window = []
+_captured = {}
 
 
-def _watch_freezer():
-    """Record the freeze window (time.time(), the target's CLOCK_REALTIME)."""
-    from snapcore import tracer
-    freeze, resume = tracer.Freezer.freeze, tracer.Freezer.resume
+def _instrument(cls):
+    freeze, resume = cls.freeze, cls.resume
 
     def timed_freeze(self, *a, **kw):
         if not _window:
@@ -41,19 +53,47 @@ def _watch_freezer():
         return freeze(self, *a, **kw)
 
     def timed_resume(self, *a, **kw):
-        held = bool(self.seized)
-        try:
+        held = bool(getattr(self, "seized", True))  # a resume with nothing to let go
+        try:  # does not move the end
             return resume(self, *a, **kw)
         finally:
             if held and _window:
                 del _window[1:]
                 _window.append(time.time())
 
-    tracer.Freezer.freeze, tracer.Freezer.resume = timed_freeze, timed_resume
+    cls.freeze, cls.resume = timed_freeze, timed_resume
 
 
-def window():
-    return list(_window) if len(_window) == 2 else None
+def _watch_freezer():
+    """Record the freeze window (time.time(), the target's CLOCK_REALTIME)."""
+    for name in _FREEZER_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        cls = getattr(mod, "Freezer", None)
+        if cls is not None and hasattr(cls, "freeze") and hasattr(cls, "resume"):
+            _instrument(cls)
+            return
+
+
+def _watch_result():
+    """Keep the stats of the Snapshot whose to_json() the CLI prints."""
+    import snapcore
+
+    cls = getattr(snapcore, "Snapshot", None)
+    if cls is None or not hasattr(cls, "to_json"):
+        return
+    to_json = cls.to_json
+
+    def wrapped(self, *a, **kw):
+        out = to_json(self, *a, **kw)
+        stats = getattr(self, "stats", None)
+        if isinstance(stats, dict):
+            _captured["stats"] = stats
+        return out
+
+    cls.to_json = wrapped
 
 
 def vm_hwm_kb():
@@ -64,56 +104,26 @@ def vm_hwm_kb():
     return None
 
 
-def _write(path, record):
-    with open(path, "w") as f:
-        json.dump(record, f)
-
-
-def guardian_main(hwm_path):
-    from snapcore import _guardian
-    _watch_freezer()
-    rc = _guardian.main()
-    _write(hwm_path, {"hwm_kb": vm_hwm_kb(), "freeze_window": window()})
-    return rc
-
-
 def main(argv):
-    hwm_path = argv[0]
-    guardian_path = hwm_path + ".guardian"
-    redirected = []
-    real_popen = subprocess.Popen
-
-    class Popen(real_popen):
-        def __init__(self, args, *a, **kw):
-            if isinstance(args, (list, tuple)) and list(args[:3]) == _GUARDIAN:
-                args = [sys.executable, os.path.abspath(__file__), "--guardian",
-                        guardian_path, *args[3:]]
-                redirected.append(True)
-            super().__init__(args, *a, **kw)
-
-    subprocess.Popen = Popen
+    path = argv[0]
     _watch_freezer()
+    _watch_result()
     from snapcore import cli
+
     try:
         rc = cli.main(argv[1:])
     finally:
         sys.stdout.flush()
-        record = {"main_hwm_kb": vm_hwm_kb(), "guardian": bool(redirected),
-                  "freeze_window": window()}
-        if redirected:
-            try:
-                with open(guardian_path) as f:
-                    g = json.load(f)
-                record["guardian_hwm_kb"] = g["hwm_kb"]
-                record["freeze_window"] = g.get("freeze_window") or record["freeze_window"]
-                os.unlink(guardian_path)
-            except (OSError, ValueError, KeyError):
-                record["guardian_hwm_kb"] = None
-        _write(hwm_path, record)
+        record = {
+            "main_hwm_kb": vm_hwm_kb(),
+            "children_maxrss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+            "stats": _captured.get("stats"),
+            "freeze_window": list(_window) if len(_window) == 2 else None,
+        }
+        with open(path, "w") as f:
+            json.dump(record, f, default=str)
     return rc
 
 
 if __name__ == "__main__":
-    if len(sys.argv) >= 3 and sys.argv[1] == "--guardian":
-        sys.exit(guardian_main(sys.argv[2]))
     sys.exit(main(sys.argv[1:]))
