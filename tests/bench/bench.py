@@ -179,6 +179,14 @@ def specs(tiny):
     churn = 64  # pages written per millisecond: 256 MiB/s of first writes
     return [
         Spec(
+            "small16m",
+            f"{human(s(16))} random, one thread",
+            random=s(16),
+            thp=False,
+            tools=(GCORE, SNAP, LIVE),
+            quick=True,
+        ),
+        Spec(
             "rand1g", f"{human(s(1024))} random", random=s(1024), thp=False, tools=full, quick=True
         ),
         Spec("rand4g", f"{human(s(4096))} random", random=s(4096), thp=False, tools=full),
@@ -1330,12 +1338,16 @@ def goals(bench, summ):
         any_live = True
         facts = bench.targets[s.name]
         lw, nw = get(s.name, LIVE, "wall"), get(s.name, SNAP, "wall")
+        # issue 12: a small target's live snapshot costs at most 1.2x a normal one;
+        # issue 15: 1.25x for the large ones
+        bound = 1.2 if s.name == "small16m" else 1.25
         if nw is not None:
             r = ratio(lw, nw)
             add(
-                None if r is None else r <= 1.25,
+                None if r is None else r <= bound,
                 f"{facts['title']}: live wall {fmt_t(lw)} = {fmt_ratio(r)} normal "
-                f"{fmt_t(nw)} (goal ≤ 1.25×; in-call {fmt_t(get(s.name, LIVE, 'in_call_wall'))}"
+                f"{fmt_t(nw)} (goal ≤ {bound}×; in-call "
+                f"{fmt_t(get(s.name, LIVE, 'in_call_wall'))}"
                 f" vs {fmt_t(get(s.name, SNAP, 'in_call_wall'))})",
             )
         lp = get(s.name, LIVE, "pause")
