@@ -31,7 +31,7 @@ Requests and replies are frames over one Unix socket pair:
                                             and answers ("error", cancelled)
     ("bye",) or EOF                    -->  lets go of what it holds, exits at once
 
-The helper runs every request on one tracer thread (freeze.run_traced), so
+The helper runs every request on one tracer thread (tracer.run_traced), so
 whatever it stopped it resumes on every path out, and EOF (the caller died)
 counts as a cancel.  The caller creates, keeps and publishes the output file;
 the helper only writes into the fd it is given.
@@ -57,8 +57,8 @@ import time
 
 from .. import _sys
 from ..errors import HelperError
-from .freeze import CancelToken
 from .helperd import serve
+from .tracer import CancelToken
 from .wire import EXIT_CRASHED, JobSpec, recv, send
 
 _PKG_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

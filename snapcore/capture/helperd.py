@@ -23,9 +23,10 @@ from ..elf.structs import NT_PRSTATUS
 from ..errors import HelperError, SnapcoreError
 from ..procfs import blocked_syscall, list_tids
 from .collect import check_target
-from .freeze import CancelToken, Freezer, run_traced
+from .freeze import Freezer
 from .job import Job
 from .publish import CoreSink
+from .tracer import CancelToken, run_traced
 from .wire import EXIT_CRASHED, recv, send
 
 

@@ -26,11 +26,11 @@ from .._sys import yama_scope
 from ..errors import AccessDenied
 from .bundling import BundleOutputs
 from .collect import check_target
-from .freeze import CancelToken, run_traced
 from .helper import Helper, JobSpec
 from .job import Job
 from .publish import Outputs
 from .request import SnapshotOptions, resolve_path
+from .tracer import CancelToken, run_traced
 
 
 def snapshot(pid, path=None, options=None, *, progress=None, **changes):

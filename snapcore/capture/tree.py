@@ -47,12 +47,13 @@ from ..errors import OutputError, OutputExists, SnapcoreError, SnapshotCancelled
 from . import kstate
 from .bundling import TreeBundle
 from .collect import check_target
-from .freeze import CancelToken, Freezer, run_traced
+from .freeze import Freezer
 from .helper import Helper, JobSpec
 from .job import Job
 from .publish import CoreFile, Outputs
 from .request import SnapshotOptions, default_core_name
 from .result import Snapshot
+from .tracer import CancelToken, run_traced
 
 MAX_SCANS = 32
 MANIFEST = "manifest.json"
