@@ -15,6 +15,8 @@ from snapcore.bundle import layout
 from snapcore.bundle.pack import CoreSource, MappedFile, plan_files, write_bundle
 from snapcore.bundle.unpack import open_bundle
 
+from support.strict import need_module
+
 
 def _file(tmp_path, data):
     """A file holding data, opened read-only (the fds live until the test ends)."""
@@ -37,6 +39,7 @@ def core(tmp_path, pid, files, exe):
 
 
 def test_round_trip_dedup_conflict_and_views(tmp_path):
+    need_module("zstandard")
     a = mapped(tmp_path, "/usr/lib/libc.so.6", b"libc" * 100, "aa" * 20, [10, 11])
     b = mapped(tmp_path, "/lib/libc.so.6", b"libc" * 100, "aa" * 20, [12])  # same build-id
     c = mapped(tmp_path, "/app/bin/app", b"app one", "bb" * 20, [10], executable=True)

@@ -5,14 +5,20 @@ import os
 
 import mutants
 
+import snapcore
+
 from support.targets import ROOT
+
+# the package's files: the source tree's, or the installed ones (the sdist's own test
+# run, .ci/check-dist, removes the tree's copy so that the installed one is tested)
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(snapcore.__file__)))
 
 
 def test_every_mutant_applies_exactly_once_and_compiles():
     assert len(mutants.MUTANTS) >= 12
     assert len({m.name for m in mutants.MUTANTS}) == len(mutants.MUTANTS)
     for m in mutants.MUTANTS:
-        with open(os.path.join(ROOT, m.path)) as f:
+        with open(os.path.join(PACKAGE_ROOT, m.path)) as f:
             text = f.read()
         compile(mutants.apply(text, m), m.path, "exec")
         assert mutants.apply(text, m) != text

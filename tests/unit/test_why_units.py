@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+import snapcore.cpython
 from snapcore.arch import I386, X86_64
 from snapcore.arch.cpython import LAYOUTS
 from snapcore.capture import kstate, sockdiag
@@ -20,7 +21,6 @@ from snapcore.read.threadstate import classify, timed
 
 from support.procs import have
 from support.strict import missing
-from support.targets import ROOT
 
 # layout field -> the C expression gdb evaluates for it, per version
 _COMMON = {
@@ -176,7 +176,7 @@ def test_addr2line_agrees_with_other_cpythons(version):
     exe = glob.glob(f"/root/.pyenv/versions/{version}.*/bin/python{version}")
     if not exe:
         missing(f"no CPython {version}")
-    objects = os.path.join(ROOT, "snapcore", "cpython", "objects.py")
+    objects = os.path.join(os.path.dirname(snapcore.cpython.__file__), "objects.py")
     p = subprocess.run([exe[0], "-c", PROBE, objects], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout) == []
