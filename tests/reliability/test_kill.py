@@ -91,12 +91,13 @@ def assert_complete_core(path):
 
 
 def _busy(t, reaper):
-    """What the snapshot is doing right now: 'frozen' (the target traced), 'copying'
-    (live: the image alive), or None."""
-    if tracer_of(t.pid) > 0:
-        return "frozen"
+    """What the snapshot is doing right now: 'copying' (live: the image it reads from is
+    alive; the target may be traced a moment more, to reap the image's first copy),
+    'frozen' (the target traced), or None."""
     if images_of(reaper, t):
         return "copying"
+    if tracer_of(t.pid) > 0:
+        return "frozen"
     return None
 
 
