@@ -218,8 +218,9 @@ def test_target_killed_mid_snapshot(spawn, tmp_path, live):
 
       * the freeze under way (some threads seized, the lowest tids, no image yet): the
         tracer is stopped as soon as the first thread is seen traced;
-      * (normal mode) the copy under way, less than half done: the tracer is stopped
-        from the progress callback, and every thread must be seen frozen.
+      * (normal mode) the copy under way: the tracer is stopped from the first progress
+        report that is neither none nor all of it (the helper reports about ten times
+        a second), and every thread must be seen frozen.
 
     A moment that turns out to be another (the freeze already over) is drawn again:
     there a whole core is as right as TargetExited, and the trial says nothing.
@@ -233,14 +234,14 @@ def test_target_killed_mid_snapshot(spawn, tmp_path, live):
         copying = not live and i % 2 == 1
         # a copy long enough to be met before its half; or threads enough (seized one
         # by one) for the freeze to be met under way
-        t = spawn("mt", *(("mib=600", "threads=40") if copying else ("mib=64", "threads=1000")))
+        t = spawn("mt", *(("mib=1000", "threads=40") if copying else ("mib=64", "threads=1000")))
         t.wait_blocked()
         lowest = min(live_tids(t.pid))  # the first thread a freeze seizes (pids wrap)
         path = tmp_path / f"core.{i}"
         box = {"killed": False}
 
         def progress(done, total, t=t, box=box):
-            if box.get("tried") or not 0 < done < total / 2:
+            if box.get("tried") or not 0 < done < total:
                 return
             box["tried"] = True
             tracer = tgid_of(tracer_of(t.pid))

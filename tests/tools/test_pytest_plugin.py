@@ -271,7 +271,7 @@ def test_each_hung_test_reports_its_own_verdict(suite):
     # verdict first, then at most 20 lines of it, in each failure
     assert "snapcore why: blocked: " in out and "waits for child pid" in out
     assert "snapcore why: deadlock: " in out and "waits for RLock 0x" in out
-    for block in re.findall(r"snapcore why: .*?(?=\n\S|\nE\s+pid \d+ \()", out, re.S):
+    for block in re.findall(r"snapcore why: .*?(?=\n\S|\n[E ]\s+pid \d+ \()", out, re.S):
         assert len(block.splitlines()) <= 20, block
     assert "takes_first_then_second (test_deadlock_suite.py:" in out
     verdicts = {}
