@@ -33,9 +33,10 @@ Keys of the JSON object (format 1); every key is always present:
     limits          {name: [soft, hard]} from /proc/PID/limits ("unlimited" kept)
     cgroup          lines of /proc/PID/cgroup
     coredump_filter the mask applied (hex string); filter_source "target" | "option"
-    threads         [{tid, ns_tid, name, state, kernel, python}] (state: /proc letter
-                    before the freeze; ns_tid: the id the core's notes carry, see
-                    namespaces); kernel: the kernel's view of the thread
+    threads         [{tid, ns_tid, name, state, snapcore, kernel, python}] (state:
+                    /proc letter before the freeze; ns_tid: the id the core's notes
+                    carry, see namespaces; snapcore: true for a thread of snapcore's
+                    own caller busy taking this snapshot); kernel: the kernel's view
                     (capture/kstate.py, capture/waits.py): state, wchan, stack,
                     sigblk, sigpnd, tracer, context switches, utime, stime, cpu_ns,
                     held_by_snapcore, syscall {nr, name, args, sp, pc} | null, and

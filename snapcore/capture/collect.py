@@ -255,15 +255,24 @@ def file_note_limit():
         return 4 << 20
 
 
-def thread_meta(pid, threads, states):
-    """[{tid, ns_tid, name, state}] for the metadata; names and states read before
-    the freeze.  ns_tid: the id the core's notes carry (the thread's own pid
-    namespace), the same as tid unless the process is in another one."""
+def thread_meta(pid, threads, states, snapcore_tids=()):
+    """[{tid, ns_tid, name, state, snapcore}] for the metadata; names and states
+    read before the freeze.  ns_tid: the id the core's notes carry (the thread's
+    own pid namespace), the same as tid unless the process is in another one.
+    snapcore: the thread is taking this snapshot (a snapshot of snapcore's caller)."""
     out = []
     for t in threads:
         state, name = states.get(t.tid) or (None, _thread_name(pid, t.tid))
         ns_tid = t.ns_tid if t.ns_tid is not None else t.tid
-        out.append({"tid": t.tid, "ns_tid": ns_tid, "name": name, "state": state})
+        out.append(
+            {
+                "tid": t.tid,
+                "ns_tid": ns_tid,
+                "name": name,
+                "state": state,
+                "snapcore": t.tid in snapcore_tids,
+            }
+        )
     return out
 
 

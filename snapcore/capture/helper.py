@@ -58,7 +58,7 @@ import time
 from .. import _sys
 from ..errors import HelperError
 from .helperd import serve
-from .tracer import CancelToken
+from .tracer import CancelToken, snapcore_thread
 from .wire import EXIT_CRASHED, JobSpec, recv, send
 
 _PKG_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -230,6 +230,10 @@ class Helper:
         return msg
 
     def _read(self, sock):
+        with snapcore_thread():  # (the caller's own snapshot shows it as snapcore's)
+            self._read_messages(sock)
+
+    def _read_messages(self, sock):
         while True:
             try:
                 msg, fds = recv(sock)

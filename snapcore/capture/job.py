@@ -53,6 +53,9 @@ class Job:
         self.out = out
         self.status = status  # /proc status read before the freeze
         self.options = options
+        facts = dict(facts)
+        # a snapshot of snapcore's own process: its threads taking it (tracer.py)
+        self.snapcore_tids = set(facts.pop("snapcore_tids", ()))
         self.facts = facts  # metadata.process_facts, read before the freeze
         self.started = started
         self.cancel = cancel
@@ -253,7 +256,9 @@ class Job:
             )
             with self.phase("waits"):
                 found = waits.frozen_facts(src, arch, threads, self.samples, plans)
-            threads_meta = waits.annotate(collect.thread_meta(pid, threads, self.states), found)
+            threads_meta = waits.annotate(
+                collect.thread_meta(pid, threads, self.states, self.snapcore_tids), found
+            )
             described = dict(self.facts, kernel=self.process_sample, python=found.process)
 
             def notes_for(sel):

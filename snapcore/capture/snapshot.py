@@ -30,7 +30,7 @@ from .helper import Helper, JobSpec
 from .job import Job
 from .publish import Outputs
 from .request import SnapshotOptions, resolve_path
-from .tracer import CancelToken, run_traced
+from .tracer import CancelToken, run_traced, snapcore_thread, snapcore_threads
 
 
 def snapshot(pid, path=None, options=None, *, progress=None, **changes):
@@ -61,9 +61,12 @@ def snapshot(pid, path=None, options=None, *, progress=None, **changes):
     facts = metadata.process_facts(pid)
     outputs = (BundleOutputs if options.bundle else Outputs)(path, options)
     try:
-        snap, file_size, record = _route(
-            pid, outputs, status, options.for_cores(), facts, started, t0, progress, own
-        )
+        with snapcore_thread():
+            if own:  # the threads taking this snapshot: marked in the core's record
+                facts["snapcore_tids"] = snapcore_threads()
+            snap, file_size, record = _route(
+                pid, outputs, status, options.for_cores(), facts, started, t0, progress, own
+            )
         publish_started = time.monotonic()
         outputs.publish(file_size, record, snap)
     except BaseException:

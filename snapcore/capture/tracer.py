@@ -8,9 +8,39 @@ handler's exception) into a cancel request (``CancelToken``) and waits on for
 the cleanup.
 """
 
+import collections
+import contextlib
 import os
 import threading
 import time
+
+# the threads of this process busy taking a snapshot (native ids, counted: a
+# thread may be in more than one), so that a snapshot of this very process
+# (self, tree, `snapcore run`, the pytest plugin) can say which of its threads
+# are snapcore's and not part of what the user is looking at
+_busy = collections.Counter()
+_busy_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def snapcore_thread():
+    """Marks the calling thread as busy taking a snapshot while the block runs."""
+    tid = threading.get_native_id()
+    with _busy_lock:
+        _busy[tid] += 1
+    try:
+        yield
+    finally:
+        with _busy_lock:
+            _busy[tid] -= 1
+            if not _busy[tid]:
+                del _busy[tid]
+
+
+def snapcore_threads():
+    """Native ids of this process's threads busy taking a snapshot now."""
+    with _busy_lock:
+        return sorted(_busy)
 
 
 class CancelToken(threading.Event):
@@ -49,27 +79,29 @@ def run_traced(fn, cancel, poll=None, name="snapcore-tracer"):
 
     def body():
         try:
-            box["value"] = fn()
+            with snapcore_thread():
+                box["value"] = fn()
         except BaseException as exc:  # handed to the caller
             box["error"] = exc
         finally:
             done.set()
 
     t = threading.Thread(target=body, name=name, daemon=True)
-    t.start()
-    try:
-        while not done.wait(0.1):
-            if poll is not None:
-                poll()
-    except BaseException:
-        cancel.set()
-        while not done.is_set():
-            try:
-                done.wait(0.1)
-            except BaseException:
-                cancel.set()  # a second Ctrl-C: keep waiting for cleanup
-        _wait_thread_gone(t.native_id)
-        raise
+    with snapcore_thread():
+        t.start()
+        try:
+            while not done.wait(0.1):
+                if poll is not None:
+                    poll()
+        except BaseException:
+            cancel.set()
+            while not done.is_set():
+                try:
+                    done.wait(0.1)
+                except BaseException:
+                    cancel.set()  # a second Ctrl-C: keep waiting for cleanup
+            _wait_thread_gone(t.native_id)
+            raise
     _wait_thread_gone(t.native_id)
     if "error" in box:
         raise box["error"]

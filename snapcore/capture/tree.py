@@ -53,7 +53,7 @@ from .job import Job
 from .publish import CoreFile, Outputs
 from .request import SnapshotOptions, default_core_name
 from .result import Snapshot
-from .tracer import CancelToken, run_traced
+from .tracer import CancelToken, run_traced, snapcore_threads
 
 MAX_SCANS = 32
 MANIFEST = "manifest.json"
@@ -346,7 +346,7 @@ class _TreeJob:
             path=outputs.path,
             options=self.options,
             status=None,
-            facts=metadata.process_facts(self.me),
+            facts=dict(metadata.process_facts(self.me), snapcore_tids=snapcore_threads()),
             started=time.time(),
             t0=time.monotonic(),
             progress=False,

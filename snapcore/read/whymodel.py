@@ -33,7 +33,11 @@ _SNAPCORE_FRAME = re.compile(r"/snapcore/(?:capture/[^/]+|pytest_plugin|cli/run)
 
 
 def is_snapcore(th):
-    return any(_SNAPCORE_FRAME.search(f["file"]) for f in (th.python or {}).get("frames") or [])
+    """The thread is snapcore's, taking the snapshot: recorded so at capture, or
+    (a core without that record) seen in snapcore's frames."""
+    return th.snapcore or any(
+        _SNAPCORE_FRAME.search(f["file"]) for f in (th.python or {}).get("frames") or []
+    )
 
 
 @dataclass
@@ -46,6 +50,7 @@ class Thread:
     python: dict = None  # {"ident", "holds_gil", "frames", "locks"}
     native: list = field(default_factory=list)  # function names, innermost first
     klass: str = "user-code"
+    snapcore: bool = False  # recorded at capture: busy taking this snapshot
     timeout: bool = None
     waits_for: dict = None
 
@@ -197,6 +202,7 @@ def load_core(path, exe=None, sysroot=None):
             name = rec.get("name") or (proc.comm if t.tid == proc.pid else None)
             th = Thread(pid=proc.pid, tid=t.tid, name=name, kernel=kernel, regs=t.regs)
             th.python = rec.get("python")
+            th.snapcore = bool(rec.get("snapcore"))
             th.klass, th.timeout = classify(kernel)
             proc.threads.append(th)
         if proc.python is not None:

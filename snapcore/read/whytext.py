@@ -95,6 +95,8 @@ def format_text(result, max_frames=MAX_FRAMES):
         if p.get("python"):
             py = p["python"]
             extra.append(f"python {py.get('version') or '?'} stacks from {py.get('source')}")
+            if py.get("errors"):  # e.g. a CPython this reader does not know
+                extra.append(f"python reader: {py['errors'][0]}")
         out.append(f"{head}: " + ", ".join(extra))
         for t in p["threads"]:
             k = t["kernel"]
@@ -118,6 +120,10 @@ def format_text(result, max_frames=MAX_FRAMES):
 def brief(result, max_lines=20, max_frames=4):
     """At most max_lines lines: the verdict, the cycles, then the largest groups."""
     lines = [f"snapcore why: {result['summary']}"]
+    for p in result["processes"]:  # what the verdict could not see
+        errors = (p.get("python") or {}).get("errors")
+        if errors:
+            lines.append(f"  pid {p['pid']}: python reader: {errors[0]}")
     lines += _cycle_lines(result)
     for g in result["groups"]:
         if len(lines) >= max_lines:

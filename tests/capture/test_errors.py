@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import pytest
 
@@ -53,7 +54,12 @@ def unused_pid():
 def in_child_as(uid, fn, timeout=60):
     """Run fn() in a forked child with uid/gid dropped; return what it returned or raised."""
     r, w = os.pipe()
-    pid = os.fork()
+    # a fork, not a fresh interpreter: nobody cannot reach this Python (under
+    # /root/.pyenv, or a venv in a private directory).  The child only calls
+    # snapcore, which takes no lock another thread of pytest could hold.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads
+        pid = os.fork()
     if pid == 0:  # child
         try:
             os.close(r)

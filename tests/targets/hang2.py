@@ -14,6 +14,7 @@ import time
 
 CHILD = """
 import signal, sys, time
+HELD = bytes(range(256)) * 32768  # 8 MiB of data: more than test_options.py's --max-size
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 def child_sleeps_forever():
     print("up", flush=True)

@@ -20,9 +20,8 @@ from snapcore.bundle import open_bundle
 from support.containers import APP, LIB, Container, make_root, require_namespaces
 from support.procs import assert_runs_on, assert_untraced, have, run, snapcore_cli
 from support.strict import need_module, need_tool
-from support.targets import TARGETS, target_path
+from support.targets import TARGETS, spawn_python_threads, target_path
 
-PYTHREADS = os.path.join(TARGETS, "pythreads.py")
 NS_FUNCS = ("nspriv_read_line", "nspriv_command_loop", "main")  # main thread, innermost first
 
 
@@ -196,9 +195,7 @@ def test_replaced_library_is_bundled_as_it_ran(spawn, tmp_path):
 
 def test_python_bundle_in_pystack_and_gdb(spawn, tmp_path):
     need_module("pystack")
-    t = spawn([sys.executable, PYTHREADS])
-    t.wait_blocked(syscalls=(230,))  # clock_nanosleep
-    t.wait_blocked(tid=t.info["tids"][1], syscalls=(202,))  # futex
+    t = spawn_python_threads(spawn)
     bundle = tmp_path / "py.tar.zst"
     p = snapcore_cli(t.pid, "--bundle", "-o", bundle, "-q")
     assert p.returncode == 0, p.stderr

@@ -14,6 +14,8 @@ import pytest
 from support.oracles import pystack
 from support.targets import HANGSUITES
 
+KNOWN_CPYTHONS = {(3, 11), (3, 12), (3, 13)}  # snapcore's CPython reader (docs/why.md)
+
 RUN_TIMEOUT = 120  # hard limit for one subprocess pytest run
 
 
@@ -270,10 +272,16 @@ def test_each_hung_test_reports_its_own_verdict(suite):
     assert re.search(r"\b2 failed, 2 passed\b", out), out
     # verdict first, then at most 20 lines of it, in each failure
     assert "snapcore why: blocked: " in out and "waits for child pid" in out
-    assert "snapcore why: deadlock: " in out and "waits for RLock 0x" in out
+    if sys.version_info[:2] in KNOWN_CPYTHONS:  # the cycle, by lock and Python function
+        first = "takes_first_then_second (test_deadlock_suite.py:"
+        deadlock = "deadlock", "waits for RLock 0x", first
+    else:  # no lock owners from an older CPython: the failure says so, native stacks shown
+        v = "{}.{}".format(*sys.version_info[:2])
+        deadlock = "idle", f"python reader: CPython {v} is not supported", "<- rlock_acquire <-"
+    assert f"snapcore why: {deadlock[0]}: " in out and deadlock[1] in out, out
+    assert deadlock[2] in out, out
     for block in re.findall(r"snapcore why: .*?(?=\n\S|\n[E ]\s+pid \d+ \()", out, re.S):
         assert len(block.splitlines()) <= 20, block
-    assert "takes_first_then_second (test_deadlock_suite.py:" in out
     verdicts = {}
     for case in ET.parse(s.root / "report.xml").iter("testcase"):
         props = {pr.get("name"): pr.get("value") for pr in case.iter("property")}
@@ -281,5 +289,7 @@ def test_each_hung_test_reports_its_own_verdict(suite):
             verdicts[case.get("name")] = (props["snapcore_verdict"], props["snapcore_why"])
     assert verdicts["test_hangs"][0] == "blocked", verdicts
     assert "waits for child pid" in verdicts["test_hangs"][1]
-    assert verdicts["test_deadlocks"][0] == "deadlock", verdicts
-    assert verdicts["test_deadlocks"][1].count("waits for RLock") == 2
+    assert verdicts["test_deadlocks"][0] == deadlock[0], verdicts
+    assert verdicts["test_deadlocks"][1].count("waits for RLock") == (
+        2 if deadlock[0] == "deadlock" else 0
+    )

@@ -12,6 +12,7 @@ import time
 
 CHILD = """
 import time
+HELD = bytes(range(256)) * 32768  # 8 MiB of data: more than test_options.py's --max-size
 def child_hangs_here():
     while True:
         time.sleep(100)
