@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 
+HELD = bytes(range(256)) * 32768  # 8 MiB of data: more than test_options.py's --max-size
+
 CHILD = """
 import signal, sys, time
 HELD = bytes(range(256)) * 32768  # 8 MiB of data: more than test_options.py's --max-size

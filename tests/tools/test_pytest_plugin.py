@@ -277,7 +277,7 @@ def test_each_hung_test_reports_its_own_verdict(suite):
         deadlock = "deadlock", "waits for RLock 0x", first
     else:  # no lock owners from an older CPython: the failure says so, native stacks shown
         v = "{}.{}".format(*sys.version_info[:2])
-        deadlock = "idle", f"python reader: CPython {v} is not supported", "<- rlock_acquire <-"
+        deadlock = "idle", f"python reader: CPython {v} is not supported", "PyThread_acquire_lock"
     assert f"snapcore why: {deadlock[0]}: " in out and deadlock[1] in out, out
     assert deadlock[2] in out, out
     for block in re.findall(r"snapcore why: .*?(?=\n\S|\n[E ]\s+pid \d+ \()", out, re.S):
