@@ -103,7 +103,7 @@ def collect_threads(pid, frozen):
             state, sig_pnd, sig_blk = procfs.parsed(
                 pid, procfs.parse_thread_status, "status", ft.tid
             )
-            tstat = procfs.read_stat(pid, ft.tid)
+            _, utime, stime = procfs.parsed(pid, procfs.parse_thread_times, "stat", ft.tid)
         except NoSuchProcess:
             continue  # killed while stopped (SIGKILL)
         if state in ("Z", "X"):
@@ -135,8 +135,8 @@ def collect_threads(pid, frozen):
                 regsets,
                 sigpend=sig_pnd,
                 sighold=sig_blk,
-                utime=tstat.utime,
-                stime=tstat.stime,
+                utime=utime,
+                stime=stime,
             )
         )
     if not out:

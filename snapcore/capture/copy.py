@@ -223,7 +223,10 @@ class CoreWriter:
 
     def _write_file(self, plans, layout):
         out = self.out
-        out.write_at(layout.header_block(), 0)
+        at = 0
+        for part in layout.header_parts():
+            out.write_at(part, at)
+            at += len(part)
         copier = self._new_copier(out.fd)
         try:
             result = copier.run(plans, layout.offsets)
@@ -265,9 +268,11 @@ class CoreWriter:
         t.start()
         copier = None
         try:
-            header = layout.header_block()
-            _write_all(w, header)
-            copier = self._new_copier(w, sequential=True, stream_pos=len(header))
+            header_len = 0
+            for part in layout.header_parts():
+                _write_all(w, part)
+                header_len += len(part)
+            copier = self._new_copier(w, sequential=True, stream_pos=header_len)
             result = copier.run(plans, layout.offsets)
             _pad_zeros(w, layout.data_end - copier.stream_pos)
             trailer = layout.trailer_block()

@@ -364,10 +364,15 @@ class _ExitReaper:
     released, and a traced thread that dies is released only when its tracer reaps
     it.  A tracer blocked in PTRACE_SEIZE while a thread it traces dies that way
     would wait for ever (and the exec with it).  Any thread of the tracer's process
-    may reap its tracees, so this one does, every few milliseconds, exits only
-    (WEXITED: the stops stay for the tracer to collect), and never the group
-    leader (an exec waits only for it to be a zombie, and its parent may be us).
+    may reap its tracees, so this one does, every few milliseconds, exits only,
+    and never the group leader (an exec waits only for it to be a zombie, and its
+    parent may be us).  It peeks first (WNOWAIT) and reaps only an exit: the kernel
+    reports a tracee's ptrace stops to any wait, WEXITED alone or not ("we see
+    ptrace'd stopped tasks regardless of options", kernel/exit.c), and a stop taken
+    here would reach the tracer only through _probe_stolen, a wait slice later.
     """
+
+    EXITS = (os.CLD_EXITED, os.CLD_KILLED, os.CLD_DUMPED)
 
     PERIOD = 0.002
     WALL = 0x40000000  # __WALL: threads too
@@ -384,7 +389,11 @@ class _ExitReaper:
                 if tid == pid:
                     continue
                 try:
-                    os.waitid(os.P_PID, tid, os.WEXITED | os.WNOHANG | self.WALL)
+                    seen = os.waitid(
+                        os.P_PID, tid, os.WEXITED | os.WNOHANG | os.WNOWAIT | self.WALL
+                    )
+                    if seen is not None and seen.si_code in self.EXITS:
+                        os.waitid(os.P_PID, tid, os.WEXITED | os.WNOHANG | self.WALL)
                 except (ChildProcessError, OSError):
                     pass
 

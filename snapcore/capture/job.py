@@ -276,7 +276,7 @@ class Job:
                 self.note_size = len(desc)
                 # the kernel's notes do not change with the selection: only the
                 # SNAPCORE record (last) does
-                return kernel_notes + elfnotes.note(
+                return kernel_notes, elfnotes.note(
                     metadata.SNAPCORE_OWNER, metadata.NT_SNAPCORE_METADATA, desc
                 )
 

@@ -313,8 +313,9 @@ def select_max_size(plans, essential, budget, stacks=()):
 def select(options, plans, arch, read, auxv, threads, notes_for, kernel_notes_len, extra=()):
     """Apply --mini / --max-size to plans; returns (plans, Selection, notes, CoreLayout).
 
-    ``notes_for(selection)`` gives the whole PT_NOTE blob for a selection (the
-    SNAPCORE record names what was dropped, so the notes grow with it);
+    ``notes_for(selection)`` gives the PT_NOTE contents for a selection, bytes or
+    parts (see CoreLayout) (the SNAPCORE record names what was dropped, so the
+    notes grow with it);
     ``read(addr, len)`` reads the target's memory; ``extra``: more ranges to
     keep (essential_ranges).
     """
