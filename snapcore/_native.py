@@ -100,6 +100,17 @@ def getregset(tid, note_type):
     return ffi.buffer(buf, n)[:]
 
 
+def getregset_or_none(tid, note_type):
+    """getregset(), or None where the kernel refuses it (a regset not active for
+    this thread: ENODEV, ENXIO...); no exception for the common refusal, asked for
+    several regsets of every thread while the target is frozen."""
+    buf = getattr(_local, "regset_buf", None)
+    if buf is None:
+        buf = _local.regset_buf = ffi.new("char[]", _REGSET_BUF)
+    n = require().sc_getregset(tid, note_type, buf, _REGSET_BUF)
+    return None if n < 0 else ffi.buffer(buf, n)[:]
+
+
 def setregset(tid, note_type, data):
     _check(
         require().sc_setregset(tid, note_type, data, len(data)),

@@ -141,41 +141,70 @@ def _kb(line, key):
 
 class _SmapsLayout:
     """Where each wanted field sits in a block: one kernel prints every block the
-    same way, so after the first block a field is found by its index, and the
-    key at that index is still checked."""
+    same way, so after the first block a block is taken as the next ``length``
+    lines, its fields by their index, once the keys at those indexes and the
+    closing VmFlags line are checked (any other block is read line by line)."""
 
     def __init__(self, block):
         self.length = len(block)
-        self.index = {}
+        index = {}
         for i, line in enumerate(block):
             for key in _SMAPS_KB:
                 if line.startswith(key):
-                    self.index[key] = i
+                    index[key] = i
+        # (index or None, key, len(key)) in _SMAPS_KB's order
+        self.fields = tuple((index.get(key), key, len(key)) for key in _SMAPS_KB)
 
-    def fits(self, block):
-        if len(block) != self.length:
-            return False
-        return all(block[i].startswith(key) for key, i in self.index.items())
+    def vma_at(self, lines, p):
+        """The Vma of the block at lines[p:], or None if it is not laid out so."""
+        end = p + self.length
+        if end > len(lines):
+            return None
+        last = lines[end - 1]
+        if not last.startswith(_VMFLAGS):
+            return None
+        kb = []
+        for i, key, klen in self.fields:
+            if i is None:
+                kb.append(0)
+                continue
+            line = lines[p + i]
+            if not line.startswith(key) or not line.endswith(b" kB"):
+                return None
+            kb.append(int(line[klen:-3]) * 1024)
+        rss, anonymous, swap, ksm, shared_clean, shared_dirty = kb
+        return Vma._make(
+            (
+                *parse_maps_line(lines[p]),
+                rss,
+                anonymous,
+                swap,
+                shared_clean + shared_dirty,
+                ksm,
+                _vmflags(last),
+            )
+        )
 
 
-def _smaps_vma(block, layout):
-    fields = dict.fromkeys(_SMAPS_KB, 0)
-    if layout is not None and layout.fits(block):
-        for key, i in layout.index.items():
-            fields[key] = _kb(block[i], key)
-    else:
-        for line in block[1:-1]:
-            for key in _SMAPS_KB:
-                if line.startswith(key):
-                    fields[key] = _kb(line, key)
+def _smaps_vma(block):
+    fields = {}
+    for line in block[1:-1]:
+        for key in _SMAPS_KB:
+            if line.startswith(key):
+                fields[key] = _kb(line, key)
+    return _vma(block[0], fields, block[-1])
+
+
+def _vma(header, fields, vmflags):
+    get = fields.get
     return Vma(
-        *parse_maps_line(block[0]),
-        rss=fields[b"Rss:"],
-        anonymous=fields[b"Anonymous:"],
-        swap=fields[b"Swap:"],
-        shared_rss=fields[b"Shared_Clean:"] + fields[b"Shared_Dirty:"],
-        ksm=fields[b"KSM:"],
-        vmflags=_vmflags(block[-1]),
+        *parse_maps_line(header),
+        rss=get(b"Rss:", 0),
+        anonymous=get(b"Anonymous:", 0),
+        swap=get(b"Swap:", 0),
+        shared_rss=get(b"Shared_Clean:", 0) + get(b"Shared_Dirty:", 0),
+        ksm=get(b"KSM:", 0),
+        vmflags=_vmflags(vmflags),
     )
 
 
@@ -187,22 +216,36 @@ def iter_smaps(chunks):
     ValueError on a block it does not understand.
     """
     rest = b""
-    block = []
     layout = None
     for chunk in chunks:
         lines = (rest + chunk).split(b"\n")
         rest = lines.pop()
-        for line in lines:
-            if not block and _HEADER.match(line) is None:
-                raise ValueError(f"smaps field before any mapping: {line[:80]!r}")
-            block.append(line)
-            if line.startswith(_VMFLAGS):
-                yield _smaps_vma(block, layout)
-                if layout is None:
-                    layout = _SmapsLayout(block)
-                block = []
-    if rest.strip() or block:
-        raise ValueError(f"smaps ends inside a mapping's block: {(block or [rest])[0][:80]!r}")
+        n, p = len(lines), 0
+        while p < n:
+            if layout is not None:
+                vma = layout.vma_at(lines, p)
+                if vma is not None:
+                    yield vma
+                    p += layout.length
+                    continue
+            # one block, line by line (the first, or one laid out otherwise)
+            if _HEADER.match(lines[p]) is None:
+                raise ValueError(f"smaps field before any mapping: {lines[p][:80]!r}")
+            q = p + 1
+            while q < n and not lines[q].startswith(_VMFLAGS):
+                if _HEADER.match(lines[q]) is not None:
+                    raise ValueError(f"smaps mapping without VmFlags: {lines[p][:80]!r}")
+                q += 1
+            if q == n:  # the block goes on in the next chunk
+                rest = b"\n".join(lines[p:] + [rest])
+                break
+            block = lines[p : q + 1]
+            yield _smaps_vma(block)
+            if layout is None:
+                layout = _SmapsLayout(block)
+            p = q + 1
+    if rest.strip():
+        raise ValueError(f"smaps ends inside a mapping's block: {rest[:80]!r}")
 
 
 def parse_smaps(text):

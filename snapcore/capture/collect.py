@@ -123,9 +123,8 @@ def collect_threads(pid, frozen):
             arch = a
         regsets = [(NT_PRSTATUS, "CORE", regs)]
         for ntype, owner in arch.regsets[1:]:
-            try:
-                data = _native.getregset(ft.tid, ntype)
-            except _native.SyscallError:
+            data = _native.getregset_or_none(ft.tid, ntype)
+            if data is None:
                 continue  # not active for this thread (ENODEV, ENXIO)
             if arch.regset_active(ntype, data):
                 regsets.append((ntype, owner, data))

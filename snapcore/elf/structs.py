@@ -4,6 +4,7 @@ Field names follow the ELF specification; values come from
 include/uapi/linux/elf.h and the System V ABI.
 """
 
+import functools
 import struct
 from collections import namedtuple
 from dataclasses import dataclass
@@ -170,16 +171,20 @@ def _pad4(n):
 
 def note(name, n_type, desc):
     """One note record: Nhdr, name (NUL, padded to 4), desc (padded to 4)."""
+    namesz, padded = _note_name(name)
+    pad = -len(desc) & 3
+    return b"".join((NHDR.pack(namesz, len(desc), n_type), padded, desc, _ZEROS[pad]))
+
+
+_ZEROS = (b"", b"\0", b"\0\0", b"\0\0\0")
+
+
+@functools.cache
+def _note_name(name):
+    """(namesz, the name's bytes with its NUL and padding): a few names, made once
+    (a core of 1000 threads has 4000 notes)."""
     nm = name.encode() + b"\0"
-    return b"".join(
-        (
-            NHDR.pack(len(nm), len(desc), n_type),
-            nm,
-            b"\0" * (_pad4(len(nm)) - len(nm)),
-            desc,
-            b"\0" * (_pad4(len(desc)) - len(desc)),
-        )
-    )
+    return len(nm), nm + b"\0" * (_pad4(len(nm)) - len(nm))
 
 
 def iter_notes(data):

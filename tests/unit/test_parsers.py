@@ -74,6 +74,34 @@ def test_parse_smaps_rejects_garbage():
         procmaps.parse_smaps("not a mapping\n")
     with pytest.raises(ValueError):
         procmaps.parse_smaps("Rss: 4 kB\n")
+    # a block without its VmFlags line is not taken for part of the next one
+    with pytest.raises(ValueError, match="without VmFlags"):
+        procmaps.parse_smaps(SMAPS.replace("VmFlags", "VmFlagz", 1))
+    with pytest.raises(ValueError, match="ends inside"):
+        procmaps.parse_smaps(SMAPS[: SMAPS.rindex("VmFlags")])
+
+
+@pytest.mark.parametrize("size", [1, 100, 4096, 1 << 20])
+def test_smaps_read_in_chunks_of_any_size(size):
+    """Blocks after the first are taken by their layout (procmaps._SmapsLayout): the
+    same Vmas, wherever the chunks end, as a line-by-line reading of this process's
+    own smaps, and of a text whose blocks are laid out differently."""
+    with open("/proc/self/smaps", "rb") as f:
+        own = f.read()
+    # a block with a line more (as a kernel field that only some mappings print)
+    mixed = own + SMAPS.encode().replace(b"Swap:", b"Extra:    0 kB\nSwap:", 1) + own
+    for data in (own, mixed):
+        one_by_one, block = [], []  # each block alone: read line by line
+        for line in data.split(b"\n")[:-1]:
+            block.append(line)
+            if line.startswith(b"VmFlags:"):
+                text = b"\n".join(block).decode("utf-8", "surrogateescape") + "\n"
+                one_by_one += procmaps.parse_smaps(text)
+                block = []
+        chunks = [data[i : i + size] for i in range(0, len(data), size)]
+        got = list(procmaps.iter_smaps(chunks))
+        assert len(got) == data.count(b"\nVmFlags:") + data.startswith(b"VmFlags:") > 3
+        assert got == one_by_one
 
 
 @pytest.mark.parametrize(
