@@ -154,6 +154,7 @@ class _SmapsLayout:
                     index[key] = i
         # (index or None, key, len(key)) in _SMAPS_KB's order
         self.fields = tuple((index.get(key), key, len(key)) for key in _SMAPS_KB)
+        self.values = {}  # one int object per value (most mappings share a few)
 
     def vma_at(self, lines, p):
         """The Vma of the block at lines[p:], or None if it is not laid out so."""
@@ -171,7 +172,8 @@ class _SmapsLayout:
             line = lines[p + i]
             if not line.startswith(key) or not line.endswith(b" kB"):
                 return None
-            kb.append(int(line[klen:-3]) * 1024)
+            v = int(line[klen:-3]) * 1024
+            kb.append(self.values.setdefault(v, v))
         rss, anonymous, swap, ksm, shared_clean, shared_dirty = kb
         return Vma._make(
             (
@@ -179,7 +181,7 @@ class _SmapsLayout:
                 rss,
                 anonymous,
                 swap,
-                shared_clean + shared_dirty,
+                self.values.setdefault(shared_clean + shared_dirty, shared_clean + shared_dirty),
                 ksm,
                 _vmflags(last),
             )

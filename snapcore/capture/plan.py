@@ -291,14 +291,19 @@ def plan_vma_all(pid, vma, has_file, files, page_size):
 def plan_dump(pid, vmas, filt, file_ranges, files, page_size, all_mappings=False):
     """A VmaPlan for every VMA, in address order with the gate VMA last."""
     plans = []
+    sizes = {}
     for v in vmas:
         if file_ranges is not None:
             has_file = (v.start, v.end) in file_ranges
         else:
             has_file = v.inode != 0 or v.name.startswith("/")
         if all_mappings:
-            plans.append(plan_vma_all(pid, v, has_file, files, page_size))
+            p = plan_vma_all(pid, v, has_file, files, page_size)
         else:
-            plans.append(plan_vma(pid, v, filt, has_file, files, page_size))
+            p = plan_vma(pid, v, filt, has_file, files, page_size)
+        # one int object per size, not one per mapping (65,000 one-page mappings
+        # would hold 65,000 equal ints of 28 bytes)
+        p.filesz = sizes.setdefault(p.filesz, p.filesz)
+        plans.append(p)
     # /proc lists [vsyscall] last already, as the kernel emits it; keep that.
     return plans

@@ -25,6 +25,7 @@ the page size.  The writer streams: the header block is written once, the
 segment data by the C copy loop at the offsets computed here.
 """
 
+import array
 from typing import NamedTuple
 
 from .structs import PF_R, PF_W, PF_X, PN_XNUM, PT_LOAD, PT_NOTE
@@ -63,7 +64,7 @@ class CoreLayout:
         self.phoff = elf.ehdr.size
         self.notes_off = self.phoff + self.phnum * elf.phdr.size
         self.data_off = _roundup(self.notes_off + self.notes_len, arch.page_size)
-        self.offsets = []
+        self.offsets = array.array("Q")  # 8 bytes each, not a list of ints
         off = self.data_off
         for ld in self.loads:
             self.offsets.append(off)

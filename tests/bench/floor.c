@@ -11,6 +11,11 @@
  *                                        bytes per call: the write half
  *   floor copy  PID ADDR LEN CHUNK OUT   both, one after the other per chunk, in one
  *                                        thread (no overlap): read + write
+ *   floor overlap PID ADDR LEN CHUNK OUT both at once, as a core writer on two cores
+ *                                        does it: a reader thread fills a ring of 4
+ *                                        CHUNK buffers (snapcore's ring), a writer
+ *                                        thread pwrites them: the floor the two
+ *                                        halves reach together on this machine
  *
  * Prints {"bytes": N, "seconds": S, "calls": C}.  The buffer is faulted in before
  * the clock starts; the file is created with O_TRUNC and left for the caller.
@@ -18,6 +23,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,10 +51,101 @@ static uint64_t num(const char *s)
     return v;
 }
 
+/* ---- overlap: a reader and a writer thread around a ring of NRING buffers ---- */
+#define NRING 4
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    char *buf[NRING];
+    size_t len[NRING];
+    int full[NRING];
+    int fd;
+    int failed;
+} ring = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER };
+
+static int write_all(int fd, const char *p, size_t n, off_t off);
+
+static void *ring_writer(void *arg)
+{
+    (void)arg;
+    off_t off = 0;
+    for (unsigned k = 0;; k = (k + 1) % NRING) {
+        pthread_mutex_lock(&ring.mu);
+        while (!ring.full[k])
+            pthread_cond_wait(&ring.cv, &ring.mu);
+        size_t n = ring.len[k];
+        pthread_mutex_unlock(&ring.mu);
+        if (n == 0)
+            return NULL;                       /* the reader's end mark */
+        if (!ring.failed && write_all(ring.fd, ring.buf[k], n, off) < 0)
+            ring.failed = 1;
+        off += (off_t)n;
+        pthread_mutex_lock(&ring.mu);
+        ring.full[k] = 0;
+        pthread_cond_broadcast(&ring.cv);
+        pthread_mutex_unlock(&ring.mu);
+    }
+}
+
+static void ring_put(unsigned k, size_t n)
+{
+    pthread_mutex_lock(&ring.mu);
+    ring.len[k] = n;
+    ring.full[k] = 1;
+    pthread_cond_broadcast(&ring.cv);
+    pthread_mutex_unlock(&ring.mu);
+}
+
+static int overlap(pid_t pid, uint64_t addr, uint64_t len, size_t chunk, int fd,
+                   uint64_t *done_out, uint64_t *calls_out)
+{
+    for (int i = 0; i < NRING; i++) {
+        if (!(ring.buf[i] = malloc(chunk)))
+            return -1;
+        memset(ring.buf[i], 1, chunk);        /* faulted in before the clock starts */
+    }
+    ring.fd = fd;
+    pthread_t writer;
+    if (pthread_create(&writer, NULL, ring_writer, NULL) != 0)
+        return -1;
+    uint64_t done = 0, calls = 0;
+    unsigned k = 0;
+    int err = 0;
+    while (done < len && !err) {
+        pthread_mutex_lock(&ring.mu);
+        while (ring.full[k])
+            pthread_cond_wait(&ring.cv, &ring.mu);
+        pthread_mutex_unlock(&ring.mu);
+        size_t n = len - done < chunk ? (size_t)(len - done) : chunk;
+        struct iovec local = { ring.buf[k], n };
+        struct iovec remote = { (void *)(uintptr_t)(addr + done), n };
+        ssize_t r = process_vm_readv(pid, &local, 1, &remote, 1, 0);
+        calls += 2;
+        if (r <= 0) {
+            fprintf(stderr, "floor: process_vm_readv at %#llx: %s\n",
+                    (unsigned long long)(addr + done), r < 0 ? strerror(errno) : "short");
+            err = 1;
+            break;
+        }
+        ring_put(k, (size_t)r);
+        done += (uint64_t)r;
+        k = (k + 1) % NRING;
+    }
+    pthread_mutex_lock(&ring.mu);             /* the end mark, in the next slot */
+    while (ring.full[k])
+        pthread_cond_wait(&ring.cv, &ring.mu);
+    pthread_mutex_unlock(&ring.mu);
+    ring_put(k, 0);
+    pthread_join(writer, NULL);
+    *done_out = done;
+    *calls_out = calls;
+    return err || ring.failed ? -1 : 0;
+}
+
 static int usage(void)
 {
     fprintf(stderr, "usage: floor read PID ADDR LEN CHUNK | floor write OUT LEN CHUNK |"
-                    " floor copy PID ADDR LEN CHUNK OUT\n");
+                    " floor copy PID ADDR LEN CHUNK OUT | floor overlap PID ADDR LEN CHUNK OUT\n");
     return 2;
 }
 
@@ -82,7 +179,7 @@ int main(int argc, char **argv)
     } else if (!strcmp(mode, "write") && argc == 5) {
         do_write = 1;
         out = argv[2]; len = num(argv[3]); chunk = num(argv[4]);
-    } else if (!strcmp(mode, "copy") && argc == 7) {
+    } else if ((!strcmp(mode, "copy") || !strcmp(mode, "overlap")) && argc == 7) {
         do_read = do_write = 1;
         pid = (pid_t)num(argv[2]); addr = num(argv[3]); len = num(argv[4]); chunk = num(argv[5]);
         out = argv[6];
@@ -110,6 +207,10 @@ int main(int argc, char **argv)
     }
     uint64_t done = 0, calls = 0;
     double t0 = now();
+    if (!strcmp(mode, "overlap")) {
+        if (overlap(pid, addr, len, chunk, fd, &done, &calls) < 0)
+            return 1;
+    }
     while (done < len) {
         size_t n = len - done < chunk ? (size_t)(len - done) : chunk;
         if (do_read) {

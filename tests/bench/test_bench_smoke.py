@@ -52,7 +52,7 @@ def test_tiny_quick_bench_writes_a_table(tmp_path):
     absent = [r for r in rows if r[2].startswith("not run")]
     rows = [r for r in rows if r not in absent]
     assert {r[1] for r in absent} <= {labels["gcore-new"]}, absent
-    expected = ["snapcore", "snapcore --live", "floor read", "floor write"]
+    expected = ["snapcore", "snapcore --live", "floor read", "floor write", "floor overlap"]
     if shutil.which("gcore") and shutil.which("gdb"):
         expected.insert(0, "gcore")
     if "gcore-new" in data["targets"]["rand1g"]["tools"]:

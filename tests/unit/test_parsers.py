@@ -290,7 +290,7 @@ def test_layout_offsets_back_to_back():
     ]
     lay = CoreLayout(X86_64, b"n" * 100, loads)
     assert lay.data_off % 4096 == 0 and lay.data_off >= lay.notes_off + 100
-    assert lay.offsets == [lay.data_off, lay.data_off + 0x2000, lay.data_off + 0x2000]
+    assert list(lay.offsets) == [lay.data_off, lay.data_off + 0x2000, lay.data_off + 0x2000]
     assert lay.file_size == lay.data_off + 0x3000
     hdr = lay.header_block()
     assert len(hdr) == lay.notes_off + 100
