@@ -10,10 +10,12 @@ file and must not have been faulted in.
 """
 
 import os
+import sys
 
 import pytest
 
 import snapcore
+from snapcore import procmaps
 
 from support.coreparse import Core
 from support.procs import assert_runs_on
@@ -60,8 +62,6 @@ for line in sys.stdin:                  # "ping" -> "pong N" (N grows: it runs o
 
 @pytest.fixture
 def scattered(spawn):
-    import sys
-
     t = spawn([sys.executable, "-c", TARGET])
     t.wait_blocked()
     return t
@@ -69,8 +69,6 @@ def scattered(spawn):
 
 def _rss(t):
     """Resident bytes of the two regions."""
-    from snapcore import procmaps
-
     spans = [
         (t.info["a"], t.info["a"] + t.info["na"] * PAGE),
         (t.info["b"], t.info["b"] + t.info["nb"] * PAGE),

@@ -1,10 +1,16 @@
 """Each error of the API produced by a real situation, and the CLI's answer to it."""
 
+import contextlib
+import importlib
+import io
 import os
 import pickle
+import pkgutil
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 
@@ -17,9 +23,6 @@ import snapcore.cli
 def _import_everything():
     """Import every snapcore module now: children that drop to nobody may not be able
     to read the source tree (a clean clone in a 0700 temporary directory)."""
-    import importlib
-    import pkgutil
-
     for m in pkgutil.walk_packages(snapcore.__path__, "snapcore."):
         if m.name != "snapcore.__main__":
             importlib.import_module(m.name)
@@ -167,8 +170,6 @@ def test_kernel_thread(tmp_path):
 
 
 def test_access_denied_as_nobody(mt, tmp_path):
-    import tempfile
-
     need_root("dropping to nobody")
 
     shared = tempfile.mkdtemp(prefix="snapcore-nobody-")  # reachable by nobody
@@ -176,8 +177,6 @@ def test_access_denied_as_nobody(mt, tmp_path):
     try:
         _access_denied_as_nobody(mt, shared)
     finally:
-        import shutil
-
         shutil.rmtree(shared, ignore_errors=True)
 
 
@@ -192,9 +191,6 @@ def _access_denied_as_nobody(mt, tmp_path):
     assert "run as the target's user or as root (CAP_SYS_PTRACE)" in str(exc), str(exc)
 
     def cli():
-        import contextlib
-        import io
-
         main = snapcore.cli.main
         err = io.StringIO()
         with contextlib.redirect_stderr(err):

@@ -7,6 +7,7 @@ import signal
 import struct
 
 import pytest
+from elftools.elf.elffile import ELFFile
 
 import snapcore
 
@@ -175,8 +176,6 @@ def test_notes_have_the_kernel_sizes_and_order(mt, snap):
 
 
 def test_pyelftools_framing(mt, snap):
-    from elftools.elf.elffile import ELFFile
-
     with open(snap.path, "rb") as f:
         elf = ELFFile(f)
         assert elf.header["e_type"] == "ET_CORE"

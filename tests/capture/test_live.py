@@ -3,6 +3,7 @@
 import os
 import re
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 import pytest
 
 import snapcore
+from snapcore import _native
 
 from support.compare import LIVE_ALLOWED, live_differences, live_table, unexpected
 from support.coreparse import Core
@@ -28,6 +30,7 @@ from support.procs import (
     snapcore_cli,
     task_states,
     wait_all_blocked,
+    wait_all_stopped,
 )
 from support.strict import need_module
 from support.targets import (
@@ -150,8 +153,6 @@ def test_live_core_is_one_instant(spawn, tmp_path):
 
 def test_the_consistency_check_can_fail(spawn):
     """Control: the same check on memory read from the running target does fail."""
-    from snapcore import _native
-
     t = spawn("gen")
     info = t.info
     violations = 0
@@ -230,10 +231,6 @@ def test_no_room_for_an_image_falls_back_to_a_normal_core(spawn, tmp_path, room,
 
 
 def test_stopped_target_stays_stopped_in_live_mode(spawn, tmp_path):
-    import signal
-
-    from support.procs import wait_all_stopped
-
     t = spawn("mt")
     t.wait_blocked()
     os.kill(t.pid, signal.SIGSTOP)

@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 
 import pytest
+from elftools.elf.elffile import ELFFile
 
 import snapcore
 
@@ -275,8 +276,6 @@ NOTE_TYPES = {"NT_FPREGSET": 2, "NT_PRXFPREG": 0x46E62B7F, "NT_X86_XSTATE": 0x20
 
 @pytest.mark.parametrize("name", ALL_TARGETS)
 def test_pyelftools(spawn, tmp_path, name):
-    from elftools.elf.elffile import ELFFile
-
     s = snap_target(spawn, tmp_path, name)
     with open(s.core, "rb") as f:
         elf = ELFFile(f)

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -68,8 +69,6 @@ def test_traced_by_strace(spawn, tmp_path):
 def test_snapshot_of_our_child_while_another_thread_waits_for_it(spawn, tmp_path):
     """Any thread of a tracer's process can collect its tracees' ptrace stops; a
     Popen.wait() in another thread must neither see them nor lose the child."""
-    import threading
-
     t = spawn("mt")
     t.wait_blocked()
     waited = {}

@@ -24,6 +24,7 @@ import signal
 import time
 
 import pytest
+from elftools.elf.elffile import ELFFile
 
 from support.procs import (
     Subreaper,
@@ -81,8 +82,6 @@ def assert_nothing_left(t, reaper, tmp_path, published, trial):
 
 
 def assert_complete_core(path):
-    from elftools.elf.elffile import ELFFile
-
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         segs = list(ELFFile(f).iter_segments())

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 import snapcore
+from snapcore import procmaps
 
 from support.oracles import read_core_memory
 from support.procs import assert_runs_on
@@ -58,8 +59,6 @@ def test_snapcore_peak_rss_is_bounded(spawn, tmp_path):
 
 
 def _region(pid, start):
-    from snapcore import procmaps
-
     for v in procmaps.read_smaps(pid):
         if v.start == start:
             return v

@@ -8,16 +8,19 @@ ELF framing and notes itself, sharing no code with snapcore.  What a reader
 """
 
 import dataclasses
+import json
 import os
 import re
 import resource
 import signal
 import sys
 
+import snapcore
+
 from .coreparse import Core
 from .procs import assert_untraced, run, task_states, tgkill, wait_all_blocked
 from .strict import missing, need_module, need_tool
-from .targets import need_built
+from .targets import MT_OUTER, MT_THREAD_FUNCS, need_built
 
 # ---------------------------------------------------------------------------
 # splitting a reader's output by thread
@@ -296,8 +299,6 @@ def snapshot_then_kernel_core(spawn, tmp_path, exe, *args, filter_=None):
     back in the very same wait.  SIGABRT goes to the main thread (tgkill), so
     the kernel's dumping thread is the one snapcore puts first.
     """
-    import snapcore
-
     need_kernel_cores()
     need_built(exe)
     env = dict(os.environ, GLIBC_TUNABLES="glibc.pthread.rseq=0")
@@ -322,8 +323,6 @@ def snapshot_then_kernel_core(spawn, tmp_path, exe, *args, filter_=None):
 
 def snapcore_note(path):
     """snapcore's own SNAPCORE record (JSON) in a core: there is exactly one."""
-    import json
-
     notes = [d for n, t, d in raw_notes(path) if n == "SNAPCORE"]
     assert len(notes) == 1, [n for n, _, _ in raw_notes(path)]
     return json.loads(notes[0])
@@ -332,8 +331,6 @@ def snapcore_note(path):
 def assert_mt_backtraces(exe, core, tids):
     """gdb unwinds every thread of an mt core into the function it is known to be in.
     Returns (frames, gdb's CompletedProcess)."""
-    from .targets import MT_OUTER, MT_THREAD_FUNCS
-
     frames, p = gdb_frames(exe, core)
     assert_known_frames(frames, tids, MT_THREAD_FUNCS, MT_OUTER)
     return frames, p
@@ -383,7 +380,5 @@ def ptrace_registers(pid):
     separate process of the test with PTRACE_GETREGS, GETFPREGS and GETREGSET while
     the x86_64 process ``pid`` is stopped (SIGSTOP): the kernel's own view, which a
     core's NT_PRSTATUS pr_reg, NT_PRFPREG and NT_X86_XSTATE must equal."""
-    import json
-
     p = run([sys.executable, "-c", _PTRACE_READER, str(pid)], timeout=60, check=True)
     return {int(t): tuple(bytes.fromhex(h) for h in v) for t, v in json.loads(p.stdout).items()}

@@ -11,6 +11,7 @@ Trial counts are small in CI and large under ``make soak`` (SNAPCORE_SOAK=1).
 """
 
 import ctypes
+import json
 import os
 import re
 import shutil
@@ -353,8 +354,6 @@ def assert_one_line_error(p, code, *fragments):
 
 def info_json(path, *extra):
     """`snapcore info PATH --json`, parsed (one object on one line)."""
-    import json
-
     p = snapcore_cli("info", path, "--json", *extra)
     assert p.returncode == 0, p.stderr
     lines = p.stdout.strip().splitlines()

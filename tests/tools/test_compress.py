@@ -9,6 +9,8 @@ import os
 import signal
 import sys
 
+from elftools.elf.elffile import ELFFile
+
 import snapcore
 
 from support.oracles import (
@@ -33,8 +35,6 @@ from support.targets import target_path
 def _masked(path):
     """The core's bytes with the SNAPCORE note's description blanked."""
     data = bytearray(open(path, "rb").read())
-    from elftools.elf.elffile import ELFFile
-
     with open(path, "rb") as f:
         for seg in ELFFile(f).iter_segments():
             if seg["p_type"] == "PT_NOTE":

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -129,8 +130,6 @@ def test_in_time_the_status_is_the_commands(tmp_path, script, status):
 
 
 def test_signals_are_passed_on(tmp_path):
-    import subprocess
-
     proc = subprocess.Popen(
         [
             sys.executable,

@@ -1,6 +1,8 @@
 """Units of issue 8 that need no target: naming, sizes, selection passes,
 sparse decompression, the metadata record, build-ids from an ELF image."""
 
+import argparse
+import io
 import json
 import os
 import re
@@ -64,8 +66,6 @@ def test_size_parser(text, value):
 
 @pytest.mark.parametrize("text", ["", "M", "-1K", "1X", "0", "1.2.3"])
 def test_size_parser_rejects(text):
-    import argparse
-
     with pytest.raises(argparse.ArgumentTypeError):
         _size(text)
 
@@ -152,8 +152,6 @@ def test_select_max_size_drops_largest_anonymous_first():
 
 
 def test_write_sparse_leaves_zero_pages_as_holes(tmp_path):
-    import io
-
     data = b"\0" * (3 << 20) + b"x" * 5000 + b"\0" * (2 << 20) + b"tail" + b"\0" * 123
     out = CoreFile(tmp_path / "out")
     n = write_sparse(io.BytesIO(data).read, out)
