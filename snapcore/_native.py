@@ -91,11 +91,8 @@ _local = threading.local()
 
 def getregset(tid, note_type):
     """Return the bytes PTRACE_GETREGSET filled for note_type."""
-    buf = getattr(_local, "regset_buf", None)  # one per thread, reused: 5 calls
-    if buf is None:  # per target thread add up
-        buf = _local.regset_buf = ffi.new("char[]", _REGSET_BUF)
-    n = require().sc_getregset(tid, note_type, buf, _REGSET_BUF)
-    if n < 0:  # (the message is made only then: 3 calls per thread while frozen)
+    n, buf = _getregset(tid, note_type)
+    if n < 0:  # (the message is made only then: calls per thread while frozen)
         raise SyscallError(f"ptrace(PTRACE_GETREGSET, {note_type:#x})", -n, tid)
     return ffi.buffer(buf, n)[:]
 
@@ -104,11 +101,17 @@ def getregset_or_none(tid, note_type):
     """getregset(), or None where the kernel refuses it (a regset not active for
     this thread: ENODEV, ENXIO...); no exception for the common refusal, asked for
     several regsets of every thread while the target is frozen."""
+    n, buf = _getregset(tid, note_type)
+    return None if n < 0 else ffi.buffer(buf, n)[:]
+
+
+def _getregset(tid, note_type):
+    """(bytes filled or -errno, the buffer): one buffer per calling thread, reused
+    (5 calls per target thread add up)."""
     buf = getattr(_local, "regset_buf", None)
     if buf is None:
         buf = _local.regset_buf = ffi.new("char[]", _REGSET_BUF)
-    n = require().sc_getregset(tid, note_type, buf, _REGSET_BUF)
-    return None if n < 0 else ffi.buffer(buf, n)[:]
+    return require().sc_getregset(tid, note_type, buf, _REGSET_BUF), buf
 
 
 def setregset(tid, note_type, data):

@@ -244,29 +244,33 @@ def translate(pid, exc, what):
 
 def read_bytes(pid, rel, tid=None):
     path = f"/proc/{pid}/task/{tid}/{rel}" if tid is not None else f"/proc/{pid}/{rel}"
-    # os.open/os.read, not open(): half the cost, which counts for files read
-    # once per thread while the target is frozen
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            chunks = []
-            if rel in _ONE_RECORD:
-                # one record of a single_open() seq file: the first read of a
-                # buffer larger than the record returns all of it (no EOF read)
-                data = os.read(fd, _READ_SIZE)
-                if len(data) < _READ_SIZE:
-                    return data
-                chunks.append(data)
-            while True:
-                more = os.read(fd, _READ_SIZE)
-                if not more:
-                    break
-                chunks.append(more)
-        finally:
-            os.close(fd)
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return read_path(path, one_record=rel in _ONE_RECORD)
     except OSError as exc:
         raise translate(pid, exc, path) from exc
+
+
+def read_path(path, one_record=False):
+    """The bytes of a /proc file (OSError as raised).  os.open/os.read, not open():
+    half the cost, which counts for the files read once per thread.  one_record:
+    the file is a single_open() seq file (stat, status), whose first read of a
+    buffer larger than the record returns all of it (no read for the EOF)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        if one_record:
+            data = os.read(fd, _READ_SIZE)
+            if len(data) < _READ_SIZE:
+                return data
+            chunks.append(data)
+        while True:
+            more = os.read(fd, _READ_SIZE)
+            if not more:
+                break
+            chunks.append(more)
+    finally:
+        os.close(fd)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 _READ_SIZE = 64 * 1024

@@ -43,23 +43,11 @@ _INODE = re.compile(r"^(?:socket|pipe):\[(\d+)\]$")
 
 
 def _read(path):
-    """The text of a small /proc file, or None (os.read: seven files per thread)."""
+    """The text of a small /proc file, or None."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        return procfs.read_path(path).decode("utf-8", "surrogateescape")
     except OSError:
         return None
-    try:
-        chunks = []
-        while True:
-            more = os.read(fd, 65536)
-            if not more:
-                break
-            chunks.append(more)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    return b"".join(chunks).decode("utf-8", "surrogateescape")
 
 
 def parse_kernel_stack(text):
