@@ -207,6 +207,13 @@ def load_core(path, exe=None, sysroot=None):
             proc.threads.append(th)
         if proc.python is not None:
             proc.python_source = "note"
+            if proc.python.get("errors") and not any(th.python for th in proc.threads):
+                # a CPython snapcore's reader does not know: pystack's frames, if it
+                # can (the reader's word stays in the errors)
+                noted = proc.python
+                _python_from_pystack(proc, path, exe)
+                if proc.python_source == "pystack":
+                    proc.python.update(version=noted.get("version"), errors=noted["errors"])
         else:
             _python_from_memory(proc, mem)
             if proc.python is None:
