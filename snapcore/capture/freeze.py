@@ -87,6 +87,7 @@ class Freezer:
         self.threads = {}  # tid -> FrozenThread, stopped ones
         self.frozen_at = None
         self.resumed_at = None
+        self.stops_probed = 0  # stops found by _probe_stolen: taken by another waiter
         self._noreap = pid if _is_parent_of(pid) else 0
 
     # -- freeze ------------------------------------------------------------
@@ -245,7 +246,9 @@ class Freezer:
                 tids, statuses, max(0.0, min(remaining, 0.05)), self._noreap
             )
             if pending:
-                pending -= self._probe_stolen(tids, statuses)
+                found = self._probe_stolen(tids, statuses)
+                self.stops_probed += found
+                pending -= found
                 # Threads frozen in earlier rounds report nothing more unless
                 # they die (SIGKILL): reap those, or the dead traced threads
                 # keep a dying leader from ever reporting its exit.

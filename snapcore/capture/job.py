@@ -70,6 +70,7 @@ class Job:
         self.process_sample = None  # kstate.sample_process(): fds, children, peers
         self.fallback = None
         self.phases = {}
+        self.stops_probed = 0
 
     def done(self):
         return self.writer.done() if self.writer is not None else 0
@@ -159,6 +160,7 @@ class Job:
                 with self.phase("resume"):
                     freezer.resume()
             paused += freezer.pause_seconds
+            self.stops_probed += freezer.stops_probed
             if image is not None:
                 try:
                     image.hand_off()
@@ -182,6 +184,10 @@ class Job:
                 snap.missing = image.missing
             snap.pause_time = paused
             snap.fallback = self.fallback
+            # ptrace stops another waiter of our process took first: each cost the freeze
+            # a wait slice (freeze.py, _probe_stolen); 0 unless a thread of the caller
+            # waits on a child it has us trace
+            snap.stats["stops_probed"] = self.stops_probed
             return snap
 
     def sample(self, samples=None):

@@ -120,6 +120,22 @@ def test_thread_churn(spawn, tmp_path):
     assert_runs_on(t)
 
 
+def test_every_stop_of_1000_threads_reaches_the_tracer(spawn, tmp_path):
+    """While threads are seized, a reaper thread reaps those that exit (freeze.py,
+    _ExitReaper).  The kernel reports a tracee's ptrace stops to any wait of its
+    tracer's process, one for WEXITED only as well: the reaper once took the stops, and
+    each freeze of many threads then waited a 50 ms slice for _probe_stolen to find
+    them.  Every stop must reach the tracer's own wait."""
+    t = spawn("mt", "mib=16", "threads=1000")
+    t.wait_blocked()
+    for i in range(3):
+        s = snapcore.snapshot(t.pid, tmp_path / "core", force=True)
+        assert len(s.tids) == 1004, i
+        assert s.stats["stops_probed"] == 0, (i, s.stats["phases"])
+        assert_untraced(t.pid)
+    assert_runs_on(t)
+
+
 def in_exec(pid, tid):
     """tid is inside execve(), waiting for the process's other threads to be gone."""
     try:
