@@ -11,7 +11,7 @@ PATH here) or whatever python3.X is on PATH.  A missing one is an error under
 CI or SNAPCORE_REQUIRE_ORACLES=1, a skipped session otherwise.
 
     SNAPCORE_MATRIX_TESTS   pytest arguments instead of the whole suite
-                            (e.g. "tests/unit tests/integration/test_foundation.py")
+                            (e.g. "tests/unit tests/capture/test_foundation.py")
 """
 
 import glob
