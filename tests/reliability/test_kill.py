@@ -148,6 +148,9 @@ def test_sigkill_at_random_moments(spawn, tmp_path, mode):
                 assert p.returncode == 0, p.stderr
                 os.unlink(out)
                 assert reaper.reap(timeout=10) == {}
+                # runs are quicker than the reference one was (it met a busier
+                # machine): draw the next moments from a shorter window
+                whole *= 0.8
                 continue
             assert p.returncode == -signal.SIGKILL, (i, p.returncode, p.stderr)
             seen[doing] += 1
