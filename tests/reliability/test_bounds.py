@@ -162,7 +162,9 @@ def test_exec_during_the_freeze(spawn, tmp_path):
     i = attempts = 0
     while i < n:
         attempts += 1
-        assert attempts <= 4 * n, f"caught the freeze {i} times in {attempts} snapshots"
+        # a freeze of 400 threads is a few ms: on a busy machine (the other xdist worker)
+        # most draws see it over or not yet begun (15 snapshots for 5 catches seen)
+        assert attempts <= 8 * n, f"caught the freeze {i} times in {attempts} snapshots"
         path = tmp_path / f"core.{i}"
         first = min(live_tids(t.pid))  # the first thread the freeze seizes (pids wrap)
         bg = Background(t.pid, path, stop_timeout=10)
