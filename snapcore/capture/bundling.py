@@ -30,9 +30,9 @@ import tempfile
 from ..bundle import layout
 from ..bundle.pack import CoreSource, MappedFile, plan_files, write_bundle
 from ..elf.buildid import build_id, file_build_id
-from ..errors import OutputError, OutputExists
+from ..errors import OutputError
 from .plan import read_memory
-from .publish import CoreFile, CoreSink, Outputs
+from .publish import CoreFile, CoreSink, Outputs, sidecar_path
 
 DELETED = " (deleted)"
 
@@ -182,13 +182,7 @@ class BundleOutputs(Outputs):
     def __init__(self, path, options):
         self.options = options
         self.summary = None
-        self.sidecar_path = options.sidecar(path)
-        if (
-            self.sidecar_path is not None
-            and not options.force
-            and os.path.lexists(self.sidecar_path)
-        ):
-            raise OutputExists(self.sidecar_path)
+        self.sidecar_path = sidecar_path(path, options)
         self.archive = CoreFile(path, force=options.force)
         self.core = None
         self.sidecar = None

@@ -185,6 +185,15 @@ class CoreFile(CoreSink):
                 pass
 
 
+def sidecar_path(path, options):
+    """The metadata sidecar's path for the output at path (None without metadata);
+    OutputExists up front if that name is taken and --force is not given."""
+    side = options.sidecar(path)
+    if side is not None and not options.force and os.path.lexists(side):
+        raise OutputExists(side)
+    return side
+
+
 class Outputs:
     """A core file and, when the request asks for one, its metadata sidecar.
 
@@ -194,13 +203,7 @@ class Outputs:
     """
 
     def __init__(self, path, options):
-        self.sidecar_path = options.sidecar(path)
-        if (
-            self.sidecar_path is not None
-            and not options.force
-            and os.path.lexists(self.sidecar_path)
-        ):
-            raise OutputExists(self.sidecar_path)
+        self.sidecar_path = sidecar_path(path, options)
         self.core = CoreFile(path, force=options.force)
         self.sidecar = None
         try:

@@ -24,9 +24,10 @@ def type_name(mem, lay, obj, cache):
 
 
 def keep_type(mem, lay, obj):
-    """Keep obj's type object and its tp_name (pystack checks both)."""
+    """Keep obj's type object and its tp_name (pystack checks both); nothing for a
+    type pointer that is null or not aligned (not an object's)."""
     tp = mem.word(obj + lay.ob_type)
-    if tp:
+    if tp and tp % 8 == 0:
         mem.read(tp, 32)
         name_ptr = mem.word(tp + lay.type_name)
         if name_ptr:

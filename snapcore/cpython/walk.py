@@ -28,7 +28,7 @@ Supported: CPython 3.11, 3.12 and 3.13 on x86_64 (arch/cpython.py).
 """
 
 from ..arch.cpython import layout_for
-from .objects import addr2line, read_code, type_name
+from .objects import addr2line, keep_type, read_code, type_name
 
 MAX_INTERPRETERS = 64
 MAX_THREADS = 4096
@@ -99,7 +99,7 @@ class _Walker:
                 if d:  # pystack checks these are dicts before it trusts the interpreter
                     mem.read(d, 64)
                     type_name(mem, lay, d, self.types)
-                    self._keep_type(d)
+                    keep_type(mem, lay, d)
             gil = self._gil(runtime, interp)
             if gil is not None and out["gil"] is None:
                 out["gil"] = gil
@@ -112,15 +112,6 @@ class _Walker:
             interp = self.ptr(interp + lay.interp_next)
         if out["gil"] is not None:
             out["gil"].pop("holder_tstate", None)
-
-    def _keep_type(self, obj):
-        lay, mem = self.lay, self.mem
-        tp = self.ptr(obj + lay.ob_type)
-        if tp:
-            mem.read(tp, 32)
-            name = mem.word(tp + lay.type_name)
-            if name:
-                mem.cstring(name)
 
     def _gil(self, runtime, interp):
         lay, mem = self.lay, self.mem

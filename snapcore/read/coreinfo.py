@@ -420,11 +420,7 @@ def _symbolize(pc, files, page_size, images, cache, core, opened):
         img = next(((s, v) for s, v in images.items() if v[0] == name), None)
         if img is None or img[1][1] is None:
             return None
-        elf, build_id = img[1][1], img[1][2]
-        key = (name, build_id)
-        if key not in cache:
-            cache[key] = _load_symbols(elf, build_id, opened)
-        syms = cache[key]
+        syms = _cached_symbols(cache, name, img[1][1], img[1][2], opened)
         if syms is None:
             return None
         vaddr = syms.vaddr_of_offset(pgoff * page_size + pc - start)
@@ -436,15 +432,20 @@ def _symbolize(pc, files, page_size, images, cache, core, opened):
         seg = next((x for x in core.loads if x.vaddr == start), None)
         if seg is None or not start <= pc < start + seg.memsz:
             continue
-        key = (name, build_id)
-        if key not in cache:
-            cache[key] = _load_symbols(elf, build_id, opened)
-        syms = cache[key]
+        syms = _cached_symbols(cache, name, elf, build_id, opened)
         if syms is None:
             return None
         first = min((p[2] for p in syms.loads), default=0)
         return syms.lookup(pc - start + first)
     return None
+
+
+def _cached_symbols(cache, name, elf, build_id, opened):
+    """_load_symbols() of one image, once per (name, build-id)."""
+    key = (name, build_id)
+    if key not in cache:
+        cache[key] = _load_symbols(elf, build_id, opened)
+    return cache[key]
 
 
 def _load_symbols(elf, build_id, opened):
