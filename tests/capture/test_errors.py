@@ -172,7 +172,9 @@ def test_kernel_thread(tmp_path):
 def test_access_denied_as_nobody(mt, tmp_path):
     need_root("dropping to nobody")
 
-    shared = tempfile.mkdtemp(prefix="snapcore-nobody-")  # reachable by nobody
+    # reachable by nobody: in /tmp (1777) itself, not under $TMPDIR, which may sit in a
+    # private directory (nox's session tmp inside a clone made under `mktemp -d`)
+    shared = tempfile.mkdtemp(prefix="snapcore-nobody-", dir="/tmp")
     os.chmod(shared, 0o777)
     try:
         _access_denied_as_nobody(mt, shared)
