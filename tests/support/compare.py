@@ -42,6 +42,11 @@ PRSTATUS_EXACT = (
 # how far snapcore's tick-rounded /proc times may be from the kernel's exact ones: a
 # few ticks of rounding and of what the target spends between the two dumps
 TIMES_SLACK_USEC = 50_000
+# The kernel's dump runs in the dumping thread and is counted in its stime before
+# fill_prstatus() reads it: for 70,000 mappings that was 16-24 ms on a quiet machine
+# and 99 ms on a loaded one.  A test of such a target allows this much more on the
+# kernel's side only, and checks snapcore's times against /proc itself.
+BIG_DUMP_COST_USEC = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,9 @@ KERNEL_ALLOWED = {
         "NT_PRSTATUS `pr_utime`/`pr_stime`/`pr_cutime`/`pr_cstime`: the kernel's exact "
         "CPU accounting, at the dump",
         "`/proc` clock ticks at the snapshot: whole ticks, valid timevals, within "
-        f"{TIMES_SLACK_USEC // 1000} ms of the kernel's",
+        f"{TIMES_SLACK_USEC // 1000} ms of the kernel's (the kernel's up to "
+        f"{BIG_DUMP_COST_USEC // 1000} ms more for a target of 70,000 mappings, whose dump "
+        "the dumping thread pays before its times are read)",
         "userspace sees only clock ticks",
     ),
     "pr_state": Allowed(
@@ -129,13 +136,17 @@ def _is_tick_time(tv):
     return sec >= 0 and 0 <= usec < 1_000_000 and usec % (1_000_000 // CLK_TCK) == 0
 
 
-def classify_pr_times(kernel, snap):
-    """kernel, snap: [(sec, usec)] x 4 (utime, stime, cutime, cstime)."""
+def classify_pr_times(kernel, snap, dump_cost=0):
+    """kernel, snap: [(sec, usec)] x 4 (utime, stime, cutime, cstime).
+
+    ``dump_cost``: how many more microseconds the kernel's side may hold, for what its
+    own dump costs the dumping thread before the times are read (BIG_DUMP_COST_USEC).
+    """
     for k, s in zip(kernel, snap):
         if not _is_tick_time(s):
             return "NT_PRSTATUS times (not clock ticks)"
         ku, su = k[0] * 1_000_000 + k[1], s[0] * 1_000_000 + s[1]
-        if abs(ku - su) > TIMES_SLACK_USEC:
+        if not -TIMES_SLACK_USEC <= ku - su <= TIMES_SLACK_USEC + dump_cost:
             return "NT_PRSTATUS times (too far from the kernel's)"
     return "pr_times"
 
@@ -211,11 +222,11 @@ def _short(v):
     return r if len(r) < 300 else r[:300] + "..."
 
 
-def kernel_differences(k, s, state="S", sig=signal.SIGABRT):
+def kernel_differences(k, s, state="S", sig=signal.SIGABRT, dump_cost=0):
     """[(key, detail)] for every way snapcore's core s differs from the kernel's core k.
 
     ``state``: the /proc state letter of the process before the snapshot; ``sig``:
-    the signal the kernel dumped on.
+    the signal the kernel dumped on; ``dump_cost``: see classify_pr_times().
     """
     out = []
 
@@ -302,7 +313,7 @@ def kernel_differences(k, s, state="S", sig=signal.SIGABRT):
             sp["pr_cursig"],
         )
         ktimes, stimes = [kp[f] for f in PR_TIMES], [sp[f] for f in PR_TIMES]
-        differ(classify_pr_times(ktimes, stimes), f"{who} times", ktimes, stimes)
+        differ(classify_pr_times(ktimes, stimes, dump_cost), f"{who} times", ktimes, stimes)
         for f in (
             "pr_sigpend",
             "pr_sighold",

@@ -290,6 +290,18 @@ def unlimited_core():
     resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
 
 
+def proc_times(pid, tids):
+    """{tid: (utime, stime)} in clock ticks as /proc shows them; the leader's are the
+    whole group's (/proc/PID/stat), as fill_prstatus() gives the leader."""
+    out = {}
+    for tid in tids:
+        path = f"/proc/{pid}/stat" if tid == pid else f"/proc/{pid}/task/{tid}/stat"
+        with open(path, encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        out[tid] = (int(fields[11]), int(fields[12]))  # fields 14 and 15 of proc(5)
+    return out
+
+
 def snapshot_then_kernel_core(spawn, tmp_path, exe, *args, filter_=None):
     """Run ``exe still ARGS``, snapshot it, then let the kernel dump it.
 
@@ -309,6 +321,7 @@ def snapshot_then_kernel_core(spawn, tmp_path, exe, *args, filter_=None):
         with open(f"/proc/{t.pid}/coredump_filter", "w") as f:
             f.write(f"{filter_:#x}")
     blocked = wait_all_blocked(t.pid)
+    t.info["proc_times"] = proc_times(t.pid, blocked)
     ours = snapcore.snapshot(t.pid, tmp_path / "snap.core")
     # the target runs on: untraced, and every thread went back to the very same wait
     assert_untraced(t.pid)

@@ -9,6 +9,7 @@ import signal
 import struct
 
 from support.compare import (
+    BIG_DUMP_COST_USEC,
     KERNEL_ALLOWED,
     PF_DUMPCORE,
     PF_SIGNALED,
@@ -55,6 +56,13 @@ def test_pr_times():
     negative = [(-1, 990000), (0, 20000), (0, 0), (0, 0)]
     for snap in (not_ticks, too_far, bad_usec, negative):
         assert classify_pr_times(k, snap) not in KERNEL_ALLOWED, snap
+    # a big target's own dump: the kernel's side may be ahead by the dump's cost, never behind
+    big = [(0, 4000), (0, 138810), (0, 0), (0, 0)]
+    ours = [(0, 0), (0, 40000), (0, 0), (0, 0)]
+    assert classify_pr_times(big, ours) not in KERNEL_ALLOWED
+    assert classify_pr_times(big, ours, BIG_DUMP_COST_USEC) == "pr_times"
+    ahead = [(0, 0), (0, 200000), (0, 0), (0, 0)]
+    assert classify_pr_times(big, ahead, BIG_DUMP_COST_USEC) not in KERNEL_ALLOWED
 
 
 def test_pr_state():
