@@ -16,6 +16,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -32,7 +33,7 @@
 
 #include "snapcore.h"
 
-#define SC_ABI_VERSION 4
+#define SC_ABI_VERSION 5
 #define PAGE 4096ULL
 
 int sc_abi_version(void) { return SC_ABI_VERSION; }
@@ -87,6 +88,46 @@ long sc_setregset(int tid, unsigned int note_type, const void *buf, size_t len)
     if (ptrace(PTRACE_SETREGSET, tid, (void *)(unsigned long)note_type, &iov) < 0)
         return -errno;
     return (long)iov.iov_len;
+}
+
+static long read_once(const char *path, char *buf, size_t cap)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    ssize_t n = read(fd, buf, cap);
+    long ret = n < 0 ? -errno : (long)n;
+    close(fd);
+    return ret;
+}
+
+long sc_read_threads(int pid, const int *tids, int n, const unsigned int *types,
+                     const size_t *caps, int ntypes, size_t file_cap, char *buf,
+                     size_t slot_len, long *lens)
+{
+    char path[64];
+    size_t need = 2 * file_cap;
+    if (n < 0 || ntypes < 0)
+        return -EINVAL;
+    for (int j = 0; j < ntypes; j++)
+        need += caps[j];
+    if (need > slot_len)
+        return -EINVAL;
+    for (int i = 0; i < n; i++) {
+        char *p = buf + (size_t)i * slot_len;
+        long *got = lens + (size_t)i * (size_t)(2 + ntypes);
+        snprintf(path, sizeof path, "/proc/%d/task/%d/status", pid, tids[i]);
+        got[0] = read_once(path, p, file_cap);
+        p += file_cap;
+        snprintf(path, sizeof path, "/proc/%d/task/%d/stat", pid, tids[i]);
+        got[1] = read_once(path, p, file_cap);
+        p += file_cap;
+        for (int j = 0; j < ntypes; j++) {
+            got[2 + j] = sc_getregset(tids[i], types[j], p, caps[j]);
+            p += caps[j];
+        }
+    }
+    return 0;
 }
 
 int sc_getsiginfo(int tid, void *buf)

@@ -30,6 +30,19 @@ int sc_geteventmsg(int tid, unsigned long *msg);
 /* PTRACE_GETREGSET: returns the number of bytes the kernel filled. */
 long sc_getregset(int tid, unsigned int note_type, void *buf, size_t len);
 long sc_setregset(int tid, unsigned int note_type, const void *buf, size_t len);
+/*
+ * What a core needs of each of n stopped tracees, in one call (Python's lock is
+ * released meanwhile, so it overlaps other work of snapcore's): for tids[i],
+ * the text of /proc/PID/task/TID/status and .../stat (one read of at most
+ * file_cap bytes each: both are printed at once), then PTRACE_GETREGSET of
+ * each of the ntypes regsets (at most caps[j] bytes).  Thread i's slot is
+ * buf[i * slot_len ...], laid out [status][stat][regset 0]...[regset ntypes-1]
+ * with file_cap, file_cap, caps[0], ... bytes; lens[i * (2 + ntypes) + k]
+ * is what part k got: bytes, or -errno.  Returns 0, or -EINVAL.
+ */
+long sc_read_threads(int pid, const int *tids, int n, const unsigned int *types,
+                     const size_t *caps, int ntypes, size_t file_cap, char *buf,
+                     size_t slot_len, long *lens);
 /* buf must hold 128 bytes (siginfo_t). */
 int sc_getsiginfo(int tid, void *buf);
 int sc_setsiginfo(int tid, const void *buf);

@@ -11,7 +11,7 @@ import threading
 
 from .errors import ShimUnavailable, SyscallError
 
-ABI_VERSION = 4
+ABI_VERSION = 5
 
 try:
     from ._shim import ffi, lib
@@ -112,6 +112,44 @@ def _getregset(tid, note_type):
     if buf is None:
         buf = _local.regset_buf = ffi.new("char[]", _REGSET_BUF)
     return require().sc_getregset(tid, note_type, buf, _REGSET_BUF), buf
+
+
+def read_threads(pid, tids, types, caps, file_cap=4096):
+    """sc_read_threads() (see csrc/snapcore.h) for tids, which must be stopped
+    tracees of the calling thread: [(status, stat, [regset, ...]), ...] in the
+    order of tids, each part its bytes or -errno (an int).  A part that filled its
+    cap (file_cap, caps[j]) may be cut short: the caller reads it again whole."""
+    ntypes = len(types)
+    slot = 2 * file_cap + sum(caps)
+    n = len(tids)
+    buf = ffi.new("char[]", max(1, n * slot))
+    lens = ffi.new("long[]", max(1, n * (2 + ntypes)))
+    rc = require().sc_read_threads(
+        pid,
+        ffi.new("int[]", list(tids)),
+        n,
+        ffi.new("unsigned int[]", list(types)),
+        ffi.new("size_t[]", list(caps)),
+        ntypes,
+        file_cap,
+        buf,
+        slot,
+        lens,
+    )
+    if rc < 0:
+        raise SyscallError("sc_read_threads", -rc)
+    raw = ffi.buffer(buf, n * slot)
+    out = []
+    widths = [file_cap, file_cap, *caps]
+    for i in range(n):
+        at = i * slot
+        got = lens[i * (2 + ntypes) : (i + 1) * (2 + ntypes)]
+        parts = []
+        for width, k in zip(widths, got):
+            parts.append(raw[at : at + k] if k >= 0 else k)
+            at += width
+        out.append((parts[0], parts[1], parts[2:]))
+    return out
 
 
 def setregset(tid, note_type, data):

@@ -66,8 +66,8 @@ MUTANTS = (
     Mutant(
         "xstate-byte-flipped",
         "snapcore/capture/collect.py",
-        "                regsets.append((ntype, owner, data))\n",
-        "                regsets.append((ntype, owner, data if ntype != 0x202 else "
+        "                    notes.append((ntype, owner, data))\n",
+        "                    notes.append((ntype, owner, data if ntype != 0x202 else "
         "data[:200] + bytes([data[200] ^ 1]) + data[201:]))\n",
         "one byte of each thread's XSAVE area (an XMM register) wrong",
     ),
@@ -122,8 +122,8 @@ MUTANTS = (
     Mutant(
         "coredump-filter-ignored",
         "snapcore/capture/job.py",
-        "            filt = procfs.read_coredump_filter(self.pid)\n",
-        "            filt = 0x33\n",
+        "        return procfs.read_coredump_filter(self.pid) if filt is None else filt\n",
+        "        return 0x33 if filt is None else filt\n",
         "the target's /proc/PID/coredump_filter is not read",
     ),
     Mutant(

@@ -17,6 +17,7 @@ Everything here reads /proc or ptrace; nothing decides what memory is dumped
 """
 
 import errno
+import os
 import time
 from dataclasses import dataclass
 
@@ -75,12 +76,23 @@ def check_target(pid):
     return st
 
 
+# sc_read_threads: threads per call (each a slot of a few tens of kB), the bytes
+# a status or stat text gets, and the room for a regset no thread showed yet
+_BATCH = 256
+_FILE_CAP = 4096
+_GUESSED_CAP = 4096
+
+
 def collect_threads(pid, frozen):
     """ThreadNotes for every frozen thread, current thread first; and the Arch.
 
     Raises Unstable unless every live thread of the process is in a ptrace
     stop for us: an exec (which replaces the threads and their tids) or a
     thread we never caught would make an inconsistent core.
+
+    Each thread's status, stat and regsets are read by one C call per 256
+    threads (_native.read_threads), which leaves Python's lock to the thread
+    planning the memory meanwhile (plan.EarlyPlan).
     """
     arch = None
     out = []
@@ -98,46 +110,57 @@ def collect_threads(pid, frozen):
             continue
         if state not in ("Z", "X"):
             raise Unstable(f"thread {tid} appeared")
-    for ft in frozen:
-        try:
-            state, sig_pnd, sig_blk = procfs.parsed(
-                pid, procfs.parse_thread_status, "status", ft.tid
+    types, caps, exact = _regset_plan(frozen)
+    tids = [ft.tid for ft in frozen]
+    for first in range(0, len(tids), _BATCH):
+        chunk = tids[first : first + _BATCH]
+        for tid, (status, stat, regsets) in zip(
+            chunk, _native.read_threads(pid, chunk, types, caps, _FILE_CAP)
+        ):
+            try:
+                state, sig_pnd, sig_blk = _thread_file(
+                    pid, tid, "status", status, procfs.parse_thread_status
+                )
+                _, utime, stime = _thread_file(pid, tid, "stat", stat, procfs.parse_thread_times)
+            except NoSuchProcess:
+                continue  # killed while stopped (SIGKILL)
+            if state in ("Z", "X"):
+                continue
+            if state != "t":
+                raise Unstable(f"thread {tid} is not stopped ({state})")
+            regsets = [
+                _native.getregset_or_none(tid, ntype)  # may be longer: read it whole
+                if not isinstance(data, int) and len(data) == cap and not known
+                else data
+                for ntype, data, cap, known in zip(types, regsets, caps, exact)
+            ]
+            regs = regsets[0]
+            if regs is None:
+                regs = -errno.ESRCH  # (gone since its first read)
+            if isinstance(regs, int):
+                if regs == -errno.ESRCH:
+                    raise Unstable(f"thread {tid} left its stop")
+                raise _native.SyscallError(
+                    f"ptrace(PTRACE_GETREGSET, {NT_PRSTATUS:#x})", -regs, tid
+                )
+            a = arch_for_regs_size(len(regs))
+            if a is None:
+                raise UnsupportedTarget(pid, f"unknown register set size {len(regs)}")
+            if arch is None:
+                arch = a
+                if len(types) != len(arch.regsets):  # no thread answered _regset_plan
+                    raise Unstable(f"thread {tid} was not stopped when first read")
+            notes = [(NT_PRSTATUS, "CORE", regs)]
+            for (ntype, owner), data in zip(arch.regsets[1:], regsets[1:]):
+                if isinstance(data, int) or data is None:
+                    continue  # not active for this thread (ENODEV, ENXIO)
+                if arch.regset_active(ntype, data):
+                    notes.append((ntype, owner, data))
+            out.append(
+                elfnotes.ThreadNotes(
+                    tid, notes, sigpend=sig_pnd, sighold=sig_blk, utime=utime, stime=stime
+                )
             )
-            _, utime, stime = procfs.parsed(pid, procfs.parse_thread_times, "stat", ft.tid)
-        except NoSuchProcess:
-            continue  # killed while stopped (SIGKILL)
-        if state in ("Z", "X"):
-            continue
-        if state != "t":
-            raise Unstable(f"thread {ft.tid} is not stopped ({state})")
-        try:
-            regs = _native.getregset(ft.tid, NT_PRSTATUS)
-        except _native.SyscallError as exc:
-            if exc.errno == errno.ESRCH:
-                raise Unstable(f"thread {ft.tid} left its stop") from None
-            raise
-        a = arch_for_regs_size(len(regs))
-        if a is None:
-            raise UnsupportedTarget(pid, f"unknown register set size {len(regs)}")
-        if arch is None:
-            arch = a
-        regsets = [(NT_PRSTATUS, "CORE", regs)]
-        for ntype, owner in arch.regsets[1:]:
-            data = _native.getregset_or_none(ft.tid, ntype)
-            if data is None:
-                continue  # not active for this thread (ENODEV, ENXIO)
-            if arch.regset_active(ntype, data):
-                regsets.append((ntype, owner, data))
-        out.append(
-            elfnotes.ThreadNotes(
-                ft.tid,
-                regsets,
-                sigpend=sig_pnd,
-                sighold=sig_blk,
-                utime=utime,
-                stime=stime,
-            )
-        )
     if not out:
         raise TargetExited(pid)
     # the current thread first: the main thread when it is alive
@@ -151,6 +174,39 @@ def collect_threads(pid, frozen):
         st = procfs.read_stat(pid)
         out[0].utime, out[0].stime = st.utime, st.stime
     return out, arch
+
+
+def _regset_plan(frozen):
+    """(regset types, caps, exact) for read_threads: the architecture's regsets,
+    named by the first thread that answers PTRACE_GETREGSET, each with the size it
+    had there (a regset's size is the same in every thread: exact) or a guess
+    (not active there; a result that fills it is read again whole)."""
+    for ft in frozen:
+        try:
+            regs = _native.getregset(ft.tid, NT_PRSTATUS)
+        except _native.SyscallError:
+            continue  # gone or left its stop: the read of every thread says which
+        arch = arch_for_regs_size(len(regs))
+        if arch is None:
+            break
+        caps, exact = [len(regs)], [True]
+        for ntype, _ in arch.regsets[1:]:
+            data = _native.getregset_or_none(ft.tid, ntype)
+            caps.append(len(data) if data else _GUESSED_CAP)
+            exact.append(bool(data))
+        return [t for t, _ in arch.regsets], caps, exact
+    return [NT_PRSTATUS], [_GUESSED_CAP], [False]
+
+
+def _thread_file(pid, tid, rel, data, parser):
+    """parser() of task/TID/rel as read_threads() got it: errors as procfs gives them,
+    and a text that filled its cap read again whole."""
+    if isinstance(data, int):
+        path = f"/proc/{pid}/task/{tid}/{rel}"
+        raise procfs.translate(pid, OSError(-data, os.strerror(-data), path), path)
+    if len(data) >= _FILE_CAP:
+        return procfs.parsed(pid, parser, rel, tid)
+    return procfs.parsed(pid, parser, rel, tid, data=data)
 
 
 def collect_process(pid, state, arch, mem_pid):

@@ -38,7 +38,7 @@ from ..errors import (
 from . import collect, kstate, live, waits
 from .copy import CoreWriter
 from .freeze import Freezer, Unstable, dying, has_live_task
-from .plan import READ, BackingFiles, plan_dump, read_memory
+from .plan import PAGE_SIZE, READ, BackingFiles, EarlyPlan, plan_dump, read_memory
 from .result import Snapshot
 from .select import select
 
@@ -105,10 +105,13 @@ class Job:
             freezer = held or Freezer(self.pid, self.options.stop_timeout, self.cancel)
             held = None
             image = None
+            early = None
             try:
                 try:
                     with self.phase("freeze"):
                         frozen = freezer.freeze()
+                    if not want_live:  # the live image is planned from the image
+                        early = self._plan_early()
                     with self.phase("collect"):
                         threads, arch = collect.collect_threads(self.pid, frozen)
                 except Unstable as exc:
@@ -135,7 +138,7 @@ class Job:
                             self.pid, freezer, frozen, threads, arch, nofork, self.options
                         )
                 if image is None:
-                    snap = self._write(threads, arch, facts=facts)
+                    snap = self._write(threads, arch, facts=facts, early=early)
                     if not has_live_task(self.pid):
                         # killed while frozen: what was read of it may be nothing
                         # (its smaps are empty once its memory is gone)
@@ -159,6 +162,8 @@ class Job:
             finally:
                 with self.phase("resume"):
                     freezer.resume()
+                if early is not None:
+                    early.close()
             paused += freezer.pause_seconds
             self.stops_probed += freezer.stops_probed
             if image is not None:
@@ -219,41 +224,55 @@ class Job:
         return self._write(threads, arch)
 
     # -- plan, select, lay out, copy ---------------------------------------
-    def _process_facts(self, arch):
+    def _filter(self):
+        """The coredump_filter the core follows: the request's, else the target's."""
+        filt = self.options.coredump_filter
+        return procfs.read_coredump_filter(self.pid) if filt is None else filt
+
+    def _process_facts(self, arch, filt=None):
         """(ProcessNotes, coredump_filter): read from /proc of the frozen target."""
         proc = collect.collect_process(self.pid, self.status.state, arch, self.pid)
-        filt = self.options.coredump_filter
-        if filt is None:
-            filt = procfs.read_coredump_filter(self.pid)
-        return proc, filt
+        return proc, self._filter() if filt is None else filt
 
-    def _write(self, threads, arch, image=None, facts=None):
+    def _plan_early(self):
+        """An EarlyPlan of the frozen target, made beside collect (plan.py)."""
+        return EarlyPlan(self.pid, self._filter(), PAGE_SIZE, self.options.all_mappings)
+
+    def _write(self, threads, arch, image=None, facts=None, early=None):
         """Plan, select, lay out and write the core, reading memory from the target
         (frozen) or, in live mode, from its forked image (the target runs on).
-        ``facts``: _process_facts() read while the target was frozen (live mode)."""
+        ``facts``: _process_facts() read while the target was frozen (live mode);
+        ``early``: the target's EarlyPlan, made while collect ran (the caller closes it)."""
         pid = self.pid
         opts = self.options
         self.src = src = image.child if image is not None else pid
+        if early is not None and early.page_size != arch.page_size:
+            early = None  # (no architecture snapcore knows has another page size)
         if facts is None:
             with self.phase("collect"):
-                facts = self._process_facts(arch)
+                facts = self._process_facts(arch, early.filt if early is not None else None)
         proc, filt = facts
         self._check_cancel()
         plan_started = time.monotonic()
-        file_ranges = procmaps.map_files_ranges(src)
-        with BackingFiles(src) as files:
-            if image is None:
-                plans = plan_dump(
-                    pid,
-                    procmaps.read_smaps(pid),
-                    filt,
-                    file_ranges,
-                    files,
-                    arch.page_size,
-                    all_mappings=opts.all_mappings,
-                )
+        with contextlib.ExitStack() as stack:
+            if early is not None:
+                file_ranges, plans = early.result()
+                files = early.files
             else:
-                plans = image.plan(filt, file_ranges, files, arch.page_size, opts.all_mappings)
+                file_ranges = procmaps.map_files_ranges(src)
+                files = stack.enter_context(BackingFiles(src))
+                if image is None:
+                    plans = plan_dump(
+                        pid,
+                        procmaps.read_smaps(pid),
+                        filt,
+                        file_ranges,
+                        files,
+                        arch.page_size,
+                        all_mappings=opts.all_mappings,
+                    )
+                else:
+                    plans = image.plan(filt, file_ranges, files, arch.page_size, opts.all_mappings)
             proc.vma_count = len(plans)
             proc.file_entries = collect.file_entries(src, plans, arch.page_size)
             mapped = collect.mapped_ranges(plans, proc.file_entries)
