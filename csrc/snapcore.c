@@ -90,23 +90,80 @@ long sc_setregset(int tid, unsigned int note_type, const void *buf, size_t len)
     return (long)iov.iov_len;
 }
 
+/* One read of a /proc file printed at once (status, stat): bytes, or -errno. */
 static long read_once(const char *path, char *buf, size_t cap)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return -errno;
-    ssize_t n = read(fd, buf, cap);
+    ssize_t n = read(fd, buf, cap - 1);
     long ret = n < 0 ? -errno : (long)n;
     close(fd);
+    if (ret >= 0)
+        buf[ret] = '\0';
     return ret;
 }
 
+/* The text after "\n<key>" (key ends in ':'), blanks skipped; NULL if absent. */
+static const char *status_field(const char *text, const char *key)
+{
+    const char *at = strstr(text, key);
+    if (at == NULL)
+        return NULL;
+    at += strlen(key);
+    while (*at == ' ' || *at == '\t')
+        at++;
+    return at;
+}
+
+static int parse_status(const char *text, struct sc_thread_facts *f)
+{
+    const char *state = status_field(text, "\nState:");
+    const char *pnd = status_field(text, "\nSigPnd:");
+    const char *blk = status_field(text, "\nSigBlk:");
+    char *end;
+    if (state == NULL || pnd == NULL || blk == NULL || *state == '\0')
+        return -EBADMSG;
+    f->state = *state;
+    f->sigpnd = strtoull(pnd, &end, 16);
+    if (end == pnd || *end != '\n')
+        return -EBADMSG;
+    f->sigblk = strtoull(blk, &end, 16);
+    if (end == blk || *end != '\n')
+        return -EBADMSG;
+    return 0;
+}
+
+static int parse_stat(const char *text, struct sc_thread_facts *f)
+{
+    const char *at = strrchr(text, ')');  /* comm may hold ')' itself */
+    char *end;
+    if (at == NULL)
+        return -EBADMSG;
+    at++;
+    /* after ')': state is field 3; utime and stime are fields 14 and 15 */
+    for (int field = 3; field < 14; field++) {
+        at = strchr(at + 1, ' ');
+        if (at == NULL)
+            return -EBADMSG;
+    }
+    f->utime = strtoull(at + 1, &end, 10);
+    if (end == at + 1 || *end != ' ')
+        return -EBADMSG;
+    at = end;
+    f->stime = strtoull(at + 1, &end, 10);
+    if (end == at + 1 || *end != ' ')
+        return -EBADMSG;
+    return 0;
+}
+
 long sc_read_threads(int pid, const int *tids, int n, const unsigned int *types,
-                     const size_t *caps, int ntypes, size_t file_cap, char *buf,
-                     size_t slot_len, long *lens)
+                     const size_t *caps, int ntypes, struct sc_thread_facts *facts,
+                     char *regbuf, size_t slot_len, long *reglens)
 {
     char path[64];
-    size_t need = 2 * file_cap;
+    char text[8192];
+    size_t need = 0;
     if (n < 0 || ntypes < 0)
         return -EINVAL;
     for (int j = 0; j < ntypes; j++)
@@ -114,16 +171,18 @@ long sc_read_threads(int pid, const int *tids, int n, const unsigned int *types,
     if (need > slot_len)
         return -EINVAL;
     for (int i = 0; i < n; i++) {
-        char *p = buf + (size_t)i * slot_len;
-        long *got = lens + (size_t)i * (size_t)(2 + ntypes);
+        struct sc_thread_facts *f = &facts[i];
+        long got;
+        memset(f, 0, sizeof *f);
         snprintf(path, sizeof path, "/proc/%d/task/%d/status", pid, tids[i]);
-        got[0] = read_once(path, p, file_cap);
-        p += file_cap;
+        got = read_once(path, text, sizeof text);
+        f->status_err = got < 0 ? (int32_t)got : parse_status(text, f);
         snprintf(path, sizeof path, "/proc/%d/task/%d/stat", pid, tids[i]);
-        got[1] = read_once(path, p, file_cap);
-        p += file_cap;
+        got = read_once(path, text, sizeof text);
+        f->stat_err = got < 0 ? (int32_t)got : parse_stat(text, f);
+        char *p = regbuf + (size_t)i * slot_len;
         for (int j = 0; j < ntypes; j++) {
-            got[2 + j] = sc_getregset(tids[i], types[j], p, caps[j]);
+            reglens[(size_t)i * (size_t)ntypes + (size_t)j] = sc_getregset(tids[i], types[j], p, caps[j]);
             p += caps[j];
         }
     }

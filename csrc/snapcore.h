@@ -32,17 +32,27 @@ long sc_getregset(int tid, unsigned int note_type, void *buf, size_t len);
 long sc_setregset(int tid, unsigned int note_type, const void *buf, size_t len);
 /*
  * What a core needs of each of n stopped tracees, in one call (Python's lock is
- * released meanwhile, so it overlaps other work of snapcore's): for tids[i],
- * the text of /proc/PID/task/TID/status and .../stat (one read of at most
- * file_cap bytes each: both are printed at once), then PTRACE_GETREGSET of
- * each of the ntypes regsets (at most caps[j] bytes).  Thread i's slot is
- * buf[i * slot_len ...], laid out [status][stat][regset 0]...[regset ntypes-1]
- * with file_cap, file_cap, caps[0], ... bytes; lens[i * (2 + ntypes) + k]
- * is what part k got: bytes, or -errno.  Returns 0, or -EINVAL.
+ * released meanwhile, so it overlaps other work of snapcore's).  For tids[i]:
+ * facts[i] from /proc/PID/task/TID/status (State, SigPnd, SigBlk) and .../stat
+ * (utime, stime: fields 14 and 15), then PTRACE_GETREGSET of each of the ntypes
+ * regsets into regbuf[i * slot_len ...], back to back, at most caps[j] bytes
+ * each; reglens[i * ntypes + j] is what regset j got: bytes, or -errno.
+ * A file that cannot be read gets its -errno in status_err/stat_err; one whose
+ * fields are not found, -EBADMSG (the caller reads and parses it itself).
+ * Returns 0, or -EINVAL.
  */
+struct sc_thread_facts {
+    int32_t status_err;
+    int32_t stat_err;
+    uint64_t sigpnd;
+    uint64_t sigblk;
+    uint64_t utime;
+    uint64_t stime;
+    char state;
+};
 long sc_read_threads(int pid, const int *tids, int n, const unsigned int *types,
-                     const size_t *caps, int ntypes, size_t file_cap, char *buf,
-                     size_t slot_len, long *lens);
+                     const size_t *caps, int ntypes, struct sc_thread_facts *facts,
+                     char *regbuf, size_t slot_len, long *reglens);
 /* buf must hold 128 bytes (siginfo_t). */
 int sc_getsiginfo(int tid, void *buf);
 int sc_setsiginfo(int tid, const void *buf);

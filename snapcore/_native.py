@@ -114,16 +114,18 @@ def _getregset(tid, note_type):
     return require().sc_getregset(tid, note_type, buf, _REGSET_BUF), buf
 
 
-def read_threads(pid, tids, types, caps, file_cap=4096):
+def read_threads(pid, tids, types, caps):
     """sc_read_threads() (see csrc/snapcore.h) for tids, which must be stopped
-    tracees of the calling thread: [(status, stat, [regset, ...]), ...] in the
-    order of tids, each part its bytes or -errno (an int).  A part that filled its
-    cap (file_cap, caps[j]) may be cut short: the caller reads it again whole."""
+    tracees of the calling thread: per tid, in order,
+    (status_err, stat_err, state, sigpnd, sigblk, utime, stime, regsets) with
+    each regset its bytes or -errno (an int).  A regset that filled its cap may
+    be cut short: the caller reads it again whole."""
     ntypes = len(types)
-    slot = 2 * file_cap + sum(caps)
+    slot = sum(caps)
     n = len(tids)
+    facts = ffi.new("struct sc_thread_facts[]", max(1, n))
     buf = ffi.new("char[]", max(1, n * slot))
-    lens = ffi.new("long[]", max(1, n * (2 + ntypes)))
+    lens = ffi.new("long[]", max(1, n * ntypes))
     rc = require().sc_read_threads(
         pid,
         ffi.new("int[]", list(tids)),
@@ -131,24 +133,25 @@ def read_threads(pid, tids, types, caps, file_cap=4096):
         ffi.new("unsigned int[]", list(types)),
         ffi.new("size_t[]", list(caps)),
         ntypes,
-        file_cap,
+        facts,
         buf,
         slot,
         lens,
     )
     if rc < 0:
         raise SyscallError("sc_read_threads", -rc)
-    raw = ffi.buffer(buf, n * slot)
+    raw = ffi.buffer(buf, n * slot)[:]  # one copy; the regsets are slices of it
     out = []
-    widths = [file_cap, file_cap, *caps]
     for i in range(n):
+        f = facts[i]
         at = i * slot
-        got = lens[i * (2 + ntypes) : (i + 1) * (2 + ntypes)]
-        parts = []
-        for width, k in zip(widths, got):
-            parts.append(raw[at : at + k] if k >= 0 else k)
-            at += width
-        out.append((parts[0], parts[1], parts[2:]))
+        regsets = []
+        for j, cap in enumerate(caps):
+            k = lens[i * ntypes + j]
+            regsets.append(raw[at : at + k] if k >= 0 else k)
+            at += cap
+        state = f.state.decode("ascii", "replace") if f.status_err == 0 else None
+        out.append((f.status_err, f.stat_err, state, f.sigpnd, f.sigblk, f.utime, f.stime, regsets))
     return out
 
 

@@ -76,23 +76,25 @@ def check_target(pid):
     return st
 
 
-# sc_read_threads: threads per call (each a slot of a few tens of kB), the bytes
-# a status or stat text gets, and the room for a regset no thread showed yet
-_BATCH = 256
-_FILE_CAP = 4096
-_GUESSED_CAP = 4096
+# sc_read_threads: threads per call (their regsets: 3-12 kB each, in one buffer
+# freed after the call), and the room for a regset no thread showed yet.  One
+# call for up to 1024 threads: each return from C waits for Python's lock, which
+# EarlyPlan's thread may hold for up to sys.getswitchinterval() (5 ms).
+_BATCH = 1024
+_GUESSED_CAP = 64
 
 
-def collect_threads(pid, frozen):
+def collect_threads(pid, frozen, before_read=None):
     """ThreadNotes for every frozen thread, current thread first; and the Arch.
 
     Raises Unstable unless every live thread of the process is in a ptrace
     stop for us: an exec (which replaces the threads and their tids) or a
     thread we never caught would make an inconsistent core.
 
-    Each thread's status, stat and regsets are read by one C call per 256
-    threads (_native.read_threads), which leaves Python's lock to the thread
-    planning the memory meanwhile (plan.EarlyPlan).
+    Each thread's status, stat and regsets are read by one C call per 1024
+    threads (_native.read_threads), which leaves Python's lock to other threads
+    meanwhile: ``before_read()``, if given, is called just before, to start work
+    that overlaps it (job.py starts plan.EarlyPlan).
     """
     arch = None
     out = []
@@ -112,16 +114,22 @@ def collect_threads(pid, frozen):
             raise Unstable(f"thread {tid} appeared")
     types, caps, exact = _regset_plan(frozen)
     tids = [ft.tid for ft in frozen]
+    if before_read is not None:
+        before_read()
     for first in range(0, len(tids), _BATCH):
         chunk = tids[first : first + _BATCH]
-        for tid, (status, stat, regsets) in zip(
-            chunk, _native.read_threads(pid, chunk, types, caps, _FILE_CAP)
+        for tid, (status_err, stat_err, state, sig_pnd, sig_blk, utime, stime, regsets) in zip(
+            chunk, _native.read_threads(pid, chunk, types, caps)
         ):
             try:
-                state, sig_pnd, sig_blk = _thread_file(
-                    pid, tid, "status", status, procfs.parse_thread_status
-                )
-                _, utime, stime = _thread_file(pid, tid, "stat", stat, procfs.parse_thread_times)
+                if status_err:
+                    state, sig_pnd, sig_blk = _thread_file(
+                        pid, tid, "status", status_err, procfs.parse_thread_status
+                    )
+                if stat_err:
+                    _, utime, stime = _thread_file(
+                        pid, tid, "stat", stat_err, procfs.parse_thread_times
+                    )
             except NoSuchProcess:
                 continue  # killed while stopped (SIGKILL)
             if state in ("Z", "X"):
@@ -177,10 +185,10 @@ def collect_threads(pid, frozen):
 
 
 def _regset_plan(frozen):
-    """(regset types, caps, exact) for read_threads: the architecture's regsets,
-    named by the first thread that answers PTRACE_GETREGSET, each with the size it
-    had there (a regset's size is the same in every thread: exact) or a guess
-    (not active there; a result that fills it is read again whole)."""
+    """(regset types, caps, exact) for read_threads(), from the first thread that
+    answers PTRACE_GETREGSET: the architecture's regsets, each with the size it
+    had there (a regset's size is the same in every thread: exact) or a guess (not
+    active there; a result that fills it is read again whole)."""
     for ft in frozen:
         try:
             regs = _native.getregset(ft.tid, NT_PRSTATUS)
@@ -198,15 +206,14 @@ def _regset_plan(frozen):
     return [NT_PRSTATUS], [_GUESSED_CAP], [False]
 
 
-def _thread_file(pid, tid, rel, data, parser):
-    """parser() of task/TID/rel as read_threads() got it: errors as procfs gives them,
-    and a text that filled its cap read again whole."""
-    if isinstance(data, int):
+def _thread_file(pid, tid, rel, err, parser):
+    """parser() of task/TID/rel, which sc_read_threads could not read (-errno:
+    raised as procfs raises it) or parse (-EBADMSG: read and parsed here, which
+    names what is wrong)."""
+    if err != -errno.EBADMSG:
         path = f"/proc/{pid}/task/{tid}/{rel}"
-        raise procfs.translate(pid, OSError(-data, os.strerror(-data), path), path)
-    if len(data) >= _FILE_CAP:
-        return procfs.parsed(pid, parser, rel, tid)
-    return procfs.parsed(pid, parser, rel, tid, data=data)
+        raise procfs.translate(pid, OSError(-err, os.strerror(-err), path), path)
+    return procfs.parsed(pid, parser, rel, tid)
 
 
 def collect_process(pid, state, arch, mem_pid):

@@ -113,7 +113,9 @@ class Job:
                     if not want_live:  # the live image is planned from the image
                         early = self._plan_early()
                     with self.phase("collect"):
-                        threads, arch = collect.collect_threads(self.pid, frozen)
+                        threads, arch = collect.collect_threads(
+                            self.pid, frozen, before_read=early.start if early else None
+                        )
                 except Unstable as exc:
                     changed += 1
                     if changed == self.ATTEMPTS:
@@ -235,7 +237,7 @@ class Job:
         return proc, self._filter() if filt is None else filt
 
     def _plan_early(self):
-        """An EarlyPlan of the frozen target, made beside collect (plan.py)."""
+        """An EarlyPlan of the frozen target, to be made beside collect (plan.py)."""
         return EarlyPlan(self.pid, self._filter(), PAGE_SIZE, self.options.all_mappings)
 
     def _write(self, threads, arch, image=None, facts=None, early=None):

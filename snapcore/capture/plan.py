@@ -316,40 +316,53 @@ class EarlyPlan:
     """plan_dump() of a frozen target, made on a second thread while the tracer
     thread reads every thread's registers and /proc state (collect.py).
 
-    Both are mostly waits on the kernel (reading smaps, procfs and regsets) with
-    some Python in between, so on two cores they overlap: for 1000 threads and
-    2000 VMAs the pause is shorter by most of the plan's 18 ms.  The thread makes
-    no ptrace call (only the tracer thread may).  ``files`` stays open until
-    close(): the plans hold its fds for the copy.
+    Reading those is the kernel's work, in one C call that leaves Python's lock
+    free; reading and parsing smaps is the kernel's and Python's: on two cores
+    they overlap.  start() is called just before that C call (collect_threads'
+    ``before_read``); result() plans on the calling thread if it never was.  The
+    planning thread makes no ptrace call (only the tracer thread may).  ``files``
+    stays open until close(): the plans hold its fds for the copy.
     """
 
     def __init__(self, pid, filt, page_size, all_mappings):
-        self.filt, self.page_size = filt, page_size
+        self.pid, self.filt, self.page_size, self.all_mappings = pid, filt, page_size, all_mappings
         self.files = BackingFiles(pid)
         self._box = {}
+        self._thread = None
 
-        def run():
-            with snapcore_thread():
-                try:
-                    ranges = procmaps.map_files_ranges(pid)
-                    vmas = procmaps.read_smaps(pid)
-                    plans = plan_dump(
-                        pid, vmas, filt, ranges, self.files, page_size, all_mappings=all_mappings
-                    )
-                    self._box["value"] = ranges, plans
-                except BaseException as exc:  # handed to result()
-                    self._box["error"] = exc
-
-        self._thread = threading.Thread(target=run, name="snapcore-plan", daemon=True)
+    def start(self):
+        self._thread = threading.Thread(target=self._run, name="snapcore-plan", daemon=True)
         self._thread.start()
+
+    def _run(self):
+        with snapcore_thread():
+            try:
+                ranges = procmaps.map_files_ranges(self.pid)
+                vmas = procmaps.read_smaps(self.pid)
+                plans = plan_dump(
+                    self.pid,
+                    vmas,
+                    self.filt,
+                    ranges,
+                    self.files,
+                    self.page_size,
+                    all_mappings=self.all_mappings,
+                )
+                self._box["value"] = ranges, plans
+            except BaseException as exc:  # handed to result()
+                self._box["error"] = exc
 
     def result(self):
         """(map_files ranges, plans), or what planning raised."""
-        self._thread.join()
+        if self._thread is None:
+            self._run()
+        else:
+            self._thread.join()
         if "error" in self._box:
             raise self._box["error"]
         return self._box["value"]
 
     def close(self):
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
         self.files.close()

@@ -1,10 +1,11 @@
 """collect.collect_threads() on a real frozen target: the batched C read
 (_native.read_threads) gives what one call per file and regset gives.
 
-sc_read_threads reads each thread's status and stat text into a fixed room and
-each regset into the size the first thread had; a part that fills its room is
-read again whole.  These tests shrink the rooms so that every part is cut short,
-and check that the ThreadNotes are still those read with ample room.
+sc_read_threads parses each thread's status and stat in C and reads each regset
+into the size the first thread had; a regset that fills its room is read again
+whole.  The first test holds the C parse to Python's (procfs.py) and the batch
+to single calls; the second shrinks every regset's room so that each is cut
+short, and checks that the ThreadNotes are still those read with ample room.
 """
 
 from snapcore import _native, procfs
@@ -28,6 +29,7 @@ def frozen_collect(pid):
             single = {
                 ft.tid: (
                     procfs.parsed(pid, procfs.parse_thread_status, "status", ft.tid),
+                    procfs.parsed(pid, procfs.parse_thread_times, "stat", ft.tid),
                     [_native.getregset_or_none(ft.tid, t) for t, _ in arch.regsets],
                 )
                 for ft in frozen
@@ -49,8 +51,10 @@ def test_batched_reads_match_single_reads(spawn):
     threads, arch, single = frozen_collect(t.pid)
     assert sorted(th.tid for th in threads) == sorted(blocked)
     for th in threads:
-        (state, pnd, blk), regsets = single[th.tid]
+        (state, pnd, blk), (_, utime, stime), regsets = single[th.tid]
         assert (state, pnd, blk) == ("t", th.sigpend, th.sighold)
+        if th.tid != t.pid:  # (the leader's are the whole group's)
+            assert (utime, stime) == (th.utime, th.stime)
         by_type = {ntype: data for ntype, _, data in th.regsets}
         assert by_type[NT_PRSTATUS] == regsets[0]
         for (ntype, _), data in zip(arch.regsets, regsets):
@@ -73,7 +77,6 @@ def test_parts_cut_short_are_read_again_whole(spawn, monkeypatch):
         return types, [8] * len(caps), [False] * len(caps)  # every regset cut short
 
     monkeypatch.setattr(collect, "_regset_plan", tight_plan)
-    monkeypatch.setattr(collect, "_FILE_CAP", 16)  # every status and stat text cut short
     tight, _, _ = frozen_collect(t.pid)
     assert facts(tight) == facts(ample)
     # the times too: every thread blocked, at most a tick from the interruptions
