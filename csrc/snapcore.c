@@ -33,7 +33,7 @@
 
 #include "snapcore.h"
 
-#define SC_ABI_VERSION 5
+#define SC_ABI_VERSION 6
 #define PAGE 4096ULL
 
 int sc_abi_version(void) { return SC_ABI_VERSION; }
@@ -116,7 +116,7 @@ static const char *status_field(const char *text, const char *key)
     return at;
 }
 
-static int parse_status(const char *text, struct sc_thread_facts *f)
+static int parse_status(const char *text, int64_t *f)
 {
     const char *state = status_field(text, "\nState:");
     const char *pnd = status_field(text, "\nSigPnd:");
@@ -124,17 +124,17 @@ static int parse_status(const char *text, struct sc_thread_facts *f)
     char *end;
     if (state == NULL || pnd == NULL || blk == NULL || *state == '\0')
         return -EBADMSG;
-    f->state = *state;
-    f->sigpnd = strtoull(pnd, &end, 16);
+    f[SC_STATE] = (unsigned char)*state;
+    f[SC_SIGPND] = (int64_t)strtoull(pnd, &end, 16);
     if (end == pnd || *end != '\n')
         return -EBADMSG;
-    f->sigblk = strtoull(blk, &end, 16);
+    f[SC_SIGBLK] = (int64_t)strtoull(blk, &end, 16);
     if (end == blk || *end != '\n')
         return -EBADMSG;
     return 0;
 }
 
-static int parse_stat(const char *text, struct sc_thread_facts *f)
+static int parse_stat(const char *text, int64_t *f)
 {
     const char *at = strrchr(text, ')');  /* comm may hold ')' itself */
     char *end;
@@ -147,19 +147,19 @@ static int parse_stat(const char *text, struct sc_thread_facts *f)
         if (at == NULL)
             return -EBADMSG;
     }
-    f->utime = strtoull(at + 1, &end, 10);
+    f[SC_UTIME] = (int64_t)strtoull(at + 1, &end, 10);
     if (end == at + 1 || *end != ' ')
         return -EBADMSG;
     at = end;
-    f->stime = strtoull(at + 1, &end, 10);
+    f[SC_STIME] = (int64_t)strtoull(at + 1, &end, 10);
     if (end == at + 1 || *end != ' ')
         return -EBADMSG;
     return 0;
 }
 
 long sc_read_threads(int pid, const int *tids, int n, const unsigned int *types,
-                     const size_t *caps, int ntypes, struct sc_thread_facts *facts,
-                     char *regbuf, size_t slot_len, long *reglens)
+                     const size_t *caps, int ntypes, int64_t *facts, char *regbuf,
+                     size_t slot_len, long *reglens)
 {
     char path[64];
     char text[8192];
@@ -171,18 +171,19 @@ long sc_read_threads(int pid, const int *tids, int n, const unsigned int *types,
     if (need > slot_len)
         return -EINVAL;
     for (int i = 0; i < n; i++) {
-        struct sc_thread_facts *f = &facts[i];
+        int64_t *f = facts + (size_t)i * SC_THREAD_FACTS;
         long got;
-        memset(f, 0, sizeof *f);
+        memset(f, 0, SC_THREAD_FACTS * sizeof *f);
         snprintf(path, sizeof path, "/proc/%d/task/%d/status", pid, tids[i]);
         got = read_once(path, text, sizeof text);
-        f->status_err = got < 0 ? (int32_t)got : parse_status(text, f);
+        f[SC_STATUS_ERR] = got < 0 ? got : parse_status(text, f);
         snprintf(path, sizeof path, "/proc/%d/task/%d/stat", pid, tids[i]);
         got = read_once(path, text, sizeof text);
-        f->stat_err = got < 0 ? (int32_t)got : parse_stat(text, f);
+        f[SC_STAT_ERR] = got < 0 ? got : parse_stat(text, f);
         char *p = regbuf + (size_t)i * slot_len;
+        long *lens = reglens + (size_t)i * (size_t)ntypes;
         for (int j = 0; j < ntypes; j++) {
-            reglens[(size_t)i * (size_t)ntypes + (size_t)j] = sc_getregset(tids[i], types[j], p, caps[j]);
+            lens[j] = sc_getregset(tids[i], types[j], p, caps[j]);
             p += caps[j];
         }
     }

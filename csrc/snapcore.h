@@ -32,27 +32,23 @@ long sc_getregset(int tid, unsigned int note_type, void *buf, size_t len);
 long sc_setregset(int tid, unsigned int note_type, const void *buf, size_t len);
 /*
  * What a core needs of each of n stopped tracees, in one call (Python's lock is
- * released meanwhile, so it overlaps other work of snapcore's).  For tids[i]:
- * facts[i] from /proc/PID/task/TID/status (State, SigPnd, SigBlk) and .../stat
- * (utime, stime: fields 14 and 15), then PTRACE_GETREGSET of each of the ntypes
- * regsets into regbuf[i * slot_len ...], back to back, at most caps[j] bytes
- * each; reglens[i * ntypes + j] is what regset j got: bytes, or -errno.
- * A file that cannot be read gets its -errno in status_err/stat_err; one whose
- * fields are not found, -EBADMSG (the caller reads and parses it itself).
- * Returns 0, or -EINVAL.
+ * released meanwhile, so it overlaps other work of snapcore's).  For tids[i],
+ * facts[i * SC_THREAD_FACTS ...] gets, from /proc/PID/task/TID/status, State
+ * (the letter's code), SigPnd and SigBlk, and from .../stat, utime and stime
+ * (fields 14 and 15), each as enum sc_fact places it; then PTRACE_GETREGSET of
+ * each of the ntypes regsets goes into regbuf[i * slot_len ...], back to back,
+ * at most caps[j] bytes each, and reglens[i * ntypes + j] is what regset j got:
+ * bytes, or -errno.  A file that cannot be read gets its -errno in
+ * SC_STATUS_ERR or SC_STAT_ERR; one whose fields are not found, -EBADMSG (the
+ * caller reads and parses it itself).  Returns 0, or -EINVAL.
  */
-struct sc_thread_facts {
-    int32_t status_err;
-    int32_t stat_err;
-    uint64_t sigpnd;
-    uint64_t sigblk;
-    uint64_t utime;
-    uint64_t stime;
-    char state;
+enum sc_fact {
+    SC_STATUS_ERR, SC_STAT_ERR, SC_STATE, SC_SIGPND, SC_SIGBLK, SC_UTIME, SC_STIME,
+    SC_THREAD_FACTS
 };
 long sc_read_threads(int pid, const int *tids, int n, const unsigned int *types,
-                     const size_t *caps, int ntypes, struct sc_thread_facts *facts,
-                     char *regbuf, size_t slot_len, long *reglens);
+                     const size_t *caps, int ntypes, int64_t *facts, char *regbuf,
+                     size_t slot_len, long *reglens);
 /* buf must hold 128 bytes (siginfo_t). */
 int sc_getsiginfo(int tid, void *buf);
 int sc_setsiginfo(int tid, const void *buf);

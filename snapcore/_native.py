@@ -11,7 +11,7 @@ import threading
 
 from .errors import ShimUnavailable, SyscallError
 
-ABI_VERSION = 5
+ABI_VERSION = 6
 
 try:
     from ._shim import ffi, lib
@@ -114,17 +114,23 @@ def _getregset(tid, note_type):
     return require().sc_getregset(tid, note_type, buf, _REGSET_BUF), buf
 
 
+_FACTS = 7  # SC_THREAD_FACTS, in enum sc_fact's order
+_U64 = (1 << 64) - 1
+_noclear = ffi.new_allocator(should_clear_after_alloc=False) if ffi is not None else None
+
+
 def read_threads(pid, tids, types, caps):
     """sc_read_threads() (see csrc/snapcore.h) for tids, which must be stopped
     tracees of the calling thread: per tid, in order,
     (status_err, stat_err, state, sigpnd, sigblk, utime, stime, regsets) with
-    each regset its bytes or -errno (an int).  A regset that filled its cap may
-    be cut short: the caller reads it again whole."""
+    state a letter (None if status_err) and each regset its bytes or -errno (an
+    int).  A regset that filled its cap may be cut short: the caller reads it
+    again whole."""
     ntypes = len(types)
     slot = sum(caps)
     n = len(tids)
-    facts = ffi.new("struct sc_thread_facts[]", max(1, n))
-    buf = ffi.new("char[]", max(1, n * slot))
+    facts = ffi.new("int64_t[]", max(1, n * _FACTS))
+    buf = _noclear("char[]", max(1, n * slot))  # the kernel fills what is read
     lens = ffi.new("long[]", max(1, n * ntypes))
     rc = require().sc_read_threads(
         pid,
@@ -140,18 +146,32 @@ def read_threads(pid, tids, types, caps):
     )
     if rc < 0:
         raise SyscallError("sc_read_threads", -rc)
-    raw = ffi.buffer(buf, n * slot)[:]  # one copy; the regsets are slices of it
+    got = ffi.unpack(lens, n * ntypes)
+    raw = ffi.buffer(buf, n * slot)
+    offsets = [0]
+    for cap in caps[:-1]:
+        offsets.append(offsets[-1] + cap)
     out = []
+    f = ffi.unpack(facts, n * _FACTS)
     for i in range(n):
-        f = facts[i]
-        at = i * slot
-        regsets = []
-        for j, cap in enumerate(caps):
-            k = lens[i * ntypes + j]
-            regsets.append(raw[at : at + k] if k >= 0 else k)
-            at += cap
-        state = f.state.decode("ascii", "replace") if f.status_err == 0 else None
-        out.append((f.status_err, f.stat_err, state, f.sigpnd, f.sigblk, f.utime, f.stime, regsets))
+        base = i * slot
+        regsets = [
+            raw[base + off : base + off + k] if k >= 0 else k
+            for off, k in zip(offsets, got[i * ntypes : (i + 1) * ntypes])
+        ]
+        status_err, stat_err, state, pnd, blk, utime, stime = f[i * _FACTS : (i + 1) * _FACTS]
+        out.append(
+            (
+                status_err,
+                stat_err,
+                chr(state) if not status_err else None,
+                pnd & _U64,
+                blk & _U64,
+                utime,
+                stime,
+                regsets,
+            )
+        )
     return out
 
 

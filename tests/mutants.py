@@ -52,8 +52,8 @@ MUTANTS = (
     Mutant(
         "thread-note-missing",
         "snapcore/elf/notes.py",
-        "    for i, t in enumerate(threads):\n",
-        "    for i, t in enumerate(threads[:-1] if len(threads) > 1 else threads):\n",
+        "        self.arch, self.proc, self.threads = arch, proc, threads\n",
+        "        self.arch, self.proc, self.threads = arch, proc, threads[:-1] or threads\n",
         "the last thread is missing from the core",
     ),
     Mutant(

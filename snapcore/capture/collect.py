@@ -113,6 +113,7 @@ def collect_threads(pid, frozen, before_read=None):
         if state not in ("Z", "X"):
             raise Unstable(f"thread {tid} appeared")
     types, caps, exact = _regset_plan(frozen)
+    guessed = [j for j, known in enumerate(exact) if not known]
     tids = [ft.tid for ft in frozen]
     if before_read is not None:
         before_read()
@@ -136,12 +137,10 @@ def collect_threads(pid, frozen, before_read=None):
                 continue
             if state != "t":
                 raise Unstable(f"thread {tid} is not stopped ({state})")
-            regsets = [
-                _native.getregset_or_none(tid, ntype)  # may be longer: read it whole
-                if not isinstance(data, int) and len(data) == cap and not known
-                else data
-                for ntype, data, cap, known in zip(types, regsets, caps, exact)
-            ]
+            for j in guessed:
+                data = regsets[j]
+                if not isinstance(data, int) and len(data) == caps[j]:
+                    regsets[j] = _native.getregset_or_none(tid, types[j])  # whole
             regs = regsets[0]
             if regs is None:
                 regs = -errno.ESRCH  # (gone since its first read)

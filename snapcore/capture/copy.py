@@ -215,18 +215,29 @@ class CoreWriter:
             raise SnapshotCancelled()
         return self.copier
 
-    def write(self, plans, layout):
-        """Returns the CopyResult; raises OutputError, SnapshotCancelled, TargetExited."""
+    def write(self, plans, layout, header_later=False):
+        """Returns the CopyResult; raises OutputError, SnapshotCancelled, TargetExited.
+
+        header_later: leave the ELF header, program headers and notes to
+        write_header() (a file only: a compressed stream is written in order).
+        """
         if self.options.compress == "zstd":
+            if header_later:
+                raise ValueError("a compressed core is written in order")
             return self._write_compressed(plans, layout)
+        if not header_later:
+            self.write_header(layout)
         return self._write_file(plans, layout)
+
+    def write_header(self, layout):
+        """Bytes [0, data_off) of an uncompressed core (see write())."""
+        at = 0
+        for part in layout.header_parts():
+            self.out.write_at(part, at)
+            at += len(part)
 
     def _write_file(self, plans, layout):
         out = self.out
-        at = 0
-        for part in layout.header_parts():
-            out.write_at(part, at)
-            at += len(part)
         copier = self._new_copier(out.fd)
         try:
             result = copier.run(plans, layout.offsets)

@@ -62,6 +62,7 @@ class Job:
         self.writer = None
         self.total = 0
         self.layout = None
+        self.header_pending = False  # headers and notes left for after the resume
         self.record = None
         self.note_off = None  # file offset and size of the SNAPCORE note's desc
         self.note_size = 0
@@ -140,7 +141,7 @@ class Job:
                             self.pid, freezer, frozen, threads, arch, nofork, self.options
                         )
                 if image is None:
-                    snap = self._write(threads, arch, facts=facts, early=early)
+                    snap = self._write(threads, arch, facts=facts, early=early, header_later=True)
                     if not has_live_task(self.pid):
                         # killed while frozen: what was read of it may be nothing
                         # (its smaps are empty once its memory is gone)
@@ -168,6 +169,8 @@ class Job:
                     early.close()
             paused += freezer.pause_seconds
             self.stops_probed += freezer.stops_probed
+            if image is None:
+                self.write_header()
             if image is not None:
                 try:
                     image.hand_off()
@@ -240,11 +243,13 @@ class Job:
         """An EarlyPlan of the frozen target, to be made beside collect (plan.py)."""
         return EarlyPlan(self.pid, self._filter(), PAGE_SIZE, self.options.all_mappings)
 
-    def _write(self, threads, arch, image=None, facts=None, early=None):
+    def _write(self, threads, arch, image=None, facts=None, early=None, header_later=False):
         """Plan, select, lay out and write the core, reading memory from the target
         (frozen) or, in live mode, from its forked image (the target runs on).
         ``facts``: _process_facts() read while the target was frozen (live mode);
-        ``early``: the target's EarlyPlan, made while collect ran (the caller closes it)."""
+        ``early``: the target's EarlyPlan, made while collect ran (the caller closes it);
+        ``header_later``: the caller writes the headers and notes (write_header()) after
+        it has resumed the target, if header_pending says so."""
         pid = self.pid
         opts = self.options
         self.src = src = image.child if image is not None else pid
@@ -278,7 +283,7 @@ class Job:
             proc.vma_count = len(plans)
             proc.file_entries = collect.file_entries(src, plans, arch.page_size)
             mapped = collect.mapped_ranges(plans, proc.file_entries)
-            kernel_notes = elfnotes.build_notes(
+            kernel_notes = elfnotes.KernelNotes(
                 arch, proc, threads, _native.cpuid, collect.file_note_limit()
             )
             with self.phase("waits"):
@@ -327,8 +332,10 @@ class Job:
             self.writer = CoreWriter(self.out, src, opts, use_readv=image is None)
             self.cancel.on_set(self.writer.cancel)
             self._check_cancel()
+            # a frozen target's file: headers and notes once it runs again (run())
+            self.header_pending = header_later and image is None and not opts.compress
             with self.phase("copy"):
-                result = self.writer.write(plans, layout)
+                result = self.writer.write(plans, layout, header_later=self.header_pending)
         stats = {k: v for k, v in result.__dict__.items() if k != "unreadable"}
         stats["phases"] = self.phases
         return Snapshot(
@@ -354,6 +361,14 @@ class Job:
         )
 
     # -- after resume ------------------------------------------------------
+    def write_header(self):
+        """The headers and notes _write() left for after the resume, if it did: made
+        from what was read while frozen (notes.KernelNotes)."""
+        if self.header_pending:
+            with self.phase("notes"):
+                self.writer.write_header(self.layout)
+            self.header_pending = False
+
     def finish(self, snap, wall):
         """The final metadata record (pause and wall known now), written into the
         SNAPCORE note of an uncompressed core.  Returns (file size to set, record)."""

@@ -53,7 +53,9 @@ class CoreLayout:
     def __init__(self, arch, notes, loads):
         """notes: the PT_NOTE contents, as bytes or as a sequence of parts (the
         kernel's notes, then snapcore's: 1000 threads' notes are 12 MB with AVX-512
-        or AMX state, and not joining them saves copies while the target is stopped)."""
+        or AMX state, and not joining them saves copies while the target is stopped).
+        A part may also be made later: anything with len() and parts() (the bytes
+        it stands for, asked by header_parts(); notes.KernelNotes)."""
         self.arch = arch
         self.notes = (notes,) if isinstance(notes, (bytes, bytearray, memoryview)) else tuple(notes)
         self.notes_len = sum(len(part) for part in self.notes)
@@ -102,7 +104,10 @@ class CoreLayout:
         for ld, off in zip(self.loads, self.offsets):
             at += size
             elf.pack_phdr_into(buf, at, PT_LOAD, ld.flags, off, ld.vaddr, ld.filesz, ld.memsz, page)
-        return [buf, *self.notes]
+        out = [buf]
+        for part in self.notes:
+            out.extend(part.parts() if hasattr(part, "parts") else (part,))
+        return out
 
     def trailer_block(self):
         """(offset, bytes) to write after the data, or None."""

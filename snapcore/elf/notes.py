@@ -22,6 +22,7 @@ from .structs import (
     NT_PRSTATUS,
     NT_SIGINFO,
     note,
+    note_size,
 )
 
 SIGINFO_SIZE = 128
@@ -136,68 +137,104 @@ def desc_offset(owner):
     return 12 + ((len(owner) + 1 + 3) & ~3)
 
 
-def build_notes(arch, proc, threads, cpuid, file_note_limit=4 << 20):
-    """Return the kernel's PT_NOTE blob.  threads[0] is the current thread.
+class KernelNotes:
+    """The kernel's PT_NOTE blob, threads[0] the current thread: its size known at
+    once, its bytes made by build().  snapcore's own SNAPCORE record
+    (snapcore/metadata.py) follows it, added by the caller.
 
-    snapcore's own SNAPCORE record (snapcore/metadata.py) is appended after it
-    by the caller.
+    The size fixes the layout, which the copy needs; the bytes (3.5 MB for 1000
+    threads with AVX-512 state, 12 MB with AMX) need only what was read of the
+    threads, so a job writing to a file builds them after the target has been
+    resumed.  As a part of CoreLayout's notes: len() is the size, and
+    CoreLayout.header_parts() asks for parts().
     """
-    ps_index, sname = state_index(proc.state)
-    pid, ppid, pgrp, sid = proc.note_ids
-    prpsinfo = arch.build_prpsinfo(
-        state_index=ps_index,
-        sname=sname,
-        nice=proc.nice,
-        flag=proc.flag,
-        uid=proc.uid,
-        gid=proc.gid,
-        pid=pid,
-        ppid=ppid,
-        pgrp=pgrp,
-        sid=sid,
-        fname=proc.comm,
-        psargs=psargs_field(proc.psargs),
-    )
-    file_desc = None
-    if file_note_fits(
-        proc.file_entries, proc.vma_count, arch.word_size, arch.page_size, file_note_limit
-    ):
-        file_desc = build_file_note(proc.file_entries, arch.word_size, arch.page_size)
 
-    out = []
-    for i, t in enumerate(threads):
-        regs = t.regset(NT_PRSTATUS)
-        fpvalid = t.regset(NT_PRFPREG) is not None
-        out.append(
-            note(
-                "CORE",
-                NT_PRSTATUS,
-                arch.build_prstatus(
-                    tid=t.note_tid,
-                    ppid=ppid,
-                    pgrp=pgrp,
-                    sid=sid,
-                    sigpend=t.sigpend,
-                    sighold=t.sighold,
-                    utime=t.utime,
-                    stime=t.stime,
-                    cutime=proc.cutime,
-                    cstime=proc.cstime,
-                    regs=regs,
-                    fpvalid=fpvalid,
-                ),
-            )
+    def __init__(self, arch, proc, threads, cpuid, file_note_limit=4 << 20):
+        self.arch, self.proc, self.threads = arch, proc, threads
+        ps_index, sname = state_index(proc.state)
+        pid, ppid, pgrp, sid = proc.note_ids
+        self.prpsinfo = arch.build_prpsinfo(
+            state_index=ps_index,
+            sname=sname,
+            nice=proc.nice,
+            flag=proc.flag,
+            uid=proc.uid,
+            gid=proc.gid,
+            pid=pid,
+            ppid=ppid,
+            pgrp=pgrp,
+            sid=sid,
+            fname=proc.comm,
+            psargs=psargs_field(proc.psargs),
         )
-        if i == 0:
-            out.append(note("CORE", NT_PRPSINFO, prpsinfo))
-            out.append(note("CORE", NT_SIGINFO, b"\0" * SIGINFO_SIZE))
-            out.append(note("CORE", NT_AUXV, proc.auxv))
-            if file_desc is not None:
-                out.append(note("CORE", NT_FILE, file_desc))
-        for ntype, owner, data in t.regsets:
-            if ntype != NT_PRSTATUS:
-                out.append(note(owner, ntype, data))
-    if arch.process_notes is not None:
-        for owner, ntype, desc in arch.process_notes(threads[0] if threads else None, cpuid):
-            out.append(note(owner, ntype, desc))
-    return b"".join(out)
+        self.file_desc = None
+        if file_note_fits(
+            proc.file_entries, proc.vma_count, arch.word_size, arch.page_size, file_note_limit
+        ):
+            self.file_desc = build_file_note(proc.file_entries, arch.word_size, arch.page_size)
+        self.tail = b""  # the process-wide notes after the threads'
+        if arch.process_notes is not None:
+            first = threads[0] if threads else None
+            self.tail = b"".join(
+                note(owner, ntype, desc) for owner, ntype, desc in arch.process_notes(first, cpuid)
+            )
+        size = len(self.tail)
+        if threads:
+            size += note_size("CORE", len(self.prpsinfo)) + note_size("CORE", SIGINFO_SIZE)
+            size += note_size("CORE", len(proc.auxv))
+            if self.file_desc is not None:
+                size += note_size("CORE", len(self.file_desc))
+        prstatus = arch.prstatus.size
+        for t in self.threads:
+            size += note_size("CORE", prstatus)
+            for ntype, owner, data in t.regsets:
+                if ntype != NT_PRSTATUS:
+                    size += note_size(owner, len(data))
+        self.size = size
+
+    def __len__(self):
+        return self.size
+
+    def parts(self):
+        return [self.build()]
+
+    def build(self):
+        arch, proc = self.arch, self.proc
+        _, ppid, pgrp, sid = proc.note_ids
+        out = []
+        for i, t in enumerate(self.threads):
+            regs = t.regset(NT_PRSTATUS)
+            out.append(
+                note(
+                    "CORE",
+                    NT_PRSTATUS,
+                    arch.build_prstatus(
+                        tid=t.note_tid,
+                        ppid=ppid,
+                        pgrp=pgrp,
+                        sid=sid,
+                        sigpend=t.sigpend,
+                        sighold=t.sighold,
+                        utime=t.utime,
+                        stime=t.stime,
+                        cutime=proc.cutime,
+                        cstime=proc.cstime,
+                        regs=regs,
+                        fpvalid=t.regset(NT_PRFPREG) is not None,
+                    ),
+                )
+            )
+            if i == 0:
+                out.append(note("CORE", NT_PRPSINFO, self.prpsinfo))
+                out.append(note("CORE", NT_SIGINFO, b"\0" * SIGINFO_SIZE))
+                out.append(note("CORE", NT_AUXV, proc.auxv))
+                if self.file_desc is not None:
+                    out.append(note("CORE", NT_FILE, self.file_desc))
+            for ntype, owner, data in t.regsets:
+                if ntype != NT_PRSTATUS:
+                    out.append(note(owner, ntype, data))
+        out.append(self.tail)
+        blob = b"".join(out)
+        if len(blob) != self.size:  # a note sized in __init__ one way and built another
+            raise AssertionError(f"kernel notes: {len(blob)} bytes built, {self.size} sized")
+        return blob

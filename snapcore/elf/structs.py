@@ -179,6 +179,11 @@ def note(name, n_type, desc):
 _ZEROS = (b"", b"\0", b"\0\0", b"\0\0\0")
 
 
+def note_size(name, desc_len):
+    """len(note(name, n_type, desc)) for a desc of desc_len bytes."""
+    return NHDR.size + len(_note_name(name)[1]) + _pad4(desc_len)
+
+
 @functools.cache
 def _note_name(name):
     """(namesz, the name's bytes with its NUL and padding): a few names, made once

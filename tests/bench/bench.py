@@ -1217,7 +1217,7 @@ def floor_of(per):
     }
 
 
-PHASES = ("freeze", "collect", "plan", "copy", "write", "resume", "publish")
+PHASES = ("freeze", "collect", "plan", "copy", "write", "resume", "notes", "publish")
 
 
 def freeze_to_resume(m):
