@@ -281,18 +281,14 @@ def read_text(pid, rel, tid=None):
     return read_bytes(pid, rel, tid).decode("utf-8", "surrogateescape")
 
 
-def parsed(pid, parser, rel, tid=None, data=None):
+def parsed(pid, parser, rel, tid=None):
     """parser(text of /proc/PID[/task/TID]/rel), with its ValueError translated.
-    ``data``: the file's bytes, read already (else it is read now).
 
     Text that does not parse is most often a process that vanished while it
     was read (an empty file): that is NoSuchProcess; anything else is a
     ProcFormatError naming the file.
     """
-    if data is None:
-        text = read_text(pid, rel, tid)
-    else:
-        text = data.decode("utf-8", "surrogateescape")
+    text = read_text(pid, rel, tid)
     try:
         return parser(text)
     except (ValueError, IndexError) as exc:

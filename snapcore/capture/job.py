@@ -38,7 +38,7 @@ from ..errors import (
 from . import collect, kstate, live, waits
 from .copy import CoreWriter
 from .freeze import Freezer, Unstable, dying, has_live_task
-from .plan import PAGE_SIZE, READ, BackingFiles, EarlyPlan, plan_dump, read_memory
+from .plan import PAGE_SIZE, READ, BackingFiles, EarlyPlan, read_memory
 from .result import Snapshot
 from .select import select
 
@@ -169,8 +169,7 @@ class Job:
                     early.close()
             paused += freezer.pause_seconds
             self.stops_probed += freezer.stops_probed
-            if image is None:
-                self.write_header()
+            self.write_header()
             if image is not None:
                 try:
                     image.hand_off()
@@ -239,47 +238,40 @@ class Job:
         proc = collect.collect_process(self.pid, self.status.state, arch, self.pid)
         return proc, self._filter() if filt is None else filt
 
-    def _plan_early(self):
-        """An EarlyPlan of the frozen target, to be made beside collect (plan.py)."""
-        return EarlyPlan(self.pid, self._filter(), PAGE_SIZE, self.options.all_mappings)
+    def _plan_early(self, page_size=PAGE_SIZE):
+        """An EarlyPlan of the frozen target, to be made beside collect (plan.py),
+        or on this thread if nothing starts it."""
+        return EarlyPlan(self.pid, self._filter(), page_size, self.options.all_mappings)
 
     def _write(self, threads, arch, image=None, facts=None, early=None, header_later=False):
         """Plan, select, lay out and write the core, reading memory from the target
         (frozen) or, in live mode, from its forked image (the target runs on).
         ``facts``: _process_facts() read while the target was frozen (live mode);
-        ``early``: the target's EarlyPlan, made while collect ran (the caller closes it);
+        ``early``: the target's EarlyPlan, made while collect ran (the caller closes it;
+        without one, a normal snapshot makes its own here);
         ``header_later``: the caller writes the headers and notes (write_header()) after
         it has resumed the target, if header_pending says so."""
         pid = self.pid
         opts = self.options
         self.src = src = image.child if image is not None else pid
-        if early is not None and early.page_size != arch.page_size:
-            early = None  # (no architecture snapcore knows has another page size)
-        if facts is None:
-            with self.phase("collect"):
-                facts = self._process_facts(arch, early.filt if early is not None else None)
-        proc, filt = facts
-        self._check_cancel()
-        plan_started = time.monotonic()
         with contextlib.ExitStack() as stack:
+            if image is None and (early is None or early.page_size != arch.page_size):
+                # not made beside collect (a tree's process, or a page size other than
+                # the machine's, which no architecture snapcore knows has): made here
+                early = stack.enter_context(contextlib.closing(self._plan_early(arch.page_size)))
+            if facts is None:
+                with self.phase("collect"):
+                    facts = self._process_facts(arch, early.filt if early is not None else None)
+            proc, filt = facts
+            self._check_cancel()
+            plan_started = time.monotonic()
             if early is not None:
                 file_ranges, plans = early.result()
                 files = early.files
-            else:
+            else:  # live: the image's plan
                 file_ranges = procmaps.map_files_ranges(src)
                 files = stack.enter_context(BackingFiles(src))
-                if image is None:
-                    plans = plan_dump(
-                        pid,
-                        procmaps.read_smaps(pid),
-                        filt,
-                        file_ranges,
-                        files,
-                        arch.page_size,
-                        all_mappings=opts.all_mappings,
-                    )
-                else:
-                    plans = image.plan(filt, file_ranges, files, arch.page_size, opts.all_mappings)
+                plans = image.plan(filt, file_ranges, files, arch.page_size, opts.all_mappings)
             proc.vma_count = len(plans)
             proc.file_entries = collect.file_entries(src, plans, arch.page_size)
             mapped = collect.mapped_ranges(plans, proc.file_entries)
@@ -333,7 +325,7 @@ class Job:
             self.cancel.on_set(self.writer.cancel)
             self._check_cancel()
             # a frozen target's file: headers and notes once it runs again (run())
-            self.header_pending = header_later and image is None and not opts.compress
+            self.header_pending = header_later and not opts.compress
             with self.phase("copy"):
                 result = self.writer.write(plans, layout, header_later=self.header_pending)
         stats = {k: v for k, v in result.__dict__.items() if k != "unreadable"}
