@@ -175,7 +175,9 @@ def human(n):
 # of page tables (a 16 GiB read took VmPTE from 3.6 to 32.9 MB), which every later tool
 # walks (snapcore's plan 6.7 -> 28-35 ms and its pagemap scan 5 -> 28 ms after 16 GiB;
 # 90 ms of plan after gdb's 64 GiB).  On such targets each run gets a target of its own.
-UNTOUCHED_READ = "a tool that reads untouched memory maps the zero page into the target's page tables"
+UNTOUCHED_READ = (
+    "a tool that reads untouched memory maps the zero page into the target's page tables"
+)
 
 
 def specs(tiny):
