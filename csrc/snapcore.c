@@ -33,7 +33,7 @@
 
 #include "snapcore.h"
 
-#define SC_ABI_VERSION 6
+#define SC_ABI_VERSION 7
 #define PAGE 4096ULL
 
 int sc_abi_version(void) { return SC_ABI_VERSION; }
@@ -188,6 +188,37 @@ long sc_read_threads(int pid, const int *tids, int n, const unsigned int *types,
         }
     }
     return 0;
+}
+
+long sc_read_task_files(int pid, const int *tids, int ntids, const char *names,
+                        int nnames, char *buf, size_t bufsize, size_t max_file,
+                        long *lens)
+{
+    char path[PATH_MAX];
+    size_t used = 0;
+    int i;
+    if (ntids < 0 || nnames <= 0 || max_file < 2)
+        return -EINVAL;
+    for (i = 0; i < ntids; i++) {
+        const char *name = names;
+        long *len = lens + (size_t)i * (size_t)nnames;
+        if (bufsize - used < (size_t)nnames * max_file)
+            break;
+        for (int j = 0; j < nnames; j++, len++, name += strlen(name) + 1) {
+            snprintf(path, sizeof path, "/proc/%d/task/%d/%s", pid, tids[i], name);
+            int fd = open(path, O_RDONLY | O_CLOEXEC);
+            if (fd < 0) {
+                *len = -errno;
+                continue;
+            }
+            ssize_t n = read(fd, buf + used, max_file);
+            *len = n < 0 ? -errno : (size_t)n == max_file ? -EFBIG : (long)n;
+            close(fd);
+            if (*len > 0)
+                used += (size_t)n;
+        }
+    }
+    return i;
 }
 
 int sc_getsiginfo(int tid, void *buf)

@@ -49,6 +49,19 @@ enum sc_fact {
 long sc_read_threads(int pid, const int *tids, int n, const unsigned int *types,
                      const size_t *caps, int ntypes, int64_t *facts, char *regbuf,
                      size_t slot_len, long *reglens);
+/*
+ * Small /proc files of many threads, in one call (Python's lock released): for
+ * each tid in turn and each of the nnames names (back to back in names, each
+ * ending in NUL), /proc/PID/task/TID/NAME is read with one read() into buf, the
+ * files back to back.  lens[i * nnames + j] is that file's length, or -errno, or
+ * -EFBIG when it filled the max_file bytes it was given (the caller reads that
+ * one itself).  A tid is begun only while nnames * max_file bytes of buf remain.
+ * Returns the number of tids done (the caller calls again for the rest), or
+ * -EINVAL.
+ */
+long sc_read_task_files(int pid, const int *tids, int ntids, const char *names,
+                        int nnames, char *buf, size_t bufsize, size_t max_file,
+                        long *lens);
 /* buf must hold 128 bytes (siginfo_t). */
 int sc_getsiginfo(int tid, void *buf);
 int sc_setsiginfo(int tid, const void *buf);

@@ -11,7 +11,7 @@ import threading
 
 from .errors import ShimUnavailable, SyscallError
 
-ABI_VERSION = 6
+ABI_VERSION = 7
 
 try:
     from ._shim import ffi, lib
@@ -117,6 +117,40 @@ def _getregset(tid, note_type):
 _FACTS = 7  # SC_THREAD_FACTS, in enum sc_fact's order
 _U64 = (1 << 64) - 1
 _noclear = ffi.new_allocator(should_clear_after_alloc=False) if ffi is not None else None
+
+
+def read_task_files(pid, tids, names, bufsize=1 << 20, max_file=16 << 10):
+    """sc_read_task_files() (see csrc/snapcore.h): {tid: [bytes, or -errno (an int)
+    for each of names]}; -EFBIG marks a file longer than max_file, which the caller
+    reads itself."""
+    lib = require()
+    packed = b"".join(n.encode() + b"\0" for n in names)
+    nnames = len(names)
+    bufsize = max(bufsize, nnames * max_file)
+    buf = _noclear("char[]", bufsize)
+    raw = ffi.buffer(buf, bufsize)
+    out = {}
+    todo = list(tids)
+    while todo:
+        lens = ffi.new("long[]", len(todo) * nnames)
+        done = lib.sc_read_task_files(
+            pid, ffi.new("int[]", todo), len(todo), packed, nnames, buf, bufsize, max_file, lens
+        )
+        if done <= 0:
+            raise SyscallError("sc_read_task_files", -done if done < 0 else errno.ENOMEM)
+        got = ffi.unpack(lens, done * nnames)
+        at = 0
+        for i in range(done):
+            files = []
+            for k in got[i * nnames : (i + 1) * nnames]:
+                if k >= 0:
+                    files.append(raw[at : at + k])
+                    at += k
+                else:
+                    files.append(k)
+            out[todo[i]] = files
+        todo = todo[done:]
+    return out
 
 
 def read_threads(pid, tids, types, caps):

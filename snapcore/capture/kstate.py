@@ -25,18 +25,17 @@ Every value is read the way psutil reads it: a file that vanished or cannot
 be read leaves its key null; nothing here raises for a process that exits.
 """
 
+import errno
 import os
 import re
 import stat
 
-from .. import procfs
+from .. import _native, procfs
 from ..arch.base import CLK_TCK
 from . import sockdiag
 
 MAX_FDS = 1024  # fds listed per process (the record stays small)
 MAX_STACK_LINES = 64
-_CTXT = re.compile(r"^(voluntary_ctxt_switches|nonvoluntary_ctxt_switches):\s+(\d+)", re.M)
-_STATUS = re.compile(r"^(SigPnd|ShdPnd|SigBlk|TracerPid):\s+(\S+)", re.M)
 _FLAGS = re.compile(r"^flags:\s+([0-7]+)", re.M)
 _TFD = re.compile(r"^tfd:\s+(\d+)", re.M)
 _INODE = re.compile(r"^(?:socket|pipe):\[(\d+)\]$")
@@ -74,24 +73,46 @@ def parse_syscall(text):
         return None
 
 
+# the files of /proc/PID/task/TID/ a sample reads, in one C call for all threads
+_FILES = ("stat", "status", "wchan", "schedstat", "stack", "syscall")
+_MAX_FILE = 16 << 10  # the room each gets in the C call: a longer one is read on its own
+
+
 def sample_thread(pid, tid):
     """One thread's kernel state (see the module docstring), or None if it is gone."""
     base = f"/proc/{pid}/task/{tid}/"
-    stat = _read(base + "stat")
+    return _thread_sample(pid, {name: _read(base + name) for name in _FILES})
+
+
+def _status_field(text, key):
+    """The value of status's line "key:", or None."""
+    at = text.find(f"\n{key}:")
+    if at < 0:
+        return None
+    at += len(key) + 2
+    end = text.find("\n", at)
+    return text[at : end if end >= 0 else len(text)].strip()
+
+
+def _int(text):
+    return int(text) if text is not None and text.isdigit() else None
+
+
+def _thread_sample(pid, texts):
+    """sample_thread() from the texts of its _FILES (None where unreadable)."""
+    stat = texts["stat"]
     if not stat:
         return None
     try:
         st = procfs.parse_stat(stat)
     except (ValueError, IndexError):
         return None
-    status = _read(base + "status") or ""
-    fields = dict(_STATUS.findall(status))
-    ctxt = {k: int(v) for k, v in _CTXT.findall(status)}
-    wchan = _read(base + "wchan")
-    schedstat = (_read(base + "schedstat") or "").split()
-    stack = _read(base + "stack")
-    proc_syscall = parse_syscall(_read(base + "syscall"))
-    tracer = int(fields["TracerPid"]) if "TracerPid" in fields else None
+    status = texts["status"] or ""
+    wchan = texts["wchan"]
+    schedstat = (texts["schedstat"] or "").split()
+    stack = texts["stack"]
+    proc_syscall = parse_syscall(texts["syscall"])
+    tracer = _int(_status_field(status, "TracerPid"))
     state, held = st.state, None
     if state == "t" and tracer and procfs.is_own_thread(tracer):
         # held by snapcore itself (helper.py holds a caller's threads blocked in
@@ -105,11 +126,11 @@ def sample_thread(pid, tid):
         "name": st.comm,
         "wchan": wchan if wchan not in (None, "", "0") else None,
         "stack": parse_kernel_stack(stack) if stack is not None else None,
-        "sigblk": _hex(fields.get("SigBlk")),
-        "sigpnd": _hex(fields.get("SigPnd")),
+        "sigblk": _hex(_status_field(status, "SigBlk")),
+        "sigpnd": _hex(_status_field(status, "SigPnd")),
         "tracer": tracer,
-        "voluntary_ctxt_switches": ctxt.get("voluntary_ctxt_switches"),
-        "nonvoluntary_ctxt_switches": ctxt.get("nonvoluntary_ctxt_switches"),
+        "voluntary_ctxt_switches": _int(_status_field(status, "voluntary_ctxt_switches")),
+        "nonvoluntary_ctxt_switches": _int(_status_field(status, "nonvoluntary_ctxt_switches")),
         "utime": round(st.utime / CLK_TCK, 3),
         "stime": round(st.stime / CLK_TCK, 3),
         "cpu_ns": int(schedstat[0]) if schedstat and schedstat[0].isdigit() else None,
@@ -124,18 +145,33 @@ def _hex(text):
         return None
 
 
+def _task_files(pid, names):
+    """{tid: [text or None, for each of names]} for every thread of pid: one C
+    call per MiB of text (1000 threads' six files: 26 ms, against 33 ms of
+    os.open/os.read/os.close); a file longer than the C call's room is read here."""
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task") if t.isdigit()]
+    except OSError:
+        return {}
+    out = _native.read_task_files(pid, tids, names, max_file=_MAX_FILE)
+    for tid, files in out.items():
+        for i, got in enumerate(files):
+            if isinstance(got, int):
+                files[i] = (
+                    _read(f"/proc/{pid}/task/{tid}/{names[i]}") if got == -errno.EFBIG else None
+                )
+            else:
+                files[i] = got.decode("utf-8", "surrogateescape")
+    return out
+
+
 def sample_threads(pid):
     """{tid: sample_thread()} of every thread of pid, read before the freeze."""
     out = {}
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for t in tids:
-        if t.isdigit():
-            s = sample_thread(pid, int(t))
-            if s is not None:
-                out[int(t)] = s
+    for tid, files in _task_files(pid, _FILES).items():
+        s = _thread_sample(pid, dict(zip(_FILES, files)))
+        if s is not None:
+            out[tid] = s
     return out
 
 

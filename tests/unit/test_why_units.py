@@ -2,16 +2,20 @@
 CPython's DWARF (through gdb) for the structure layouts, CPython itself for
 line numbers, the kernel for socket peers and system call numbers."""
 
+import errno
 import glob
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
 import snapcore.cpython
+from snapcore import _native
 from snapcore.arch import I386, X86_64
 from snapcore.arch.cpython import LAYOUTS
 from snapcore.capture import kstate, sockdiag
@@ -272,6 +276,38 @@ def test_kernel_stack_lines():
         "do_syscall_64+0x5b/0x110",
     ]
     assert kstate.parse_kernel_stack("") == []
+
+
+def test_sample_of_all_threads_in_one_call_agrees_with_one_by_one(monkeypatch):
+    """sample_threads() reads every thread's files in one C call; what it makes of
+    them is what sample_thread() makes of each thread read alone, and a file too
+    long for the C call's room is read on its own."""
+    stop = threading.Event()
+    workers = [threading.Thread(target=stop.wait) for _ in range(3)]
+    for w in workers:
+        w.start()
+    try:
+        deadline = time.monotonic() + 10
+        tids = [w.native_id for w in workers]
+        while any(kstate.sample_thread(os.getpid(), t)["state"] != "S" for t in tids):
+            assert time.monotonic() < deadline, "the workers did not block"
+            time.sleep(0.01)
+        pid = os.getpid()
+        batch = kstate.sample_threads(pid)
+        assert set(tids) <= set(batch) and pid in batch
+        for t in tids:  # blocked: nothing of theirs changes between the two reads
+            assert batch[t] == kstate.sample_thread(pid, t)
+            assert batch[t]["wchan"] and batch[t]["stack"] and batch[t]["proc_syscall"]
+        got = _native.read_task_files(pid, tids[:1], ("status", "no-such-file"), max_file=64)
+        assert got[tids[0]] == [-errno.EFBIG, -errno.ENOENT]
+        monkeypatch.setattr(kstate, "_MAX_FILE", 64)  # status, stat, stack: too long
+        small = kstate.sample_threads(pid)
+        for t in tids:
+            assert small[t] == batch[t]
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(10)
 
 
 def test_sample_of_this_thread():
