@@ -31,8 +31,8 @@ Each run records
   phases      snapcore: Snapshot.stats["phases"] when the snapshot reports them,
               and the C loop's read and write seconds
   floor       floor.c on the same bytes of the same target, into the same
-              directory: a read-only pass (process_vm_readv, 256 KiB per call, as
-              snapcore's batches) and a write-only pass (pwrite, 256 KiB per call).
+              directory: a read-only pass (process_vm_readv, one batch per call, as
+              snapcore's) and a write-only pass (pwrite, one batch per call).
               On two cores reads and writes can overlap, so max(read, write) is
               the fastest any core writer can be.  And both at once (overlap: a
               reader thread and a writer thread around a ring of 4 batches, as
@@ -66,6 +66,10 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, ROOT)  # run as a script: the snapcore beside it
+
+from snapcore.capture.copy import Copier  # noqa: E402
+
 BIN = os.path.join(HERE, "bin")
 DOC = os.path.join(ROOT, "docs", "performance.md")
 MiB = 1 << 20
@@ -83,7 +87,7 @@ GCORE, GCORE_NEW, KERNEL, SNAP, LIVE, FLOOR_R, FLOOR_W, FLOOR_O = (
 )
 TOOL_ORDER = (GCORE, GCORE_NEW, KERNEL, SNAP, LIVE, FLOOR_R, FLOOR_W, FLOOR_O)
 FLOORS = (FLOOR_R, FLOOR_W, FLOOR_O)  # floor.c's passes (not core writers)
-FLOOR_CHUNK = 256 << 10  # the size of snapcore's batches (snapcore.memory.Copier.BATCH)
+FLOOR_CHUNK = Copier.BATCH  # the size of snapcore's batches
 RUN_TIMEOUT = 600.0  # one tool run; gdb 18 on 64 GiB reserved takes a minute
 READY_TIMEOUT = 180.0  # filling 4 GiB on a busy machine
 SETTLE_MAX = 20.0  # the longest wait for free page reporting to go quiet

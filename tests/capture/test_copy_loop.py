@@ -122,8 +122,11 @@ def test_scattered_runs_land_in_place_as_holes_and_data(scattered, tmp_path, liv
     runs = t.info["nb"] // 7
     if live:  # the image is read through /proc/PID/mem only (see live.py)
         assert snap.stats["readv_calls"] == 0, snap.stats["readv_calls"]
-    else:  # B's runs are read many per call (IOV_MAX), not one call each
-        assert snap.stats["readv_calls"] * 10 < runs, snap.stats["readv_calls"]
+    else:
+        # B's runs are read many per call (a batch holds Copier.BATCH // PAGE of
+        # them), not one call each (which alone would take `runs` calls); the rest
+        # of the Python process takes ~150 calls more
+        assert snap.stats["readv_calls"] * 4 < runs, snap.stats["readv_calls"]
     assert snap.stats["bytes_unreadable"] == 0, snap.unreadable
     assert_runs_on(t)
 
