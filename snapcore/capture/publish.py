@@ -37,6 +37,32 @@ def pwrite_all(fd, data, offset):
         offset += n
 
 
+IOV_MAX = 1024
+
+
+def writev_all(fd, parts, offset=None):
+    """Write the parts one after the other, up to IOV_MAX per system call:
+    pwritev from offset, or writev (a pipe) when offset is None.  Returns the
+    number of bytes; OSError on failure."""
+    parts = [memoryview(p) for p in parts if len(p)]
+    total = sum(len(p) for p in parts)
+    i = 0
+    while i < len(parts):
+        batch = parts[i : i + IOV_MAX]
+        if offset is None:
+            n = os.writev(fd, batch)
+        else:
+            n = os.pwritev(fd, batch, offset)
+            offset += n
+        while n:  # skip what was written; a short write resumes mid-part
+            if n < len(parts[i]):
+                parts[i] = parts[i][n:]
+                break
+            n -= len(parts[i])
+            i += 1
+    return total
+
+
 class CoreSink:
     """Writes into an already open core file descriptor (what a job needs)."""
 
@@ -47,6 +73,14 @@ class CoreSink:
     def write_at(self, data, offset):
         try:
             pwrite_all(self.fd, data, offset)
+        except OSError as exc:
+            raise self.write_error(exc) from exc
+
+    def write_parts_at(self, parts, offset):
+        """The parts one after the other from offset (few system calls); returns
+        the number of bytes."""
+        try:
+            return writev_all(self.fd, parts, offset)
         except OSError as exc:
             raise self.write_error(exc) from exc
 

@@ -171,9 +171,14 @@ def _pad4(n):
 
 def note(name, n_type, desc):
     """One note record: Nhdr, name (NUL, padded to 4), desc (padded to 4)."""
+    return b"".join(note_parts(name, n_type, desc))
+
+
+def note_parts(name, n_type, desc):
+    """note() as (Nhdr and name, desc itself, padding): written one after the
+    other, a large desc is never copied."""
     namesz, padded = _note_name(name)
-    pad = -len(desc) & 3
-    return b"".join((NHDR.pack(namesz, len(desc), n_type), padded, desc, _ZEROS[pad]))
+    return NHDR.pack(namesz, len(desc), n_type) + padded, desc, _ZEROS[-len(desc) & 3]
 
 
 _ZEROS = (b"", b"\0", b"\0\0", b"\0\0\0")

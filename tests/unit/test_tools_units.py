@@ -12,7 +12,7 @@ import pytest
 
 from snapcore import metadata
 from snapcore.capture.plan import NONE, READ, VmaPlan
-from snapcore.capture.publish import CoreFile, expand_output
+from snapcore.capture.publish import IOV_MAX, CoreFile, expand_output, writev_all
 from snapcore.capture.request import SnapshotOptions
 from snapcore.capture.select import Dropped, Selection, _split, select_max_size, select_mini
 from snapcore.cli.common import size as _size
@@ -162,6 +162,53 @@ def test_write_sparse_leaves_zero_pages_as_holes(tmp_path):
 
 
 # --- metadata --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("to_pipe", [False, True], ids=["pwritev", "writev"])
+def test_writev_all_writes_every_part_in_order(tmp_path, monkeypatch, to_pipe):
+    """More parts than one call takes, empty ones among them, and calls that write
+    only part of what they were given (as a signal can make them): every byte
+    lands once, in order."""
+    parts = [bytes([i % 251]) * (i % 5) for i in range(3 * IOV_MAX + 7)]
+    want = b"".join(parts)
+    calls = []
+    for name in ("writev", "pwritev"):
+        real = getattr(os, name)
+
+        def short(fd, views, *off, _real=real):  # the first 13 bytes of what is asked
+            calls.append(len(views))
+            budget, cut = 13, []
+            for v in views:
+                cut.append(v[:budget])
+                budget -= len(cut[-1])
+                if not budget:
+                    break
+            return _real(fd, cut, *off)
+
+        monkeypatch.setattr(os, name, short)
+    if to_pipe:
+        r, w = os.pipe()
+        try:
+            assert writev_all(w, parts) == len(want)
+            os.close(w)
+            w = -1
+            with os.fdopen(r, "rb") as f:
+                got = f.read()
+        finally:
+            if w >= 0:
+                os.close(w)
+    else:
+        path = tmp_path / "out"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT)
+        try:
+            assert writev_all(fd, parts, 100) == len(want)
+        finally:
+            os.close(fd)
+        got = path.read_bytes()
+        assert got[:100] == b"\0" * 100
+        got = got[100:]
+    assert got == want
+    assert max(calls) <= IOV_MAX and len(calls) >= len(want) // 13
 
 
 def test_parse_limits():
