@@ -158,8 +158,8 @@ MUTANTS = (
     Mutant(
         "siginfo-not-empty",
         "snapcore/elf/notes.py",
-        'out.append(note("CORE", NT_SIGINFO, b"\\0" * SIGINFO_SIZE))',
-        'out.append(note("CORE", NT_SIGINFO, b"\\5" + b"\\0" * (SIGINFO_SIZE - 1)))',
+        'out.extend(note_parts("CORE", NT_SIGINFO, b"\\0" * SIGINFO_SIZE))',
+        'out.extend(note_parts("CORE", NT_SIGINFO, b"\\5" + b"\\0" * (SIGINFO_SIZE - 1)))',
         "the core claims a SIGTRAP",
     ),
     Mutant(
