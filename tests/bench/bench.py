@@ -9,12 +9,14 @@ in ``finally``) the tools run in turn, rep after rep:
 
     gcore (distro gdb), gcore (gdb 18, pip gdb-for-pwndbg), kernel, snapcore,
     snapcore --live, floor read, floor write, floor overlap; then the same cycle started one
-    tool later, ...
+    tool later, and every other rep backwards (tool_order())
 
 so that drift (the machine is shared) affects them all alike, and no tool
-always runs right after the same other one.  Before each run the dirty pages
-are synced and the page cache is dropped (as root; otherwise only synced, and
-the report says so); after it the core is measured and deleted.
+always runs right after the same other one (what a run leaves behind, e.g. 4 GiB
+of freed page cache the host is taking back, falls on the run after it).  Before
+each run the dirty pages are synced and the page cache is dropped (as root;
+otherwise only synced, and the report says so); after it the core is measured
+and deleted.
 
 Each run records
   wall        the tool's command, from exec to exit (the CLI: interpreter start-up
@@ -161,6 +163,16 @@ class Spec:
     @property
     def floor(self):
         return any(t in self.tools for t in FLOORS)
+
+
+def tool_order(tools, rep):
+    """The tools' order in rep 1, 2, ...: the cycle turned one tool on each rep, and in
+    even reps the tools after the first backwards (a b c d, b a d c, c d a b, d c b a,
+    ...), so that a tool runs right after another one in some reps and right before
+    it in others."""
+    k = (rep - 1) % len(tools)
+    order = tools[k:] + tools[:k]
+    return order[:1] + order[:0:-1] if rep % 2 == 0 else order
 
 
 def human(n):
@@ -1023,10 +1035,7 @@ exec {" ".join(shlex.quote(a) for a in gdb_argv)} "${{args[@]}}"
             time.sleep(1.0)
             facts["idle_gap"] = target.gap()[0]  # the heartbeat's noise, nothing running
             for rep in range(1, reps + 1):
-                # the order turns each rep (a b c, b c a, c a b...): still alternating,
-                # and no tool always runs right after the same other one
-                k = (rep - 1) % len(tools)
-                for tool in tools[k:] + tools[:k]:
+                for tool in tool_order(tools, rep):
                     rec = self.run_fresh(spec, tool, rep) if spec.fresh else None
                     rec = rec or self.run_tool(target, tool, rep)
                     self.runs.append(rec)
@@ -1468,7 +1477,8 @@ def markdown(bench, summ, goal_list):
     busy = max(bench.load_start[0], bench.load_end[0]) > 1.0
     L.append(
         f"Command: `{env['command']}`. {bench.reps} rep(s) per tool, runs alternating "
-        f"within each target (the cycle starting one tool later each rep); "
+        f"within each target (the cycle starting one tool later each rep, every other "
+        f"rep backwards); "
         f"{bench.cache_note}; cores deleted after each run. Load average "
         f"{bench.load_start[0]:.2f} at the start, {bench.load_end[0]:.2f} at the end (the "
         f"machine is shared: "
