@@ -33,6 +33,8 @@ def pwrite_all(fd, data, offset):
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, offset)
+        if n == 0:
+            raise OSError(errno.EIO, "pwrite() wrote nothing")
         view = view[n:]
         offset += n
 
@@ -54,6 +56,8 @@ def writev_all(fd, parts, offset=None):
         else:
             n = os.pwritev(fd, batch, offset)
             offset += n
+        if n == 0:  # nothing written of a non-empty batch: never spin on it
+            raise OSError(errno.EIO, "write() wrote nothing")
         while n:  # skip what was written; a short write resumes mid-part
             if n < len(parts[i]):
                 parts[i] = parts[i][n:]
