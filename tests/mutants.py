@@ -45,8 +45,8 @@ MUTANTS = (
     Mutant(
         "prstatus-wrong-pid",
         "snapcore/elf/notes.py",
-        "                    tid=t.note_tid,\n",
-        "                    tid=t.note_tid + (i == 1),\n",
+        "            tid=t.note_tid,\n",
+        "            tid=t.note_tid + (i == 1),\n",
         "the second thread's NT_PRSTATUS names another thread",
     ),
     Mutant(
@@ -59,8 +59,8 @@ MUTANTS = (
     Mutant(
         "registers-swapped",
         "snapcore/elf/notes.py",
-        "                    regs=regs,\n",
-        "                    regs=regs[8:16] + regs[:8] + regs[16:],\n",
+        "            regs=regs,\n",
+        "            regs=regs[8:16] + regs[:8] + regs[16:],\n",
         "r15 and r14 swapped in every thread",
     ),
     Mutant(
@@ -158,8 +158,8 @@ MUTANTS = (
     Mutant(
         "siginfo-not-empty",
         "snapcore/elf/notes.py",
-        'out.extend(note_parts("CORE", NT_SIGINFO, b"\\0" * SIGINFO_SIZE))',
-        'out.extend(note_parts("CORE", NT_SIGINFO, b"\\5" + b"\\0" * (SIGINFO_SIZE - 1)))',
+        '(NT_SIGINFO, b"\\0" * SIGINFO_SIZE),',
+        '(NT_SIGINFO, b"\\5" + b"\\0" * (SIGINFO_SIZE - 1)),',
         "the core claims a SIGTRAP",
     ),
     Mutant(

@@ -39,7 +39,7 @@ def pwrite_all(fd, data, offset):
         offset += n
 
 
-IOV_MAX = 1024
+IOV_MAX = os.sysconf("SC_IOV_MAX")  # iovecs per writev()
 
 
 def writev_all(fd, parts, offset=None):

@@ -11,6 +11,7 @@ pr_cursig is 0 and NT_SIGINFO is 128 zero bytes: pystack then reports the core
 as generated on demand, and gdb prints no "terminated with signal" line.
 """
 
+import functools
 import struct
 from dataclasses import dataclass, field
 
@@ -179,65 +180,64 @@ class KernelNotes:
             self.tail = b"".join(
                 note(owner, ntype, desc) for owner, ntype, desc in arch.process_notes(first, cpuid)
             )
-        size = len(self.tail)
-        if threads:
-            size += note_size("CORE", len(self.prpsinfo)) + note_size("CORE", SIGINFO_SIZE)
-            size += note_size("CORE", len(proc.auxv))
-            if self.file_desc is not None:
-                size += note_size("CORE", len(self.file_desc))
-        prstatus = arch.prstatus.size
-        for t in self.threads:
-            size += note_size("CORE", prstatus)
-            for ntype, owner, data in t.regsets:
-                if ntype != NT_PRSTATUS:
-                    size += note_size(owner, len(data))
-        self.size = size
+        self.size = len(self.tail) + sum(
+            note_size(owner, size) for owner, _, size, _ in self._notes()
+        )
 
     def __len__(self):
         return self.size
+
+    def _notes(self):
+        """(owner, type, desc size, desc or a function making it) of every note
+        before the tail, in the kernel's order (the first thread's NT_PRSTATUS is
+        followed by the process's notes): one walk for the size and the bytes."""
+        after_first = (
+            (NT_PRPSINFO, self.prpsinfo),
+            (NT_SIGINFO, b"\0" * SIGINFO_SIZE),
+            (NT_AUXV, self.proc.auxv),
+        )
+        if self.file_desc is not None:
+            after_first += ((NT_FILE, self.file_desc),)
+        prstatus = self.arch.prstatus.size
+        for i, t in enumerate(self.threads):
+            yield "CORE", NT_PRSTATUS, prstatus, functools.partial(self._prstatus, i, t)
+            if i == 0:
+                for ntype, desc in after_first:
+                    yield "CORE", ntype, len(desc), desc
+            for ntype, owner, data in t.regsets:
+                if ntype != NT_PRSTATUS:
+                    yield owner, ntype, len(data), data
+
+    def _prstatus(self, i, t):
+        """Thread i's NT_PRSTATUS desc."""
+        _, ppid, pgrp, sid = self.proc.note_ids
+        regs = t.regset(NT_PRSTATUS)
+        return self.arch.build_prstatus(
+            tid=t.note_tid,
+            ppid=ppid,
+            pgrp=pgrp,
+            sid=sid,
+            sigpend=t.sigpend,
+            sighold=t.sighold,
+            utime=t.utime,
+            stime=t.stime,
+            cutime=self.proc.cutime,
+            cstime=self.proc.cstime,
+            regs=regs,
+            fpvalid=t.regset(NT_PRFPREG) is not None,
+        )
 
     def parts(self):
         """The notes' bytes as a list of parts, to be written one after the other:
         the threads' regsets are parts themselves, not copied (1000 threads with
         AMX state: 12 MB of them)."""
-        arch, proc = self.arch, self.proc
-        _, ppid, pgrp, sid = proc.note_ids
         out = []
-        for i, t in enumerate(self.threads):
-            regs = t.regset(NT_PRSTATUS)
-            out.extend(
-                note_parts(
-                    "CORE",
-                    NT_PRSTATUS,
-                    arch.build_prstatus(
-                        tid=t.note_tid,
-                        ppid=ppid,
-                        pgrp=pgrp,
-                        sid=sid,
-                        sigpend=t.sigpend,
-                        sighold=t.sighold,
-                        utime=t.utime,
-                        stime=t.stime,
-                        cutime=proc.cutime,
-                        cstime=proc.cstime,
-                        regs=regs,
-                        fpvalid=t.regset(NT_PRFPREG) is not None,
-                    ),
-                )
-            )
-            if i == 0:
-                out.extend(note_parts("CORE", NT_PRPSINFO, self.prpsinfo))
-                out.extend(note_parts("CORE", NT_SIGINFO, b"\0" * SIGINFO_SIZE))
-                out.extend(note_parts("CORE", NT_AUXV, proc.auxv))
-                if self.file_desc is not None:
-                    out.extend(note_parts("CORE", NT_FILE, self.file_desc))
-            for ntype, owner, data in t.regsets:
-                if ntype != NT_PRSTATUS:
-                    out.extend(note_parts(owner, ntype, data))
+        for owner, ntype, _, desc in self._notes():
+            out.extend(note_parts(owner, ntype, desc() if callable(desc) else desc))
         out.append(self.tail)
         out = [part for part in out if part]
         built = sum(len(part) for part in out)
-        if built != self.size:  # a note sized in __init__ one way and built another
+        if built != self.size:  # a desc made with another size than _notes() gave
             raise AssertionError(f"kernel notes: {built} bytes built, {self.size} sized")
         return out
 
