@@ -171,11 +171,13 @@ def test_snapshot_of_a_child_a_thread_waits_for_does_not_time_out(child, tmp_pat
 
 
 # Run by a process of its own while the test process is frozen by its helper: once
-# the caller's thread is in a ptrace stop, stop the helper, check the caller is
-# still frozen, send it SIGALRM, let the helper go.  Prints what it did.
+# the caller's thread is in a ptrace stop and the helper has written `at` bytes of the
+# core (its /proc/PID/io wchar: a point in the dump, not a time, which a fast copy
+# could outrun), stop the helper, check the caller is still frozen, send it SIGALRM,
+# let the helper go.  Prints what it did.
 INTERRUPTER = r"""
 import os, signal, sys, time
-pid, tid, extra = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+pid, tid, at = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 
 def tracer():
     try:
@@ -187,16 +189,21 @@ def tracer():
     tr = int(text.split("TracerPid:")[1].split()[0])
     return tr if state == "t" and tr else 0
 
+def written(helper):
+    try:
+        with open(f"/proc/{helper}/io") as f:
+            return int(f.read().split("wchar:")[1].split()[0])
+    except (OSError, IndexError):
+        return None
+
 deadline = time.monotonic() + 60
-while not tracer():
+while not (tr := tracer()):
     if time.monotonic() > deadline:
         sys.exit("never frozen")
-time.sleep(extra)
-tr = tracer()
-if not tr:
-    print("missed", flush=True)  # the dump was over already
-    sys.exit(0)
 helper = int(open(f"/proc/{tr}/status").read().split("Tgid:")[1].split()[0])
+while (n := written(helper)) is not None and n < at:
+    if time.monotonic() > deadline:
+        sys.exit(f"the helper wrote {n} bytes, never {at}")
 os.kill(helper, signal.SIGSTOP)
 while open(f"/proc/{helper}/stat").read().rsplit(")", 1)[1].split()[0] not in "tT":
     time.sleep(0.0005)
@@ -205,7 +212,7 @@ try:
         os.kill(pid, signal.SIGALRM)
         print("sent", flush=True)
     else:
-        print("missed", flush=True)
+        print("missed", flush=True)  # the dump was over already
 finally:
     os.kill(helper, signal.SIGCONT)
 """
@@ -217,8 +224,9 @@ def test_interrupted_self_snapshot_leaves_nothing(tmp_path):
     Our threads are stopped while the helper dumps us, so the signal is handled once
     the dump is over, and the finished core must be taken back then.  The signal is
     sent by another process while we are known to be frozen (it holds the helper
-    stopped meanwhile), at several points of the dump: one right outcome each time,
-    KeyboardInterrupt out of snapshot() and no file."""
+    stopped meanwhile), at several points of the dump (0 to 150 MiB of the 200 MiB
+    written): one right outcome each time, KeyboardInterrupt out of snapshot() and no
+    file."""
     data = os.urandom(200 << 20)  # makes the dump take a while
     before = set(our_children())
 
@@ -228,10 +236,10 @@ def test_interrupted_self_snapshot_leaves_nothing(tmp_path):
     old = signal.signal(signal.SIGALRM, interrupt)
     me, caller = os.getpid(), threading.get_native_id()
     try:
-        for i, extra in enumerate((0, 0.01, 0.03, 0.05)):
+        for i, at in enumerate((0, 50 << 20, 100 << 20, 150 << 20)):
             path = tmp_path / f"core{i}"
             watcher = subprocess.Popen(
-                [sys.executable, "-c", INTERRUPTER, str(me), str(caller), str(extra)],
+                [sys.executable, "-c", INTERRUPTER, str(me), str(caller), str(at)],
                 stdout=subprocess.PIPE,
                 text=True,
             )

@@ -174,7 +174,11 @@ def test_exec_during_the_freeze(spawn, tmp_path):
         execed = False
         if tracer is not None and stop_process(tracer):
             try:
-                if tracer_of(exec_tid) == 0:  # not seized yet: exec now, mid-freeze
+                # mid-freeze: the first thread still held, the exec thread not seized yet
+                # (the resume lets go in tid order, first before exec_tid: a tracer
+                # stopped after its freeze is over sees first untraced, and an exec then
+                # would complete at once, never seen waiting in execve)
+                if tracer_of(first) > 0 and tracer_of(exec_tid) == 0:
                     tgkill(t.pid, exec_tid, signal.SIGUSR1)
                     execed = True
                     # under way for good: in execve, waiting for the other threads to
