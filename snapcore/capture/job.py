@@ -172,7 +172,8 @@ class Job:
             self.write_header()
             if image is not None:
                 try:
-                    image.hand_off()
+                    with self.phase("handoff"):
+                        image.hand_off()
                 except LiveUnavailable as exc:
                     # the target ran on meanwhile: take a normal snapshot now instead
                     image.dispose()
@@ -187,7 +188,8 @@ class Job:
                 except NoSuchProcess as exc:
                     raise TargetExited(self.pid) from exc
                 finally:
-                    image.dispose()
+                    with self.phase("release"):
+                        image.dispose()
                 snap.live = True
                 snap.cow_time = image.lifetime
                 snap.missing = image.missing

@@ -54,6 +54,9 @@ def test_live_core_reads_like_a_normal_one(mt, tmp_path):
     s = snapcore.snapshot(mt.pid, tmp_path / "core", live=True)
     assert s.live and s.fallback is None
     assert s.pause_time < s.wall_time
+    # the steps only live mode has are timed too (the image's fork, its hand-off out
+    # of the target's children, its release after the copy)
+    assert {"fork", "handoff", "release", "copy"} <= set(s.stats["phases"]), s.stats
     assert_runs_on(mt)
     assert_image_gone(mt.pid)
     assert_mt_backtraces(target_path("mt"), s.path, mt.info["tids"])
