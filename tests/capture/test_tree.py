@@ -22,6 +22,7 @@ from support.procs import (
     stop_process,
     wait_all_stopped,
     wait_frozen,
+    wait_written,
 )
 from support.targets import TREE, Target
 
@@ -289,22 +290,27 @@ kid.kill()
 
 def test_cli_tree_terminated_midway_resumes_everything(tmp_path):
     """SIGTERM while the tree is frozen: exit 143, one line, no core, no directory,
-    every process resumed.  The CLI is stopped (SIGSTOP) at a chosen time after the
-    whole tree is frozen, the tree is seen still frozen, then it gets SIGTERM and
-    SIGCONT: the signal is known to land mid-snapshot.  Left alone, it writes every
-    core and exits 0."""
+    every process resumed.  The CLI is stopped (SIGSTOP) at a chosen point of its
+    dump after the whole tree is frozen (0 to 150 MiB of the 300 MiB written), the tree
+    is seen still frozen, then it gets SIGTERM and SIGCONT: the signal is known to land
+    mid-snapshot.  Left alone, it writes every core and exits 0."""
     t = Target([sys.executable, "-c", BIG], ready_timeout=60)
     try:
         pids = t.info["pids"]
         landed = 0
-        for i, delay in enumerate((0, 0.01, 0.02, 0.04)):  # the copy takes ~0.1 s
+        for i, at in enumerate((0, 50 << 20, 100 << 20, 150 << 20)):
             out = tmp_path / f"t{i}"
             p = snapcore_popen(t.pid, "--tree", "-q", "-o", out)
             try:
                 tracer = wait_frozen(t.pid, proc=p)
                 assert tracer == p.pid
-                time.sleep(delay)
-                if not stop_process(p.pid):  # it finished, and exited, first
+                # the whole tree: the root is frozen before its child
+                deadline = time.monotonic() + 30
+                while not all(frozen(pid) == p.pid for pid in pids):
+                    assert time.monotonic() < deadline and p.poll() is None, "never all frozen"
+                # a point in the dump, not a delay (a faster copy outran 40 ms); False
+                # from either: it finished, and exited, first
+                if not wait_written(p.pid, at) or not stop_process(p.pid):
                     assert p.wait(timeout=60) == 0
                     continue
                 if not all(frozen(pid) == p.pid for pid in pids):  # done already

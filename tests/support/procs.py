@@ -196,6 +196,23 @@ def wait_traced(pid, timeout=20.0, proc=None):
     return False
 
 
+def wait_written(pid, nbytes, timeout=30.0):
+    """Wait until process pid has written nbytes in all (/proc/PID/io wchar): a point
+    in a dump it is writing, which no speed of the copy can outrun the way a delay can.
+    False if pid ended first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(f"/proc/{pid}/io") as f:
+                written = int(f.read().split("wchar:")[1].split()[0])
+        except (OSError, IndexError, ValueError):
+            return False
+        if written >= nbytes:
+            return True
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{pid} wrote {written} bytes in {timeout}s, not {nbytes}")
+
+
 def stop_process(pid, timeout=10.0):
     """SIGSTOP pid and wait until it is stopped; False if it exited first."""
     os.kill(pid, signal.SIGSTOP)
