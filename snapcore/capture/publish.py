@@ -20,7 +20,6 @@ import errno
 import json
 import os
 import re
-import secrets
 import socket
 import stat
 import time
@@ -110,7 +109,7 @@ class CoreFile(CoreSink):
                 ) from exc
         if self.fd < 0:
             base = os.path.basename(self.path)
-            self.tmp_path = os.path.join(directory, f".{base}.snapcore-{secrets.token_hex(4)}.tmp")
+            self.tmp_path = os.path.join(directory, f".{base}.snapcore-{os.urandom(4).hex()}.tmp")
             try:
                 self.fd = os.open(
                     self.tmp_path,
@@ -181,7 +180,7 @@ class CoreFile(CoreSink):
             return
         directory = os.path.dirname(os.path.abspath(self.path))
         tmp = os.path.join(
-            directory, f".{os.path.basename(self.path)}.snapcore-{secrets.token_hex(4)}.tmp"
+            directory, f".{os.path.basename(self.path)}.snapcore-{os.urandom(4).hex()}.tmp"
         )
         self._link_fd(tmp)
         try:

@@ -45,7 +45,6 @@ from .. import metadata, procfs, proctree
 from .._version import __version__
 from ..errors import OutputError, OutputExists, SnapcoreError, SnapshotCancelled
 from . import kstate
-from .bundling import TreeBundle
 from .collect import check_target
 from .freeze import Freezer
 from .helper import Helper, JobSpec
@@ -184,7 +183,11 @@ def snapshot_tree(pid, outdir=None, options=None, *, progress=None, **changes):
         manifest = os.path.join(outdir, MANIFEST)
         if not options.force and os.path.lexists(manifest):
             raise OutputExists(manifest)
-        bundle = TreeBundle(outdir, options) if options.bundle else None
+        bundle = None
+        if options.bundle:
+            from .bundling import TreeBundle
+
+            bundle = TreeBundle(outdir, options)
         cancel = CancelToken()
         job = _TreeJob(pid, outdir, options.for_cores(), cancel, t0)
         processes = run_traced(job.run, cancel, lambda: job.report(progress))
