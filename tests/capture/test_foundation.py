@@ -1,5 +1,6 @@
 """End to end: a real multi-threaded target, snapshotted, read by real tools."""
 
+import errno
 import os
 import random
 import re
@@ -207,14 +208,20 @@ def test_known_buffers_hold_what_the_target_wrote(mt, snap):
     data = read_core_memory(snap.path, info["half"], info["half_len"])
     assert data[:touched] == pattern_half(touched)
     assert data[touched:] == b"\0" * (info["half_len"] - touched)
-    # the untouched 3 MiB are a hole in the file, not written zeros
+    # the untouched 3 MiB are a hole in the file, not written zeros (up to the buffer's
+    # end: the kernel may have merged the mapping with a neighbour holding data)
     ld = [x for x in core_loads(snap.path) if x["vaddr"] == info["half"]][0]
+    assert ld["filesz"] >= info["half_len"]
     fd = os.open(snap.path, os.O_RDONLY)
     try:
         hole = os.lseek(fd, ld["offset"] + touched, os.SEEK_HOLE)
         assert hole == ld["offset"] + touched
-        data_at = os.lseek(fd, ld["offset"] + touched, os.SEEK_DATA)
-        assert data_at >= ld["offset"] + ld["filesz"]
+        try:
+            data_at = os.lseek(fd, ld["offset"] + touched, os.SEEK_DATA)
+        except OSError as exc:  # ENXIO: no data after it at all
+            assert exc.errno == errno.ENXIO, exc
+        else:
+            assert data_at >= ld["offset"] + info["half_len"]
     finally:
         os.close(fd)
     assert_runs_on(mt)

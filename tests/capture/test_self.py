@@ -174,10 +174,16 @@ def test_snapshot_of_a_child_a_thread_waits_for_does_not_time_out(child, tmp_pat
 # the caller's thread is in a ptrace stop and the helper has written `at` bytes of the
 # core (its /proc/PID/io wchar: a point in the dump, not a time, which a fast copy
 # could outrun), stop the helper, check the caller is still frozen, send it SIGALRM,
-# let the helper go.  Prints what it did.
+# let the helper go.  It says "ready" once it runs (the test starts the snapshot only
+# then: a dump can be over before a new interpreter has started), polls at high
+# priority, and prints what it did: "sent", or "missed" if the dump was over first.
 INTERRUPTER = r"""
 import os, signal, sys, time
 pid, tid, at = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+try:
+    os.setpriority(os.PRIO_PROCESS, 0, -15)  # not starved by the other tests' work
+except OSError:
+    pass
 
 def tracer():
     try:
@@ -196,16 +202,33 @@ def written(helper):
     except (OSError, IndexError):
         return None
 
+def stopped(helper):
+    try:
+        with open(f"/proc/{helper}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in "tTZX"
+    except OSError:
+        return True
+
+print("ready", flush=True)
 deadline = time.monotonic() + 60
 while not (tr := tracer()):
     if time.monotonic() > deadline:
         sys.exit("never frozen")
-helper = int(open(f"/proc/{tr}/status").read().split("Tgid:")[1].split()[0])
+try:
+    with open(f"/proc/{tr}/status") as f:
+        helper = int(f.read().split("Tgid:")[1].split()[0])
+except (OSError, IndexError):
+    print("missed", flush=True)  # the helper let go and exited already
+    sys.exit(0)
 while (n := written(helper)) is not None and n < at:
     if time.monotonic() > deadline:
         sys.exit(f"the helper wrote {n} bytes, never {at}")
-os.kill(helper, signal.SIGSTOP)
-while open(f"/proc/{helper}/stat").read().rsplit(")", 1)[1].split()[0] not in "tT":
+try:
+    os.kill(helper, signal.SIGSTOP)
+except ProcessLookupError:
+    print("missed", flush=True)
+    sys.exit(0)
+while not stopped(helper):
     time.sleep(0.0005)
 try:
     if tracer():
@@ -214,7 +237,10 @@ try:
     else:
         print("missed", flush=True)  # the dump was over already
 finally:
-    os.kill(helper, signal.SIGCONT)
+    try:
+        os.kill(helper, signal.SIGCONT)
+    except ProcessLookupError:
+        pass
 """
 
 
@@ -225,8 +251,10 @@ def test_interrupted_self_snapshot_leaves_nothing(tmp_path):
     the dump is over, and the finished core must be taken back then.  The signal is
     sent by another process while we are known to be frozen (it holds the helper
     stopped meanwhile), at several points of the dump (0 to 150 MiB of the 200 MiB
-    written): one right outcome each time, KeyboardInterrupt out of snapshot() and no
-    file."""
+    written).  Where it was sent, the one right outcome is KeyboardInterrupt out of
+    snapshot() and no file; where the dump was over before it could be (the watcher
+    says so), a whole core.  At the freeze itself it always lands, and at three
+    points of the four at least."""
     data = os.urandom(200 << 20)  # makes the dump take a while
     before = set(our_children())
 
@@ -235,6 +263,7 @@ def test_interrupted_self_snapshot_leaves_nothing(tmp_path):
 
     old = signal.signal(signal.SIGALRM, interrupt)
     me, caller = os.getpid(), threading.get_native_id()
+    outcomes = []
     try:
         for i, at in enumerate((0, 50 << 20, 100 << 20, 150 << 20)):
             path = tmp_path / f"core{i}"
@@ -243,16 +272,27 @@ def test_interrupted_self_snapshot_leaves_nothing(tmp_path):
                 stdout=subprocess.PIPE,
                 text=True,
             )
+            interrupted = False
             try:
-                with pytest.raises(KeyboardInterrupt):
+                assert watcher.stdout.readline() == "ready\n"
+                try:
                     snapcore.snapshot(os.getpid(), path)
+                except KeyboardInterrupt:
+                    interrupted = True
             finally:
                 out, _ = watcher.communicate(timeout=60)
-            assert watcher.returncode == 0 and out == "sent\n", (i, out)
-            assert not path.exists()
+            assert watcher.returncode == 0 and out in ("sent\n", "missed\n"), (i, out)
+            outcomes.append(out.strip())
+            if out == "sent\n":
+                assert interrupted, f"point {i}: the signal was sent, and the snapshot went on"
+                assert not path.exists()
+            else:
+                assert not interrupted and path.exists(), i  # over before the signal
+                path.unlink()
             assert [f for f in os.listdir(tmp_path) if f.startswith(".")] == []
             assert_untraced(os.getpid())
             assert set(our_children()) == before
     finally:
         signal.signal(signal.SIGALRM, old)
+    assert outcomes[0] == "sent" and outcomes.count("sent") >= 3, outcomes
     del data
