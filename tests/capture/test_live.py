@@ -158,8 +158,12 @@ def test_the_consistency_check_can_fail(spawn):
     """Control: the same check on memory read from the running target does fail."""
     t = spawn("gen")
     info = t.info
-    violations = 0
-    for _ in range(20):
+    # until one read is inconsistent, for 10 s at most (the writers need a CPU meanwhile,
+    # which a busy machine may give them late)
+    violations = tries = 0
+    deadline = time.monotonic() + 10
+    while violations == 0 and (tries < 20 or time.monotonic() < deadline):
+        tries += 1
         # page by page, as any copy of a running process does, with the count last
         raw = _native.readv(t.pid, info["writers"], info["nwriters"] * info["writer_size"])
         _, base = struct.unpack_from("<QQ", raw, 0)
