@@ -22,7 +22,7 @@ import subprocess
 import time
 
 from .strict import missing
-from .targets import target_path
+from .targets import read_nr, target_path, wait_blocked
 
 APP = "/app/bin/nsapp"
 LIB = "/opt/nspriv/lib/libnspriv.so"
@@ -113,23 +113,10 @@ class Container:
         self.target = spawn(argv, env=env, cwd=str(root), preexec_fn=preexec_fn)
         self.pid = descendant(self.target.pid, "nsapp")
         self.init = descendant(self.target.pid, "nsenter")
-        self.wait_reading()
-
-    def wait_reading(self, timeout=10.0):
-        """Until nsapp's main thread waits in read(2) for a command: a snapshot then
-        meets it where its backtrace is known, not on its way back from printing READY
-        (which a busy machine can make last past the snapshot's start)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with open(f"/proc/{self.pid}/syscall") as f:
-                    if f.read().split()[0] == "0":  # read, x86_64 (nsapp is 64-bit)
-                        return
-            except (OSError, IndexError):
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"nsapp ({self.pid}) never waited in read(2)")
-            time.sleep(0.001)
+        # nsapp's main thread waiting in read(2) for a command: a snapshot then meets it
+        # where its backtrace is known, not on its way back from printing READY (which
+        # a busy machine can make last past the snapshot's start)
+        wait_blocked(self.pid, self.pid, (read_nr("nsapp"),))
 
     @property
     def ns_tids(self):

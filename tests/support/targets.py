@@ -107,6 +107,24 @@ class TargetTimeout(AssertionError):
     pass
 
 
+def wait_blocked(pid, tid, syscalls, timeout=10.0):
+    """Wait until thread tid of process pid sleeps in one of these syscalls (numbers)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/syscall") as f:
+                nr = f.read().split()[0]
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            nr, state = "", ""
+        if nr.lstrip("-").isdigit() and int(nr) in syscalls and state == "S":
+            return
+        if time.monotonic() > deadline:
+            raise TargetTimeout(f"thread {tid} not blocked in {syscalls} (at {nr!r})")
+        time.sleep(0.002)
+
+
 class Target:
     """A target process that prints "READY {json}" and answers line commands."""
 
@@ -175,23 +193,9 @@ class Target:
         Lets a test snapshot a thread at a known place rather than on its way
         back from answering the last command.
         """
-        tid = tid or self.pid
         if syscalls is None:
             syscalls = (read_nr(os.path.basename(self.argv[0])),)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with open(f"/proc/{self.pid}/task/{tid}/syscall") as f:
-                    nr = f.read().split()[0]
-                with open(f"/proc/{self.pid}/task/{tid}/stat") as f:
-                    state = f.read().rsplit(")", 1)[1].split()[0]
-            except (FileNotFoundError, ProcessLookupError, IndexError):
-                nr, state = "", ""
-            if nr.lstrip("-").isdigit() and int(nr) in syscalls and state == "S":
-                return
-            if time.monotonic() > deadline:
-                raise TargetTimeout(f"thread {tid} not blocked in {syscalls} (at {nr!r})")
-            time.sleep(0.002)
+        wait_blocked(self.pid, tid or self.pid, syscalls, timeout)
 
     def close(self):
         if self.proc.poll() is None:
