@@ -108,8 +108,7 @@ class CoreFile(CoreSink):
                     self.path, f"cannot create a file in {directory}: {exc.strerror}", exc.errno
                 ) from exc
         if self.fd < 0:
-            base = os.path.basename(self.path)
-            self.tmp_path = os.path.join(directory, f".{base}.snapcore-{os.urandom(4).hex()}.tmp")
+            self.tmp_path = self._tmp_name()
             try:
                 self.fd = os.open(
                     self.tmp_path,
@@ -120,6 +119,12 @@ class CoreFile(CoreSink):
                 raise OutputError(
                     self.path, f"cannot create a file in {directory}: {exc.strerror}", exc.errno
                 ) from exc
+
+    def _tmp_name(self):
+        """A hidden name beside the final one, for the file until it is published."""
+        directory = os.path.dirname(os.path.abspath(self.path))
+        base = os.path.basename(self.path)
+        return os.path.join(directory, f".{base}.snapcore-{os.urandom(4).hex()}.tmp")
 
     def _check_destination(self):
         try:
@@ -178,10 +183,7 @@ class CoreFile(CoreSink):
         if not self.force:
             self._link_fd(self.path)  # EEXIST if it appeared
             return
-        directory = os.path.dirname(os.path.abspath(self.path))
-        tmp = os.path.join(
-            directory, f".{os.path.basename(self.path)}.snapcore-{os.urandom(4).hex()}.tmp"
-        )
+        tmp = self._tmp_name()
         self._link_fd(tmp)
         try:
             self._check_destination()
