@@ -1035,22 +1035,27 @@ exec {" ".join(shlex.quote(a) for a in gdb_argv)} "${{args[@]}}"
             target.gap()
             time.sleep(1.0)
             facts["idle_gap"] = target.gap()[0]  # the heartbeat's noise, nothing running
+
             # the kernel's column after all the others: its dump takes 3-4x as long as
             # theirs, and the disk caught up meanwhile, so the tool that ran next wrote
             # 4 GiB in 3.1 s where the same tool took 4-5 s after another tool (and
             # live mode, right after normal mode in those reps, seemed 1.4x slower)
-            cycle = [t for t in tools if t != KERNEL]
-            plan = [(rep, tool) for rep in range(1, reps + 1) for tool in tool_order(cycle, rep)]
-            plan += [(rep, KERNEL) for rep in range(1, reps + 1) if KERNEL in tools]
-            for i, (rep, tool) in enumerate(plan):
+            def run(tool, rep):
                 rec = self.run_fresh(spec, tool, rep) if spec.fresh else None
                 rec = rec or self.run_tool(target, tool, rep)
                 self.runs.append(rec)
                 print(f"[bench]   {_run_line(rec, self.labels)}", flush=True)
-                rep_over = i + 1 == len(plan) or plan[i + 1][0] != rep or plan[i + 1][1] == KERNEL
-                if LIVE in tools and tool != KERNEL and rep_over:
+
+            cycle = [t for t in tools if t != KERNEL]
+            for rep in range(1, reps + 1):
+                for tool in tool_order(cycle, rep):
+                    run(tool, rep)
+                if LIVE in tools:
                     target.wait_in_read()
                     facts["fork"].append(target.fork_cost())
+            if KERNEL in tools:
+                for rep in range(1, reps + 1):
+                    run(KERNEL, rep)
             facts["smaps_end"] = target.smaps_rollup()
         except Exception as exc:  # the target failed: report it, go on
             facts["error"] = f"{type(exc).__name__}: {exc}"
