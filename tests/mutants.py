@@ -46,7 +46,7 @@ MUTANTS = (
         "prstatus-wrong-pid",
         "snapcore/elf/notes.py",
         "            tid=t.note_tid,\n",
-        "            tid=t.note_tid + (i == 1),\n",
+        "            tid=t.note_tid + (t is self.threads[1]),\n",
         "the second thread's NT_PRSTATUS names another thread",
     ),
     Mutant(

@@ -200,7 +200,7 @@ class KernelNotes:
             after_first += ((NT_FILE, self.file_desc),)
         prstatus = self.arch.prstatus.size
         for i, t in enumerate(self.threads):
-            yield "CORE", NT_PRSTATUS, prstatus, functools.partial(self._prstatus, i, t)
+            yield "CORE", NT_PRSTATUS, prstatus, functools.partial(self._prstatus, t)
             if i == 0:
                 for ntype, desc in after_first:
                     yield "CORE", ntype, len(desc), desc
@@ -208,8 +208,8 @@ class KernelNotes:
                 if ntype != NT_PRSTATUS:
                     yield owner, ntype, len(data), data
 
-    def _prstatus(self, i, t):
-        """Thread i's NT_PRSTATUS desc."""
+    def _prstatus(self, t):
+        """Thread t's NT_PRSTATUS desc."""
         _, ppid, pgrp, sid = self.proc.note_ids
         regs = t.regset(NT_PRSTATUS)
         return self.arch.build_prstatus(
